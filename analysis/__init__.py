@@ -1,0 +1,1 @@
+"""Analysis of linflow results (xarray in, xarray or figures out). Filled by the analysis issue."""

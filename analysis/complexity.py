@@ -1,0 +1,1 @@
+"""analysis.complexity — to be filled (see the analysis issue)."""

@@ -1,0 +1,1 @@
+"""analysis.convergence — to be filled (see the analysis issue)."""

@@ -1,0 +1,1 @@
+"""analysis.plots — to be filled (see the analysis issue)."""

@@ -1,0 +1,1 @@
+"""analysis.theory — to be filled (see the analysis issue)."""

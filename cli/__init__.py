@@ -1,0 +1,1 @@
+"""The linflow command line (Typer)."""

@@ -1,0 +1,194 @@
+"""The ``linflow`` command line: a thin skin over :mod:`sweep` (a notebook can call the same functions)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from sweep import runner, spec as specs, store
+from sweep.spec import SpecError
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors as one line on stderr with exit code 2 (no box, no traceback)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+            code = 0
+        except click.exceptions.UsageError as exc:
+            _fail(exc.format_message().replace("\n", " "))
+        except click.exceptions.Abort:
+            click.echo("linflow: aborted", err=True)
+            code = 130
+        if standalone_mode:
+            sys.exit(code or 0)
+        return code
+
+
+app = typer.Typer(
+    cls=_OneLineErrors,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Sweeps of gradient flow on deep linear networks (Eftekhari, ICML 2020) on Ray, into Zarr.",
+)
+
+
+def _fail(message: str, code: int = 2):
+    click.echo(f"linflow: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _overrides(**flags) -> dict:
+    """Flags → a nested spec mapping (only the flags that were given)."""
+    o: dict = {}
+    axes = {}
+    for name, kind in (("depth", int), ("width", int), ("init_norm", float), ("init_angle", float), ("seed", int)):
+        text = flags[name]
+        if text is not None:
+            axes[name] = specs.parse_list(text, "--" + name.replace("_", "-"), kind)
+    if axes:
+        o["axes"] = axes
+    problem = {k: flags[f] for k, f in (("m", "m"), ("dx", "dx"), ("dy", "dy"), ("seed", "problem_seed")) if flags[f] is not None}
+    if flags["data"] is not None:
+        problem = {"data": str(Path(flags["data"]).resolve())}
+    if problem:
+        o["problem"] = problem
+    integ = {k: flags[k] for k in ("method", "step", "rtol", "atol") if flags[k] is not None}
+    if integ:
+        o["integrator"] = integ
+    for key in ("model", "horizon", "eps", "stop_at_eps", "batch"):
+        if flags[key] is not None:
+            o[key] = flags[key]
+    if flags["init"] is not None:
+        o["init"] = {"scheme": flags["init"]}
+    if flags["checkpoints"] is not None:
+        o["checkpoints"] = {"count": flags["checkpoints"]}
+    return o
+
+
+@app.command()
+def run(
+    spec: Optional[Path] = typer.Argument(None, help="YAML spec; without one, the defaults and the flags make the sweep."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Zarr store to create or resume [default: runs/<spec name>.zarr]."),
+    depth: Optional[str] = typer.Option(None, help="Depths, e.g. 1,2,3,4 or 1:9."),
+    width: Optional[str] = typer.Option(None, help="Hidden-layer widths, e.g. 1,5."),
+    init_norm: Optional[str] = typer.Option(None, help="‖W(0)‖₂/‖Z‖₂ values, e.g. 0.1,1,10."),
+    init_angle: Optional[str] = typer.Option(None, help="Angles (rad) between W(0) and Z, e.g. 0,1.5,3.1."),
+    seed: Optional[str] = typer.Option(None, help="Initialization seeds, e.g. 0:100 or 1,2,3."),
+    model: Optional[str] = typer.Option(None, help="layerwise | induced."),
+    init: Optional[str] = typer.Option(None, help="Initialization scheme: balanced | gaussian."),
+    method: Optional[str] = typer.Option(None, help="euler | rk4 (need --step) | dopri5 (needs --rtol/--atol)."),
+    step: Optional[float] = typer.Option(None, help="Fixed step for euler and rk4."),
+    rtol: Optional[float] = typer.Option(None, help="Relative tolerance for dopri5."),
+    atol: Optional[float] = typer.Option(None, help="Absolute tolerance for dopri5."),
+    horizon: Optional[float] = typer.Option(None, help="Flow time t_max."),
+    eps: Optional[float] = typer.Option(None, help="Excess-loss threshold for time_to_eps."),
+    stop_at_eps: Optional[bool] = typer.Option(None, "--stop-at-eps/--no-stop-at-eps", help="Stop each trajectory at eps."),
+    checkpoints: Optional[int] = typer.Option(None, help="Number of checkpoints."),
+    m: Optional[int] = typer.Option(None, help="Samples of the synthetic problem."),
+    dx: Optional[int] = typer.Option(None, help="Input dimension of the synthetic problem."),
+    dy: Optional[int] = typer.Option(None, help="Output dimension of the synthetic problem."),
+    problem_seed: Optional[int] = typer.Option(None, help="Seed of the synthetic data."),
+    data: Optional[Path] = typer.Option(None, help=".npz file with X (dx×m) and Y (dy×m) instead of synthetic data."),
+    batch: Optional[int] = typer.Option(None, help="At most this many cells per Ray task."),
+    workers: Optional[int] = typer.Option(None, help="CPUs of the local Ray instance (default: all), or tasks in flight ×½ on a cluster."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster to use (default: RAY_ADDRESS, else a local instance)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print the final report as JSON."),
+):
+    """Run a sweep (or resume one: rerunning into an existing store finishes its missing cells)."""
+    try:
+        overrides = _overrides(**{k: v for k, v in locals().items() if k not in ("spec", "out", "workers", "address", "quiet", "as_json")})
+        if workers is not None and workers < 1:
+            raise SpecError("--workers", f"must be ≥ 1, got {workers}")
+        s = specs.load(spec, overrides)
+        out = out or Path("runs") / f"{spec.stem if spec else 'sweep'}.zarr"
+        runner.prepare(s, out)  # validates data and store before Ray starts
+    except SpecError as exc:
+        _fail(str(exc))
+
+    bar = None if quiet or as_json else _progress_bar()
+    try:
+        if bar:
+            with bar:
+                report = runner.run(s, out, address=address, workers=workers, progress=bar.update_cells)
+        else:
+            report = runner.run(s, out, address=address, workers=workers)
+    except KeyboardInterrupt:
+        _fail(f"interrupted; {out} holds every finished batch — rerun the same command to finish it", 130)
+    except SpecError as exc:
+        _fail(str(exc))
+    for error in report.errors:
+        click.echo(f"linflow: warning: a batch failed: {error}", err=True)
+    if as_json:
+        click.echo(json.dumps(report.__dict__))
+    else:
+        click.echo(f"{out}: {report.cells_run} cells computed in {report.seconds:.1f} s")
+        _print_counts(report.counts)
+
+
+@app.command()
+def status(
+    path: Path = typer.Argument(..., help="A store made by linflow run."),
+    as_json: bool = typer.Option(False, "--json", help="Counts as JSON."),
+):
+    """Counts of cells per status in a store, and what is left to run."""
+    if not path.exists():
+        _fail(f"{path}: no such store")
+    try:
+        group = store.open_group(path)
+    except SpecError as exc:
+        _fail(str(exc))
+    counts = store.counts(group)
+    shape, chunks = store.layout(group)
+    left = store.pending_regions(group)
+    if as_json:
+        click.echo(json.dumps({"counts": counts, "cells": int(sum(counts.values())), "pending_batches": len(left),
+                               "fingerprint": group.attrs["fingerprint"]}))
+        return
+    dims = group["status"].metadata.dimension_names or ()
+    click.echo(f"{path}  (fingerprint {group.attrs['fingerprint']}, linflow {group.attrs.get('linflow_version')})")
+    click.echo("grid: " + " × ".join(f"{d} {n}" for d, n in zip(dims, shape)) + f" = {sum(counts.values())} cells")
+    _print_counts(counts)
+    if left:
+        click.echo(f"left: {counts['pending']} cells in {len(left)} batches — rerun `linflow run … --out {path}` to finish")
+    else:
+        click.echo("complete: no pending cells")
+
+
+def _print_counts(counts: dict):
+    total = sum(counts.values()) or 1
+    for name, n in counts.items():
+        click.echo(f"  {name:<12}{n:>8}  {100 * n / total:5.1f}%")
+
+
+def _progress_bar():
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("cells"), BarColumn(), MofNCompleteColumn(), TextColumn("elapsed"), TimeElapsedColumn(),
+        TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True),
+    )
+    task = bar.add_task("cells", total=None)
+    bar.update_cells = lambda done, total: bar.update(task, completed=done, total=total)
+    return bar
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""The grid, its batches, and the computation of one batch (pure: no Ray, no I/O).
+
+A batch is one Zarr chunk of the dataset: a hyper-rectangle of cells with a single depth and width
+(so every trajectory has the same layer shapes) and at most ``spec.batch`` cells.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from . import kernel
+from .init import initial_layers, layer_dims, rank_of
+from .problem import Problem
+from .spec import Spec
+
+
+def chunk_shape(shape: tuple[int, ...], names: tuple[str, ...], batch: int) -> tuple[int, ...]:
+    """Chunk sizes over the grid axes: 1 along depth and width; the other axes filled from the
+    innermost (seed) outwards while the product stays ≤ batch — an outer axis grows only once the
+    inner ones are whole, so chunks stay rectangular."""
+    chunks = [1] * len(shape)
+    room = batch
+    for i in range(len(shape) - 1, -1, -1):
+        if names[i] in ("depth", "width"):
+            break
+        chunks[i] = max(1, min(shape[i], room))
+        if chunks[i] < shape[i]:
+            break
+        room //= shape[i]
+    return tuple(chunks)
+
+
+def regions(shape: tuple[int, ...], chunks: tuple[int, ...]) -> list[tuple[slice, ...]]:
+    """All chunks of the grid, in C order, as tuples of slices."""
+    ranges = [range(0, n, c) for n, c in zip(shape, chunks)]
+    return [
+        tuple(slice(start, min(start + c, n)) for start, c, n in zip(corner, chunks, shape))
+        for corner in itertools.product(*ranges)
+    ]
+
+
+def cells(spec: Spec, region: tuple[slice, ...]) -> dict[str, np.ndarray]:
+    """Coordinates of the cells of a region, flattened in C order: name → (n,) array."""
+    values = [np.asarray(v)[s] for v, s in zip(spec.axes.values(), region)]
+    mesh = np.meshgrid(*values, indexing="ij")
+    return {name: m.ravel() for name, m in zip(spec.axes, mesh)}
+
+
+def _model(spec: Spec, problem: Problem, depth: int, width: int):
+    target = problem.target
+    r = rank_of(problem.dx, problem.dy, depth, width)
+    tail = kernel.tail_loss(target, r)
+    if spec.model == "induced":
+        return kernel.Induced(depth, target, tail)
+    return kernel.Layerwise(layer_dims(problem.dx, problem.dy, depth, width), target, tail)
+
+
+def loss_floor(problem: Problem, rank: int) -> float:
+    """L* = ½Σ_{k>r} s_k² + ½(‖Y‖² − ‖Z‖²): the global minimum of the training loss at rank r."""
+    z = problem.target
+    return kernel.tail_loss(z, rank) + 0.5 * (float(np.sum(problem.y**2)) - float(np.sum(z**2)))
+
+
+def run_batch(spec: Spec, problem: Problem, region: tuple[slice, ...]) -> dict[str, np.ndarray]:
+    """Integrate every cell of ``region``; returns the dataset variables shaped like the region
+    (plus trailing checkpoint / out / in dims), ready to be written as one chunk."""
+    c = cells(spec, region)
+    n = len(c["seed"])
+    depth, width = int(c["depth"][0]), int(c["width"][0])
+    model = _model(spec, problem, depth, width)
+    problem_seed = spec.problem.get("seed", 0)
+    target = problem.target
+    starts = []
+    for i in range(n):
+        cell = dict(problem_seed=problem_seed, seed=int(c["seed"][i]), depth=depth, width=width,
+                    init_norm=float(c["init_norm"][i]))
+        if "init_angle" in c:
+            cell["init_angle"] = float(c["init_angle"][i])
+        layers = initial_layers(spec.init["scheme"], target, **cell)
+        starts.append(layers)
+    if spec.model == "induced":
+        y0 = np.stack([_product(layers).ravel() for layers in starts])
+    else:
+        y0 = model.pack([np.stack(ws) for ws in zip(*starts)])
+
+    settings = {k: v for k, v in spec.integrator.items() if k != "method"}
+    result = kernel.integrate(
+        model, y0, kernel.METHODS[spec.integrator["method"]], horizon=spec.horizon,
+        checkpoints=spec.checkpoint_times(), eps=spec.eps, stop_at_eps=spec.stop_at_eps, **settings,
+    )
+
+    floor = loss_floor(problem, rank_of(problem.dx, problem.dy, depth, width))
+    with np.errstate(all="ignore"):
+        w_final = model.product(result.y_final)
+    imbalance, drift = _imbalance(model, y0, result.y_final)
+    shape = tuple(s.stop - s.start for s in region)
+    out = {
+        "loss": result.excess + floor,
+        "excess_loss": result.excess,
+        "time_to_eps": result.time_to_eps,
+        "status": result.status,
+        "steps": result.steps,
+        "rhs_evals": result.rhs_evals,
+        "w_init": model.product(y0),
+        "w_final": w_final,
+        "imbalance": imbalance,
+        "imbalance_drift": drift,
+    }
+    return {k: v.reshape(shape + v.shape[1:]) for k, v in out.items()}
+
+
+def _product(layers):
+    w = layers[0]
+    for layer in layers[1:]:
+        w = layer @ w
+    return w
+
+
+def _imbalance(model, y0, y1):
+    """max_j ‖D_j‖_F at t = 0 and max_j ‖D_j(end) − D_j(0)‖_F; zero for the induced model and N = 1."""
+    n = len(y0)
+    if not isinstance(model, kernel.Layerwise) or model.depth == 1:
+        return np.zeros(n), np.zeros(n)
+
+    def fro(d):
+        return np.sqrt(np.sum(d.reshape(n, -1) ** 2, axis=1))
+
+    with np.errstate(all="ignore"):
+        d0, d1 = model.imbalance(y0), model.imbalance(y1)
+        size = np.max([fro(a) for a in d0], axis=0)
+        drift = np.max([fro(b - a) for a, b in zip(d0, d1)], axis=0)
+    return size, drift

@@ -1,0 +1,316 @@
+"""The sweep specification: YAML or flags → a validated, normalized :class:`Spec`.
+
+Every problem is reported as a :class:`SpecError` naming the field (``axes.depth[2]``,
+``integrator.rtol`` …) so the CLI can print one line and exit 2 before anything is created.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .kernel import KERNEL_VERSION, METHODS
+
+# canonical order of the grid axes (dims of the dataset); seed last so batches run over seeds
+AXES = ("depth", "width", "init_norm", "init_angle", "seed")
+REQUIRED_AXES = ("depth", "width", "init_norm", "seed")
+
+DEFAULTS = {
+    "problem": {"m": 50, "dx": 5, "dy": 1, "seed": 0},
+    "model": "layerwise",
+    "init": {"scheme": "balanced"},
+    "axes": {"depth": [1, 2, 3, 4], "width": [5], "init_norm": [1.0], "seed": {"start": 0, "stop": 8}},
+    "integrator": {"method": "dopri5", "rtol": 1e-8, "atol": 1e-12},
+    "horizon": 10.0,
+    "eps": 1e-6,
+    "stop_at_eps": False,
+    "checkpoints": {"count": 101, "spacing": "log"},
+    "batch": 256,
+}
+TOP_KEYS = tuple(DEFAULTS)
+MAX_STEPS = 1_000_000
+
+
+class SpecError(ValueError):
+    """A bad spec or flag: ``field`` names it, the message says what is wrong."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class Spec:
+    problem: dict  # {m, dx, dy, seed} or {data: path}
+    model: str
+    init: dict
+    axes: dict  # name -> tuple of values, in AXES order
+    integrator: dict
+    horizon: float
+    eps: float
+    stop_at_eps: bool
+    checkpoints: dict
+    batch: int
+
+    def to_dict(self) -> dict:
+        d = {k: copy.deepcopy(getattr(self, k)) for k in TOP_KEYS}
+        d["axes"] = {k: list(v) for k, v in self.axes.items()}
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def fingerprint(self, data_digest: str = "") -> str:
+        """Hash of what determines the numbers: the spec without execution settings (``batch``),
+        the kernel version and a digest of the data."""
+        d = self.to_dict()
+        d.pop("batch")
+        text = yaml.safe_dump(d, sort_keys=True) + KERNEL_VERSION + data_digest
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(len(v) for v in self.axes.values())
+
+    def checkpoint_times(self) -> np.ndarray:
+        c = self.checkpoints
+        if c["spacing"] == "linear":
+            return np.linspace(0.0, self.horizon, c["count"])
+        first = c.get("log_start", self.horizon * 1e-4)
+        return np.concatenate([[0.0], np.geomspace(first, self.horizon, c["count"] - 1)])
+
+
+# --------------------------------------------------------------------------------------------------
+# validation helpers: each names the field it checks
+# --------------------------------------------------------------------------------------------------
+
+
+def _mapping(value, field, allowed):
+    if not isinstance(value, dict):
+        raise SpecError(field, f"expected a mapping with keys {', '.join(allowed)}, got {_show(value)}")
+    for key in value:
+        if key not in allowed:
+            raise SpecError(f"{field}.{key}" if field else str(key),
+                            f"unknown key (allowed: {', '.join(allowed)})")
+    return value
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _int(value, field, lo=None):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise SpecError(field, f"expected an integer, got {_show(value)}")
+    value = int(value)
+    if lo is not None and value < lo:
+        raise SpecError(field, f"must be ≥ {lo}, got {value}")
+    return value
+
+
+def _float(value, field, positive=False, lo=None, hi=None):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise SpecError(field, f"expected a number, got {_show(value)}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise SpecError(field, f"must be finite, got {value}")
+    if positive and value <= 0:
+        raise SpecError(field, f"must be > 0, got {value}")
+    if lo is not None and value < lo:
+        raise SpecError(field, f"must be ≥ {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise SpecError(field, f"must be ≤ {hi:.6g}, got {value}")
+    return value
+
+
+def _choice(value, field, choices):
+    if value not in choices:
+        raise SpecError(field, f"must be one of {', '.join(choices)}, got {_show(value)}")
+    return value
+
+
+def _axis(name, value):
+    field = f"axes.{name}"
+    if isinstance(value, dict):
+        _mapping(value, field, ("start", "stop", "step"))
+        if "start" not in value or "stop" not in value:
+            raise SpecError(field, "a range needs start and stop (stop excluded)")
+        start = _int(value["start"], f"{field}.start")
+        stop = _int(value["stop"], f"{field}.stop")
+        step = _int(value.get("step", 1), f"{field}.step", lo=1)
+        value = list(range(start, stop, step))
+    elif not isinstance(value, (list, tuple)):
+        value = [value]
+    if len(value) == 0:
+        raise SpecError(field, "is empty: give at least one value")
+    check = {
+        "depth": lambda v, f: _int(v, f, lo=1),
+        "width": lambda v, f: _int(v, f, lo=1),
+        "seed": lambda v, f: _int(v, f, lo=0),
+        "init_norm": lambda v, f: _float(v, f, positive=True),
+        "init_angle": lambda v, f: _float(v, f, lo=0.0, hi=math.pi),
+    }[name]
+    out = tuple(check(v, f"{field}[{i}]") for i, v in enumerate(value))
+    if len(set(out)) != len(out):
+        dup = next(v for v in out if out.count(v) > 1)
+        raise SpecError(field, f"value {dup} appears twice (grid coordinates must be unique)")
+    return out
+
+
+def _problem(value, base: Path | None):
+    if isinstance(value, dict) and "data" in value:
+        _mapping(value, "problem", ("data",))
+        path = value["data"]
+        if not isinstance(path, str) or not path:
+            raise SpecError("problem.data", f"expected a path to an .npz file, got {_show(path)}")
+        p = Path(path).expanduser()
+        if not p.is_absolute() and base is not None:
+            p = base / p
+        return {"data": str(p.resolve())}
+    _mapping(value, "problem", ("m", "dx", "dy", "seed", "data"))
+    out = {**DEFAULTS["problem"], **value}
+    out = {
+        "m": _int(out["m"], "problem.m", lo=1),
+        "dx": _int(out["dx"], "problem.dx", lo=1),
+        "dy": _int(out["dy"], "problem.dy", lo=1),
+        "seed": _int(out["seed"], "problem.seed", lo=0),
+    }
+    if out["m"] < out["dx"]:
+        raise SpecError("problem.m", f"needs m ≥ dx to whiten the data (X Xᵀ = I), got m = {out['m']} < dx = {out['dx']}")
+    return out
+
+
+def _integrator(value):
+    _mapping(value, "integrator", ("method", "rtol", "atol", "step", "max_steps"))
+    method = _choice(value.get("method", "dopri5"), "integrator.method", tuple(METHODS))
+    out = {"method": method}
+    if METHODS[method].adaptive:
+        for key in ("rtol", "atol"):
+            if key not in value:
+                raise SpecError(f"integrator.{key}", f"method {method} needs a tolerance (e.g. {key}: 1.0e-8)")
+            out[key] = _float(value[key], f"integrator.{key}", positive=True)
+        if "step" in value:
+            raise SpecError("integrator.step", f"method {method} chooses its own steps; give rtol and atol")
+        out["max_steps"] = _int(value.get("max_steps", MAX_STEPS), "integrator.max_steps", lo=1)
+    else:
+        if "step" not in value:
+            raise SpecError("integrator.step", f"method {method} needs a fixed step (e.g. step: 1.0e-4)")
+        out["step"] = _float(value["step"], "integrator.step", positive=True)
+        for key in ("rtol", "atol", "max_steps"):
+            if key in value:
+                raise SpecError(f"integrator.{key}", f"not used by the fixed-step method {method}")
+    return out
+
+
+def parse(raw: dict | None, base: Path | None = None) -> Spec:
+    """Validate a raw spec mapping (from YAML or built from flags); missing keys take DEFAULTS."""
+    raw = {} if raw is None else raw
+    _mapping(raw, "", TOP_KEYS)
+    d = {**copy.deepcopy(DEFAULTS), **raw}
+
+    problem = _problem(d["problem"], base)
+    model = _choice(d["model"], "model", ("layerwise", "induced"))
+    init = _mapping(d["init"], "init", ("scheme",))
+    init = {"scheme": _choice(init.get("scheme", "balanced"), "init.scheme", ("balanced", "gaussian"))}
+    if model == "induced" and init["scheme"] != "balanced":
+        raise SpecError("model", "the induced flow holds only for balanced starts; use init.scheme: balanced or model: layerwise")
+
+    axes_raw = _mapping(d["axes"], "axes", AXES)
+    if "axes" in raw:  # a spec's own axes replace the defaults, but missing required axes default
+        axes_raw = {**{k: DEFAULTS["axes"][k] for k in REQUIRED_AXES if k not in axes_raw}, **axes_raw}
+    axes = {name: _axis(name, axes_raw[name]) for name in AXES if name in axes_raw}
+
+    integrator = _integrator(d["integrator"])
+    horizon = _float(d["horizon"], "horizon", positive=True)
+    if "step" in integrator:
+        if integrator["step"] > horizon:
+            raise SpecError("integrator.step", f"is longer than the horizon ({integrator['step']} > {horizon})")
+        if horizon / integrator["step"] > 1e9:
+            raise SpecError("integrator.step", f"gives {horizon / integrator['step']:.3g} steps (> 1e9); use dopri5 or a larger step")
+    eps = _float(d["eps"], "eps", positive=True)
+    if not isinstance(d["stop_at_eps"], bool):
+        raise SpecError("stop_at_eps", f"expected true or false, got {_show(d['stop_at_eps'])}")
+    ck = _mapping(d["checkpoints"], "checkpoints", ("count", "spacing", "log_start"))
+    checkpoints = {
+        "count": _int(ck.get("count", 101), "checkpoints.count", lo=2),
+        "spacing": _choice(ck.get("spacing", "log"), "checkpoints.spacing", ("log", "linear")),
+    }
+    if "log_start" in ck:
+        if checkpoints["spacing"] != "log":
+            raise SpecError("checkpoints.log_start", "only used with spacing: log")
+        checkpoints["log_start"] = _float(ck["log_start"], "checkpoints.log_start", positive=True, hi=horizon)
+    batch = _int(d["batch"], "batch", lo=1)
+
+    if "init_angle" in axes:
+        if init["scheme"] != "balanced":
+            raise SpecError("axes.init_angle", "needs init.scheme: balanced (a Gaussian start has no set angle)")
+        if "data" not in problem and min(problem["dx"], problem["dy"]) != 1:
+            raise SpecError("axes.init_angle", f"is defined for vector targets only (dy = 1 or dx = 1), got dy = {problem['dy']}, dx = {problem['dx']}")
+
+    return Spec(problem, model, init, axes, integrator, horizon, eps, d["stop_at_eps"], checkpoints, batch)
+
+
+def load(path: str | Path | None, overrides: dict | None = None) -> Spec:
+    """Read a YAML spec (or none: the defaults) and apply flag overrides (a nested mapping merged
+    key by key, see :func:`merge`)."""
+    raw: dict = {}
+    base = None
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise SpecError("spec", f"no such file: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or "cannot be parsed"
+            raise SpecError("spec", f"malformed YAML in {p}{where}: {problem}") from None
+        if not isinstance(raw, dict):
+            raise SpecError("spec", f"{p} must hold a mapping of keys (problem, model, axes, …)")
+        base = p.parent
+    return parse(merge(raw, overrides or {}), base=base)
+
+
+def merge(raw: dict, overrides: dict) -> dict:
+    """Apply flag overrides. ``integrator`` is replaced whole when the method changes."""
+    out = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        if key == "integrator" and "method" in value and value["method"] != out.get("integrator", {}).get("method"):
+            out[key] = dict(value)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# flag parsing (the CLI's lists and ranges), errors name the flag
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_list(text: str, flag: str, kind=float) -> list:
+    """'0.1,1,10' → [0.1, 1.0, 10.0]; for integers also 'a:b' (b excluded) and 'a:b:s'."""
+    text = text.strip()
+    try:
+        if kind is int and ":" in text:
+            parts = [int(p) for p in text.split(":")]
+            if len(parts) not in (2, 3):
+                raise ValueError
+            return list(range(*parts))
+        return [kind(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        what = "integers like 2,3,4 or a range 0:100" if kind is int else "numbers like 0.1,1,10"
+        raise SpecError(flag, f"expected {what}, got {text!r}") from None
