@@ -385,8 +385,8 @@ def integrate(
         else:
             accept = np.ones(len(idx), dtype=bool)
 
-        acc = np.flatnonzero(accept)
-        if len(acc):
+        acc = slice(None) if accept.all() else np.flatnonzero(accept)  # a slice avoids copies
+        if accept.any():
             ya, yn, ka = y[acc], y_new[acc], k[:, acc]
             ta, tn = t[acc], t_new[acc]
 
@@ -395,6 +395,7 @@ def integrate(
             cross = ~found[acc] & (exc_new[acc] <= eps)
             if cross.any():
                 ci = np.flatnonzero(cross)
+                acc = np.arange(len(idx))[acc]  # integer positions from here on
                 theta = _locate(model, method, ya[ci], yn[ci], ka[:, ci], tn[ci] - ta[ci], eps)
                 hit_t = ta[ci] + theta * (tn[ci] - ta[ci])
                 gi = acc[ci]
@@ -411,17 +412,18 @@ def integrate(
                 if not hit.any():
                     break
                 hi = np.flatnonzero(hit)
+                pos = np.arange(len(idx))[acc][hi]
                 theta = (tc[na[hi]] - ta[hi]) / (tn[hi] - ta[hi])
                 at_end = theta >= 1.0
                 e_c = np.empty(len(hi))
-                e_c[at_end] = exc_new[acc[hi[at_end]]]
+                e_c[at_end] = exc_new[pos[at_end]]
                 mid = ~at_end
                 if mid.any():
                     sub = hi[mid]
                     yi = _interpolate(method, ya[sub], yn[sub], ka[:, sub], tn[sub] - ta[sub], theta[mid])
                     with np.errstate(all="ignore"):
                         e_c[mid] = model.excess(yi)
-                out.excess[idx[acc[hi]], na[hi]] = e_c
+                out.excess[idx[pos], na[hi]] = e_c
                 na[hi] += 1
             nxt[acc] = na
 

@@ -1,0 +1,237 @@
+"""The flow kernel against solutions computed elsewhere: closed forms, scipy's solve_ivp on the
+polar and rank-1 forms, and the conservation law of the layerwise flow."""
+
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+from sweep import kernel
+from sweep.init import balanced_layers, gaussian_layers, layer_dims
+from sweep.problem import synthetic
+
+TIGHT = dict(method="DOP853", rtol=1e-13, atol=1e-16)
+
+
+def paper_problem(dy=1):
+    p = synthetic(50, 5, dy, seed=0)
+    return p.target
+
+
+def w0_for(target, init_norm, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(target.shape)
+    return init_norm * np.linalg.norm(target, 2) * w / np.linalg.norm(w, 2)
+
+
+def layerwise_start(w0, depth, width, seed=0):
+    dy, dx = w0.shape
+    layers = balanced_layers(w0, problem_seed=0, seed=seed, depth=depth, width=width)
+    model = kernel.Layerwise(layer_dims(dx, dy, depth, width), np.zeros_like(w0))
+    return model.pack([w[None] for w in layers])
+
+
+def run(model, y0, method=kernel.DOPRI5, tc=None, horizon=1.0, eps=1e-6, **kw):
+    if method.adaptive:
+        kw.setdefault("rtol", 1e-10)
+        kw.setdefault("atol", 1e-14)
+    tc = np.linspace(0, horizon, 11) if tc is None else tc
+    return kernel.integrate(model, np.atleast_2d(y0), method, horizon=horizon, checkpoints=tc, eps=eps, **kw)
+
+
+def polar_excess(target, w0, depth, times):
+    """Scalar-output polar form (theory.md §2), integrated by scipy."""
+    z, w = target.ravel(), w0.ravel()
+    zeta, r0 = np.linalg.norm(z), np.linalg.norm(w)
+    th0 = np.arccos(np.clip(w @ z / (r0 * zeta), -1, 1))
+    p = 2 - 2 / depth
+
+    def f(t, s):
+        r, th = s
+        return [depth * r**p * (zeta * np.cos(th) - r), -zeta * r ** (p - 1) * np.sin(th)]
+
+    sol = solve_ivp(f, (0, times[-1]), [r0, th0], t_eval=times, **TIGHT)
+    r, th = sol.y
+    return 0.5 * ((r - zeta * np.cos(th)) ** 2 + zeta**2 * np.sin(th) ** 2)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 6])
+def test_layerwise_equals_induced_equals_polar_form(depth):
+    z = paper_problem()
+    w0 = w0_for(z, 3.0, seed=depth)
+    tc = np.linspace(0, 0.5, 11)
+    lw = run(kernel.Layerwise(layer_dims(5, 1, depth, 4), z), layerwise_start(w0, depth, 4), tc=tc, horizon=0.5)
+    ind = run(kernel.Induced(depth, z), w0.ravel(), tc=tc, horizon=0.5)
+    ref = polar_excess(z, w0, depth, tc)
+    assert np.max(np.abs(lw.excess[0] / ref - 1)) < 1e-8
+    assert np.max(np.abs(ind.excess[0] / ref - 1)) < 1e-8
+
+
+def test_depth_one_matches_closed_form_for_every_method():
+    # N = 1: W(t) = Z + (W0 − Z) e^{−t}, so excess(t) = excess(0) e^{−2t}; both models
+    z = paper_problem()
+    w0 = np.stack([w0_for(z, a, seed=i) for i, a in enumerate((0.5, 2, 10))])
+    tc = np.array([0, 0.01, 0.1, 0.5, 1.0])
+    exact = 0.5 * np.sum((w0 - z) ** 2, axis=(1, 2))[:, None] * np.exp(-2 * tc)
+    for model in (kernel.Induced(1, z), kernel.Layerwise((5, 1), z)):
+        for method, kw, tol in ((kernel.EULER, {"step": 1e-5}, 2e-5), (kernel.RK4, {"step": 1e-3}, 1e-11),
+                                (kernel.DOPRI5, {}, 1e-8)):
+            r = run(model, w0.reshape(3, -1), method, tc=tc, horizon=1.0, **kw)
+            assert np.max(np.abs(r.excess / exact - 1)) < tol, (type(model).__name__, method.name)
+
+
+def test_fixed_step_orders_of_accuracy():
+    # halving the step divides the error by 2 (euler) and 16 (rk4)
+    z = paper_problem()
+    w0 = w0_for(z, 2.0).ravel()
+    ref = polar_excess(z, w0.reshape(1, -1), 3, np.array([0.0, 0.2]))[-1]
+    tc = np.array([0.0, 0.2])
+    for method, h, order in ((kernel.EULER, 1e-3, 1), (kernel.RK4, 2.5e-3, 4)):  # asymptotic regime
+        e1 = abs(run(kernel.Induced(3, z), w0, method, tc=tc, horizon=0.2, step=h).excess[0, -1] - ref)
+        e2 = abs(run(kernel.Induced(3, z), w0, method, tc=tc, horizon=0.2, step=h / 2).excess[0, -1] - ref)
+        assert 0.8 * 2**order < e1 / e2 < 1.25 * 2**order, method.name
+
+
+def test_depth_two_aligned_start_is_logistic():
+    # theory.md §7: on the ray of Z, s(t) = σ / (1 + (σ/s0 − 1) e^{−2σt}) for N = 2
+    z = paper_problem()
+    sigma = np.linalg.norm(z)
+    s0 = 0.05 * sigma
+    w0 = s0 * z / sigma
+    tc = np.linspace(0, 2, 9)
+    s = sigma / (1 + (sigma / s0 - 1) * np.exp(-2 * sigma * tc))
+    exact = 0.5 * (sigma - s) ** 2
+    for model, y0 in ((kernel.Induced(2, z), w0.ravel()), (kernel.Layerwise((5, 3, 1), z), layerwise_start(w0, 2, 3))):
+        r = run(model, y0, tc=tc, horizon=2.0)
+        mask = exact > 1e-4 * exact[0]  # below, atol (not the method) sets the relative error
+        assert np.max(np.abs(r.excess[0][mask] / exact[mask] - 1)) < 1e-8
+
+
+def test_vector_output_dy3_layerwise_balanced_equals_induced():
+    z = paper_problem(dy=3)
+    w0 = w0_for(z, 2.0, seed=3)
+    tc = np.linspace(0, 1, 6)
+    for depth, width in ((2, 3), (3, 4), (4, 5)):
+        lw = run(kernel.Layerwise(layer_dims(5, 3, depth, width), z), layerwise_start(w0, depth, width), tc=tc)
+        ind = run(kernel.Induced(depth, z), w0.ravel(), tc=tc)
+        assert np.max(np.abs(lw.excess / ind.excess - 1)) < 1e-8
+        w_lw = kernel.Layerwise(layer_dims(5, 3, depth, width), z).product(lw.y_final)
+        assert np.max(np.abs(w_lw - ind.y_final.reshape(1, 3, 5))) < 1e-8 * np.linalg.norm(z)
+
+
+def test_width_one_layer_follows_the_rank_one_form():
+    # theory.md §2: W = σ u vᵀ with dσ/dt = −Nσ^p(σ − uᵀZv), du/dt = σ^{p−1}(I − uuᵀ)Zv, dv/dt = σ^{p−1}(I − vvᵀ)Zᵀu
+    z = paper_problem(dy=3)
+    rng = np.random.default_rng(7)
+    u0, v0 = rng.standard_normal(3), rng.standard_normal(5)
+    u0, v0 = u0 / np.linalg.norm(u0), v0 / np.linalg.norm(v0)
+    depth, sigma0 = 3, 1.5
+    w0 = sigma0 * np.outer(u0, v0)
+    p = 2 - 2 / depth
+
+    def f(t, s):
+        sig, u, v = s[0], s[1:4], s[4:]
+        zv, zu = z @ v, z.T @ u
+        return np.concatenate([[-depth * sig**p * (sig - u @ zv)], sig ** (p - 1) * (zv - (u @ zv) * u),
+                               sig ** (p - 1) * (zu - (v @ zu) * v)])
+
+    tc = np.linspace(0, 1.0, 6)
+    sol = solve_ivp(f, (0, 1.0), np.concatenate([[sigma0], u0, v0]), t_eval=tc, **TIGHT)
+    w_ref = [s[0] * np.outer(s[1:4], s[4:]) for s in sol.y.T]
+    tail = kernel.tail_loss(z, 1)
+    ref = np.array([0.5 * np.sum((z - w) ** 2) - tail for w in w_ref])
+    model = kernel.Layerwise(layer_dims(5, 3, depth, 1), z, tail)
+    r = run(model, layerwise_start(w0, depth, 1), tc=tc)
+    assert np.max(np.abs(r.excess[0] / ref - 1)) < 1e-8
+    assert np.max(np.abs(model.product(r.y_final)[0] - w_ref[-1])) < 1e-8
+
+
+def test_conservation_law_for_unbalanced_gaussian_start():
+    # W_{j+1}ᵀW_{j+1} − W_jW_jᵀ is invariant: its drift measures the integration error
+    z = paper_problem()
+    dims = layer_dims(5, 1, 4, 6)
+    layers = gaussian_layers(z, problem_seed=0, seed=1, depth=4, width=6, init_norm=1.0)
+    model = kernel.Layerwise(dims, z)
+    y0 = model.pack([w[None] for w in layers])
+    r = run(model, y0, horizon=5.0)
+    d0, d1 = model.imbalance(y0), model.imbalance(r.y_final)
+    size = max(np.linalg.norm(d) for d in d0)
+    drift = max(np.linalg.norm(b - a) for a, b in zip(d0, d1))
+    assert size > 0.1  # genuinely unbalanced
+    assert drift < 1e-8 * size
+
+
+def test_euler_paper_step_matches_tight_solution():
+    # the paper's discretization (h = 1e-6, 1e5 steps to t = 0.1) is within 1e-4 of the flow
+    z = paper_problem()
+    w0 = w0_for(z, 10.0, seed=11)
+    tc = np.array([0.0, 0.1])
+    for depth in (1, 3, 5):
+        ref = polar_excess(z, w0, depth, tc)
+        r = run(kernel.Layerwise(layer_dims(5, 1, depth, 5), z), layerwise_start(w0, depth, 5), kernel.EULER,
+                tc=tc, horizon=0.1, step=1e-6)
+        assert r.steps[0] == 100_000
+        assert np.max(np.abs(r.excess[0] / ref - 1)) < 1e-4, depth
+
+
+def test_time_to_eps_matches_event_location():
+    z = paper_problem()
+    zeta = np.linalg.norm(z)
+    for depth, init_norm, eps in ((1, 2.0, 1e-6), (2, 0.3, 1e-4), (3, 5.0, 1e-6), (5, 10.0, 1e-8)):
+        w0 = w0_for(z, init_norm, seed=depth)
+        r0, c0 = np.linalg.norm(w0), (w0.ravel() @ z.ravel()) / (np.linalg.norm(w0) * zeta)
+        p = 2 - 2 / depth
+
+        def f(t, s):
+            r, th = s
+            return [depth * r**p * (zeta * np.cos(th) - r), -zeta * r ** (p - 1) * np.sin(th)]
+
+        def hit(t, s):
+            r, th = s
+            return 0.5 * ((r - zeta * np.cos(th)) ** 2 + zeta**2 * np.sin(th) ** 2) - eps
+
+        hit.terminal = True
+        sol = solve_ivp(f, (0, 50), [r0, np.arccos(c0)], events=hit, **TIGHT)
+        expected = sol.t_events[0][0]
+        r = run(kernel.Induced(depth, z), w0.ravel(), horizon=50.0, eps=eps)
+        assert r.status[0] == kernel.CONVERGED
+        assert abs(r.time_to_eps[0] / expected - 1) < 1e-6, (depth, r.time_to_eps[0], expected)
+
+
+def test_stop_at_eps_ends_at_the_crossing():
+    z = paper_problem()
+    w0 = w0_for(z, 2.0)
+    tc = np.linspace(0, 20, 41)
+    go = run(kernel.Induced(2, z), w0.ravel(), tc=tc, horizon=20.0, eps=1e-4)
+    stop = run(kernel.Induced(2, z), w0.ravel(), tc=tc, horizon=20.0, eps=1e-4, stop_at_eps=True)
+    assert stop.status[0] == go.status[0] == kernel.CONVERGED
+    assert stop.time_to_eps[0] == pytest.approx(go.time_to_eps[0], rel=1e-12)
+    after = tc > stop.time_to_eps[0]
+    assert np.all(np.isnan(stop.excess[0, after])) and np.all(np.isfinite(stop.excess[0, ~after]))
+    assert stop.t_final[0] == stop.time_to_eps[0]
+    final_excess = 0.5 * np.sum((stop.y_final[0] - z.ravel()) ** 2)
+    assert final_excess == pytest.approx(1e-4, rel=1e-6)
+    assert stop.steps[0] < go.steps[0]
+
+
+def test_blow_up_is_a_result_and_leaves_the_batch_alone():
+    # Euler is unstable for h·N·‖W‖^p ≳ 2: the far start diverges, the near one must not notice
+    z = paper_problem()
+    near, far = w0_for(z, 0.5, seed=1).ravel(), w0_for(z, 100.0, seed=2).ravel()
+    model = kernel.Induced(3, z)
+    both = run(model, np.stack([near, far]), kernel.EULER, horizon=1.0, step=1e-3)
+    alone = run(model, near, kernel.EULER, horizon=1.0, step=1e-3)
+    assert list(both.status) == [alone.status[0], kernel.DIVERGED]
+    assert np.array_equal(both.excess[0], alone.excess[0])
+    assert np.array_equal(both.y_final[0], alone.y_final[0])
+
+
+def test_results_do_not_depend_on_batch_companions():
+    # per-trajectory step control: a trajectory's numbers are bitwise the same alone or in a batch
+    z = paper_problem(dy=3)
+    starts = np.stack([layerwise_start(w0_for(z, a, seed=i), 3, 4)[0] for i, a in enumerate((0.1, 1, 3, 10, 30))])
+    model = kernel.Layerwise(layer_dims(5, 3, 3, 4), z, kernel.tail_loss(z, 3))
+    together = run(model, starts, horizon=5.0, eps=1e-6, rtol=1e-8, atol=1e-12)
+    for i in (0, 2, 4):
+        alone = run(model, starts[i], horizon=5.0, eps=1e-6, rtol=1e-8, atol=1e-12)
+        for field in ("excess", "time_to_eps", "steps", "rhs_evals", "y_final", "status"):
+            assert np.array_equal(getattr(together, field)[i], getattr(alone, field)[0], equal_nan=True), field
