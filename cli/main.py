@@ -7,9 +7,13 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from typer.core import TyperGroup
+
+try:  # typer ≥ 0.20 vendors click; older releases use click itself
+    from typer._click import exceptions as _cx
+except ImportError:  # pragma: no cover
+    from click import exceptions as _cx
 
 from sweep import runner, spec as specs, store
 from sweep.spec import SpecError
@@ -21,14 +25,11 @@ class _OneLineErrors(TyperGroup):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.exceptions.NoArgsIsHelpError as exc:
-            click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        except _cx.NoArgsIsHelpError as exc:
+            typer.echo(exc.ctx.get_help() if exc.ctx else str(exc))
             code = 0
-        except click.exceptions.UsageError as exc:
+        except _cx.UsageError as exc:
             _fail(exc.format_message().replace("\n", " "))
-        except click.exceptions.Abort:
-            click.echo("linflow: aborted", err=True)
-            code = 130
         if standalone_mode:
             sys.exit(code or 0)
         return code
@@ -45,7 +46,7 @@ app = typer.Typer(
 
 
 def _fail(message: str, code: int = 2):
-    click.echo(f"linflow: error: {message}", err=True)
+    typer.echo(f"linflow: error: {message}", err=True)
     sys.exit(code)
 
 
@@ -130,11 +131,11 @@ def run(
     except SpecError as exc:
         _fail(str(exc))
     for error in report.errors:
-        click.echo(f"linflow: warning: a batch failed: {error}", err=True)
+        typer.echo(f"linflow: warning: a batch failed: {error}", err=True)
     if as_json:
-        click.echo(json.dumps(report.__dict__))
+        typer.echo(json.dumps(report.__dict__))
     else:
-        click.echo(f"{out}: {report.cells_run} cells computed in {report.seconds:.1f} s")
+        typer.echo(f"{out}: {report.cells_run} cells computed in {report.seconds:.1f} s")
         _print_counts(report.counts)
 
 
@@ -154,23 +155,23 @@ def status(
     shape, chunks = store.layout(group)
     left = store.pending_regions(group)
     if as_json:
-        click.echo(json.dumps({"counts": counts, "cells": int(sum(counts.values())), "pending_batches": len(left),
+        typer.echo(json.dumps({"counts": counts, "cells": int(sum(counts.values())), "pending_batches": len(left),
                                "fingerprint": group.attrs["fingerprint"]}))
         return
     dims = group["status"].metadata.dimension_names or ()
-    click.echo(f"{path}  (fingerprint {group.attrs['fingerprint']}, linflow {group.attrs.get('linflow_version')})")
-    click.echo("grid: " + " × ".join(f"{d} {n}" for d, n in zip(dims, shape)) + f" = {sum(counts.values())} cells")
+    typer.echo(f"{path}  (fingerprint {group.attrs['fingerprint']}, linflow {group.attrs.get('linflow_version')})")
+    typer.echo("grid: " + " × ".join(f"{d} {n}" for d, n in zip(dims, shape)) + f" = {sum(counts.values())} cells")
     _print_counts(counts)
     if left:
-        click.echo(f"left: {counts['pending']} cells in {len(left)} batches — rerun `linflow run … --out {path}` to finish")
+        typer.echo(f"left: {counts['pending']} cells in {len(left)} batches — rerun `linflow run … --out {path}` to finish")
     else:
-        click.echo("complete: no pending cells")
+        typer.echo("complete: no pending cells")
 
 
 def _print_counts(counts: dict):
     total = sum(counts.values()) or 1
     for name, n in counts.items():
-        click.echo(f"  {name:<12}{n:>8}  {100 * n / total:5.1f}%")
+        typer.echo(f"  {name:<12}{n:>8}  {100 * n / total:5.1f}%")
 
 
 def _progress_bar():

@@ -1,0 +1,261 @@
+"""The CLI end to end on a real local Ray instance into real Zarr stores."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+import zarr
+from scipy.integrate import solve_ivp
+from typer.testing import CliRunner
+
+from cli.main import app
+from sweep import runner, store
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {
+    "problem": {"m": 20, "dx": 4, "dy": 1, "seed": 2},
+    "axes": {"depth": [1, 3], "width": [3], "init_norm": [0.5, 4.0], "seed": {"start": 0, "stop": 5}},
+    "integrator": {"method": "dopri5", "rtol": 1e-10, "atol": 1e-13},
+    "horizon": 8.0,
+    "eps": 1e-6,
+    "checkpoints": {"count": 21, "spacing": "log"},
+    "batch": 4,
+}
+CONTRACT = ["loss", "excess_loss", "time_to_eps", "status", "steps", "rhs_evals", "w_init", "w_final",
+            "imbalance", "imbalance_drift", "target", "x", "y"]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One real local Ray instance for the in-process CLI runs of this module."""
+    import ray
+
+    runner.connect(workers=2)
+    yield
+    ray.shutdown()
+
+
+def cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def write_spec(path, **changes):
+    spec = {**SMALL, **changes}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def tree_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*")):
+        if f.is_file():
+            h.update(str(f.relative_to(path)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def assert_same_results(a: xr.Dataset, b: xr.Dataset):
+    for name in CONTRACT + ["time"]:
+        assert np.array_equal(a[name].values, b[name].values, equal_nan=True), name
+    assert a.attrs["fingerprint"] == b.attrs["fingerprint"]
+
+
+def test_run_writes_the_contract_dataset(ray_local, tmp_path):
+    out = tmp_path / "s.zarr"
+    r = cli("run", write_spec(tmp_path / "s.yaml"), "--out", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "20 cells computed" in r.stdout
+
+    ds = xr.open_zarr(out)
+    assert set(CONTRACT) <= set(ds.data_vars)
+    assert ds.loss.dims == ("depth", "width", "init_norm", "seed", "checkpoint")
+    assert ds.w_final.dims == ("depth", "width", "init_norm", "seed", "out", "in")
+    assert ds.x.dims == ("in", "sample") and ds.y.dims == ("out", "sample")
+    assert ds.time.dims == ("checkpoint",) and ds.time.values[0] == 0 and ds.time.values[-1] == 8.0
+    assert ds.status.dtype == np.int8
+    assert list(ds.status.attrs["flag_values"]) == [0, 1, 2, 3, 4]
+    assert ds.status.attrs["flag_meanings"].split() == ["pending", "converged", "unconverged", "diverged", "failed"]
+    for name in ds.variables:
+        assert ds[name].attrs.get("long_name"), name
+    assert yaml.safe_load(ds.attrs["spec"])["axes"]["depth"] == [1, 3]
+    assert ds.attrs["linflow_version"] and len(ds.attrs["fingerprint"]) == 16
+
+    # the numbers: norms at t = 0, loss = excess + L*, time_to_eps exactly where converged
+    z = ds.target.values
+    assert np.allclose(np.linalg.norm(ds.w_init.values, ord=2, axis=(-2, -1)),
+                       ds.init_norm.values[None, None, :, None] * np.linalg.norm(z, 2), rtol=1e-12)
+    floor = 0.5 * (np.sum(ds.y.values**2) - np.sum(z**2))  # rank Z = 1 ≤ r: L* is the data's residual
+    assert np.allclose(ds.loss - ds.excess_loss, floor, rtol=1e-12)
+    converged = ds.status.values == 1
+    assert converged.any() and np.isfinite(ds.time_to_eps.values[converged]).all()
+    assert np.isnan(ds.time_to_eps.values[~converged]).all()
+    assert np.all(ds.status.values > 0) and np.all(ds.steps.values > 0)
+    assert ds.imbalance.max() < 1e-12 and ds.imbalance_drift.max() < 1e-7
+
+    # one cell against the polar form integrated by scipy
+    cell = ds.isel(depth=1, width=0, init_norm=1, seed=3)
+    w0, zeta = cell.w_init.values.ravel(), np.linalg.norm(z)
+    n, p = 3, 2 - 2 / 3
+    th0 = np.arccos(w0 @ z.ravel() / (np.linalg.norm(w0) * zeta))
+    f = lambda t, s: [n * s[0] ** p * (zeta * np.cos(s[1]) - s[0]), -zeta * s[0] ** (p - 1) * np.sin(s[1])]
+    sol = solve_ivp(f, (0, 8), [np.linalg.norm(w0), th0], t_eval=ds.time.values, method="DOP853", rtol=1e-13, atol=1e-16)
+    ref = 0.5 * ((sol.y[0] - zeta * np.cos(sol.y[1])) ** 2 + zeta**2 * np.sin(sol.y[1]) ** 2)
+    big = ref > 1e-8
+    assert np.max(np.abs(cell.excess_loss.values[big] / ref[big] - 1)) < 1e-6
+
+
+def test_status_reports_counts(ray_local, tmp_path):
+    out = tmp_path / "s.zarr"
+    assert cli("run", write_spec(tmp_path / "s.yaml"), "--out", out, "--quiet").exit_code == 0
+    r = cli("status", out, "--json")
+    info = json.loads(r.stdout)
+    status = xr.open_zarr(out).status.values
+    assert info["cells"] == 20 and info["pending_batches"] == 0
+    assert info["counts"]["converged"] == int(np.sum(status == 1))
+    assert info["counts"]["unconverged"] == int(np.sum(status == 2))
+    text = cli("status", out).stdout
+    assert "complete" in text and "converged" in text and "depth 2 × width 1 × init_norm 2 × seed 5" in text
+
+
+def test_resume_computes_only_missing_cells(ray_local, tmp_path):
+    out = tmp_path / "s.zarr"
+    spec = write_spec(tmp_path / "s.yaml")
+    assert cli("run", spec, "--out", out, "--quiet").exit_code == 0
+    full = xr.open_zarr(out).load()
+
+    # simulate an interrupted run: one batch back to pending (its numbers wiped), and a sentinel in a
+    # done batch that a recomputation would overwrite
+    group = zarr.open_group(str(out), mode="r+")
+    wiped = (slice(1, 2), slice(0, 1), slice(0, 1), slice(0, 4))
+    group["status"][wiped] = 0
+    group["loss"][wiped] = np.nan
+    group["rhs_evals"][0, 0, 0, 0] = -7
+    r = cli("status", out)
+    assert "left: 4 cells in 1 batches" in r.stdout
+
+    r = cli("run", spec, "--out", out, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["cells_run"] == 4
+    again = xr.open_zarr(out).load()
+    assert again.rhs_evals.values[0, 0, 0, 0] == -7  # done cells were not recomputed
+    again.rhs_evals.values[0, 0, 0, 0] = full.rhs_evals.values[0, 0, 0, 0]
+    assert_same_results(again, full)
+
+    r = cli("run", spec, "--out", out, "--json")  # nothing left: nothing computed
+    assert json.loads(r.stdout)["cells_run"] == 0
+
+
+def test_changed_spec_is_refused_and_store_untouched(ray_local, tmp_path):
+    out = tmp_path / "s.zarr"
+    spec = write_spec(tmp_path / "s.yaml")
+    assert cli("run", spec, "--out", out, "--quiet").exit_code == 0
+    before = tree_digest(out)
+    r = cli("run", spec, "--out", out, "--eps", "1e-5")
+    assert r.exit_code == 2
+    assert r.stderr.count("\n") == 1 and "--out" in r.stderr and "different sweep" in r.stderr
+    assert tree_digest(out) == before
+    # execution settings are not part of the sweep: another batch size resumes the same store
+    assert cli("run", spec, "--out", out, "--batch", "64", "--quiet").exit_code == 0
+
+
+def test_batch_size_does_not_change_a_single_bit(ray_local, tmp_path):
+    spec = write_spec(tmp_path / "s.yaml", axes={**SMALL["axes"], "seed": {"start": 0, "stop": 13}})
+    for b in (7, 64):
+        assert cli("run", spec, "--out", tmp_path / f"b{b}.zarr", "--batch", b, "--quiet").exit_code == 0
+    a, b = xr.open_zarr(tmp_path / "b7.zarr").load(), xr.open_zarr(tmp_path / "b64.zarr").load()
+    assert a.status.encoding["chunks"] != b.status.encoding["chunks"]
+    assert_same_results(a, b)
+
+
+def test_flags_alone_run_a_sweep(ray_local, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = cli("run", "--depth", "2", "--seed", "0:3", "--init-norm", "1", "--method", "rk4", "--step", "1e-3",
+            "--horizon", "1", "--quiet")
+    assert r.exit_code == 0, r.output
+    ds = xr.open_zarr(tmp_path / "runs" / "sweep.zarr")
+    assert ds.sizes["seed"] == 3 and ds.sizes["depth"] == 1
+    assert np.all(ds.steps.values == 1000)
+    assert yaml.safe_load(ds.attrs["spec"])["integrator"] == {"method": "rk4", "step": 1e-3}
+
+
+BAD_SPECS = [
+    ("malformed yaml", "axes: {depth: [1, 2\n", "malformed YAML"),
+    ("unknown key", "axes: {depth: [1]}\nhorizen: 3\n", "horizen: unknown key"),
+    ("wrong type", "axes: {depth: [two]}\n", "axes.depth[0]: expected an integer"),
+    ("depth < 1", "axes: {depth: [0]}\n", "axes.depth[0]: must be ≥ 1"),
+    ("width < 1", "axes: {width: [0]}\n", "axes.width[0]: must be ≥ 1"),
+    ("init_norm <= 0", "axes: {init_norm: [0.0]}\n", "axes.init_norm[0]: must be > 0"),
+    ("empty axis", "axes: {seed: []}\n", "axes.seed: is empty"),
+    ("negative step", "integrator: {method: euler, step: -1.0e-6}\n", "integrator.step: must be > 0"),
+    ("dopri5 without tolerances", "integrator: {method: dopri5}\n", "integrator.rtol"),
+    ("m < dx", "problem: {m: 4, dx: 5}\n", "problem.m"),
+    ("missing data file", "problem: {data: nowhere.npz}\n", "problem.data: no such file"),
+    ("wrong data shapes", "problem: {data: shapes.npz}\n", "problem.data: X is 3×10 but Y is 1×9"),
+    ("angle for matrix target", "problem: {dy: 2}\naxes: {init_angle: [1.0]}\n", "axes.init_angle"),
+]
+
+
+@pytest.mark.parametrize("name, text, message", BAD_SPECS, ids=[b[0] for b in BAD_SPECS])
+def test_bad_spec_exits_2_with_one_line_and_no_store(tmp_path, name, text, message):
+    np.savez(tmp_path / "shapes.npz", X=np.ones((3, 10)), Y=np.ones((1, 9)))
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(text)
+    out = tmp_path / "never.zarr"
+    r = cli("run", spec, "--out", out)
+    assert r.exit_code == 2, r.output
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("linflow: error: "), r.stderr
+    assert message in r.stderr and "Traceback" not in r.output
+    assert not out.exists()
+
+
+BAD_FLAGS = [
+    (["--depth", "2,x"], "--depth"),
+    (["--seed", "a:b"], "--seed"),
+    (["--init-norm", "-1"], "axes.init_norm[0]"),
+    (["--method", "euler", "--step", "-1e-3"], "integrator.step"),
+    (["--method", "dopri5", "--rtol", "1e-8"], "integrator.atol"),
+    (["--horizon", "soon"], "'--horizon'"),
+    (["--workers", "0"], "--workers"),
+    (["--bogus"], "--bogus"),
+]
+
+
+@pytest.mark.parametrize("flags, field", BAD_FLAGS, ids=[b[1] for b in BAD_FLAGS])
+def test_bad_flags_exit_2_with_one_line_and_no_store(tmp_path, flags, field):
+    out = tmp_path / "never.zarr"
+    r = cli("run", "--out", out, *flags)
+    assert r.exit_code == 2, r.output
+    assert r.stderr.count("\n") == 1 and field in r.stderr and "Traceback" not in r.output, r.stderr
+    assert not out.exists()
+
+
+def test_out_that_is_not_a_store_is_refused(tmp_path):
+    out = tmp_path / "notastore"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep")
+    r = cli("run", "--out", out, "--depth", "1")
+    assert r.exit_code == 2 and "not a linflow store" in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
+    assert cli("status", tmp_path / "absent.zarr").exit_code == 2
+
+
+@pytest.mark.slow
+def test_console_script_starts_its_own_local_ray(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = tmp_path / "q.zarr"
+    spec = write_spec(tmp_path / "s.yaml", axes={"depth": [2], "width": [3], "init_norm": [1.0], "seed": [0, 1]})
+    linflow = Path(sys.executable).parent / "linflow"
+    proc = subprocess.run([str(linflow), "run", str(spec), "--out", str(out), "--workers", "2"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 cells computed" in proc.stdout
+    assert store.counts(out)["pending"] == 0
+    proc = subprocess.run([str(linflow), "status", str(out)], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0 and "complete" in proc.stdout
