@@ -53,7 +53,7 @@ def _model(spec: Spec, problem: Problem, depth: int, width: int):
     r = rank_of(problem.dx, problem.dy, depth, width)
     tail = kernel.tail_loss(target, r)
     if spec.model == "induced":
-        return kernel.Induced(depth, target, tail)
+        return kernel.Induced(depth, target, tail, rank=r)
     return kernel.Layerwise(layer_dims(problem.dx, problem.dy, depth, width), target, tail)
 
 

@@ -179,10 +179,15 @@ class Layerwise:
 class Induced:
     """The end-to-end flow of balanced networks (theory.md §2, the paper's (17)):
     dW/dt = −U[(Uᵀ(W − Z)V) ∘ K]Vᵀ, K_ab = Σ_i s_a^{2(N−i)/N} s_b^{2(i−1)/N}, from the full SVD of W,
-    with numerically-zero singular values set to exactly 0 and 0⁰ = 1."""
+    with numerically-zero singular values set to exactly 0 and 0⁰ = 1.
 
-    def __init__(self, depth: int, target: np.ndarray, tail: float = 0.0):
+    ``rank`` (the narrowest layer of the network it stands for) sets s_k = 0 for k > rank: the exact
+    flow keeps rank(W) ≤ rank, but for N = 2 the directions beyond it are unstable (strict saddles)
+    and round-off alone would otherwise grow a rank the network cannot have."""
+
+    def __init__(self, depth: int, target: np.ndarray, tail: float = 0.0, rank: int | None = None):
         self.depth = int(depth)
+        self.rank = rank
         self.target = np.asarray(target, dtype=float)
         self.dy, self.dx = self.target.shape
         self.size = self.dy * self.dx
@@ -206,6 +211,8 @@ class Induced:
         s = s.copy()
         cutoff = max(self.dy, self.dx) * np.finfo(float).eps * s[:, :1]
         s[s <= cutoff] = 0.0
+        if self.rank is not None:
+            s[:, self.rank :] = 0.0
         k = len(s[0])
         sa = np.zeros((len(s), self.dy))
         sb = np.zeros((len(s), self.dx))
