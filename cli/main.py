@@ -45,8 +45,8 @@ app = typer.Typer(
 )
 
 
-def _fail(message: str, code: int = 2):
-    typer.echo(f"linflow: error: {message}", err=True)
+def _fail(message: str, code: int = 2, kind: str = "error: "):
+    typer.echo(f"linflow: {kind}{message}", err=True)
     sys.exit(code)
 
 
@@ -127,7 +127,7 @@ def run(
         else:
             report = runner.run(s, out, address=address, workers=workers)
     except KeyboardInterrupt:
-        _fail(f"interrupted; {out} holds every finished batch — rerun the same command to finish it", 130)
+        _fail(f"{out} holds every finished batch — rerun the same command to finish it", 130, "interrupted; ")
     except SpecError as exc:
         _fail(str(exc))
     for error in report.errors:

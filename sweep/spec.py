@@ -35,6 +35,7 @@ DEFAULTS = {
 }
 TOP_KEYS = tuple(DEFAULTS)
 MAX_STEPS = 1_000_000
+MAX_BATCH = 65_536
 
 
 class SpecError(ValueError):
@@ -251,6 +252,8 @@ def parse(raw: dict | None, base: Path | None = None) -> Spec:
             raise SpecError("checkpoints.log_start", "only used with spacing: log")
         checkpoints["log_start"] = _float(ck["log_start"], "checkpoints.log_start", positive=True, hi=horizon)
     batch = _int(d["batch"], "batch", lo=1)
+    if batch > MAX_BATCH:  # Ray retries tasks killed for memory forever: keep a task's memory bounded
+        raise SpecError("batch", f"must be ≤ {MAX_BATCH} cells per task, got {batch}")
 
     if "init_angle" in axes:
         if init["scheme"] != "balanced":

@@ -87,6 +87,7 @@ BAD = [
     ({"stop_at_eps": "yes"}, "stop_at_eps", "true or false"),
     ({"checkpoints": {"count": 1}}, "checkpoints.count", "≥ 2"),
     ({"batch": 0}, "batch", "≥ 1"),
+    ({"batch": 10**7}, "batch", "≤ 65536"),
     ({"axes": {"init_angle": [0.5]}, "problem": {"dy": 3}}, "axes.init_angle", "dy = 1"),
     ({"axes": {"init_angle": [0.5]}, "init": {"scheme": "gaussian"}}, "axes.init_angle", "balanced"),
     ({"axes": {"init_angle": [4.0]}}, "axes.init_angle[0]", "≤ 3.14159"),
