@@ -1,1 +1,346 @@
-"""analysis.theory — to be filled (see the analysis issue)."""
+"""The derived results of theory.md as functions (labelled "derived", not the paper's theorem numbers).
+
+Scalar-output closed forms (§4) are evaluated by quadrature (scipy); every function broadcasts over
+array inputs. Notation: ζ = ‖Z‖, r0 = ‖W0‖, θ0 = ∠(W0, Z), p = 2 − 2/N.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+from scipy.integrate import quad
+from scipy.optimize import brentq
+
+ALIGN_TOL = 1e-8  # |p_k| ≤ ALIGN_TOL·(|u_kᵀu0| + |v_kᵀv0| + 1) counts as an exact alignment zero
+
+# --------------------------------------------------------------------------------------------------
+# §3 stable sets
+# --------------------------------------------------------------------------------------------------
+
+
+def _rank1(w0):
+    u, s, vt = np.linalg.svd(w0, full_matrices=False)
+    return u[..., :, 0], s[..., 0], vt[..., 0, :], s
+
+
+def alignment(w0, target):
+    """Coefficients p_k = u_kᵀu0 + v_kᵀv0 of a rank-1 start W0 = σ0 u0 v0ᵀ (leading dims broadcast);
+    the sign of the pair (u0, v0) is fixed so that p_1 ≥ 0 when it can be (it is irrelevant to §3)."""
+    w0 = np.asarray(w0, dtype=float)
+    uz, _, vzt = np.linalg.svd(np.asarray(target, dtype=float), full_matrices=False)
+    u0, _, v0, _ = _rank1(w0)
+    p = np.einsum("ik,...i->...k", uz, u0) + np.einsum("ki,...i->...k", vzt, v0)
+    flip = np.where(p[..., :1] < 0, -1.0, 1.0)
+    return p * flip
+
+
+def predicted_limit(w0, target, depth, tol: float = ALIGN_TOL):
+    """Which critical point the balanced flow from W0 ends at (theory.md §3):
+    0 = the global minimizer Z_1; k ≥ 2 = the saddle s_k u_k v_kᵀ; −1 = zero (all p_k = 0).
+
+    Exact-alignment cases (anti-aligned starts) are decided with ``tol`` on |p_k| relative to the
+    size of its two terms. Depth 1 is linear regression: always 0. For depth 2 the answer is the exact
+    flow's; the saddles are strict and a simulation can escape them through round-off.
+    Only rank-1 starts are decided; a start of rank ≥ 2 gives −2 (undecided by §3)."""
+    w0 = np.asarray(w0, dtype=float)
+    p = alignment(w0, target)
+    uz, _, vzt = np.linalg.svd(np.asarray(target, dtype=float), full_matrices=False)
+    u0, _, v0, s = _rank1(w0)
+    size = np.abs(np.einsum("ik,...i->...k", uz, u0)) + np.abs(np.einsum("ki,...i->...k", vzt, v0))
+    nonzero = np.abs(p) > tol * (size + 1.0)
+    first = np.where(nonzero.any(-1), np.argmax(nonzero, axis=-1) + 1, -1)
+    limit = np.where(first == 1, 0, first)
+    rank = np.sum(s > 1e-10 * s[..., :1], axis=-1)
+    limit = np.where(rank > 1, -2, limit)
+    return np.where(np.asarray(depth) == 1, 0, limit)
+
+
+# --------------------------------------------------------------------------------------------------
+# §4 exact time to ε and excess loss, scalar output
+# --------------------------------------------------------------------------------------------------
+
+
+def _cosh_integral(n: int, y):
+    """J_n(y) = ∫_0^y cosh^n (recurrence J_n = cosh^{n−1} sinh / n + (n−1)/n J_{n−2})."""
+    y = np.asarray(y, dtype=float)
+    c, s = np.cosh(y), np.sinh(y)
+    j_prev, j = y, s  # J_0, J_1
+    if n == 0:
+        return j_prev
+    for k in range(2, n + 1):
+        j_prev, j = j, c ** (k - 1) * s / k + (k - 1) / k * j_prev
+    return j
+
+
+class _Polar:
+    """The closed form of §4 for one (N, r0, ζ, θ0) with 0 < θ0 < π, in the variable x = artanh cos θ."""
+
+    def __init__(self, n, r0, zeta, theta0):
+        self.n, self.zeta = n, zeta
+        self.x0 = np.arctanh(np.cos(theta0))
+        self.k = 1.0 / (r0 * np.sin(theta0) ** n)
+        self.j0 = _cosh_integral(n, self.x0)
+
+    def r(self, x):
+        return np.cosh(x) ** self.n / (self.k + self.n / self.zeta * (_cosh_integral(self.n, x) - self.j0))
+
+    def excess(self, x):
+        return 0.5 * ((self.r(x) - self.zeta * np.tanh(x)) ** 2 + (self.zeta / np.cosh(x)) ** 2)
+
+    def dtdx(self, x):
+        return self.r(x) ** ((2.0 - self.n) / self.n) / self.zeta
+
+    def t(self, x, x_from=None, t_from=0.0):
+        a = self.x0 if x_from is None else x_from
+        if self.n == 2:
+            return (x - self.x0) / self.zeta
+        val, _ = quad(self.dtdx, a, x, epsabs=0.0, epsrel=1e-13, limit=1000)
+        return t_from + val
+
+    def x_at_excess(self, eps):
+        """x where the (monotone) excess loss equals eps."""
+        lo = self.x0
+        hi = max(self.x0, 0.0) + 1.0
+        while self.excess(hi) > eps:
+            hi = hi + 2.0 * (hi - lo)
+            if hi > 700 / max(self.n, 1):
+                return np.inf
+        return brentq(lambda x: np.log(self.excess(x)) - np.log(eps), lo, hi, xtol=1e-15, rtol=1e-15, maxiter=500)
+
+
+def _excess0(r0, zeta, theta0):
+    return 0.5 * ((r0 - zeta * np.cos(theta0)) ** 2 + (zeta * np.sin(theta0)) ** 2)
+
+
+def _ray_coordinate(r, c):
+    """The smooth variable of a ray: w = ln|r − c| (c > 0, r → c) or w = ln r (c < 0, r → 0)."""
+    return np.log(abs(r - c)) if c > 0 else np.log(r)
+
+
+def _ray_time(n, r0, c, w1):
+    """Time for dr/dt = N r^p (c − r) to go from r0 to the point with coordinate w1 on a ray:
+    c = ζ (θ0 = 0, r → ζ) or c = −ζ (θ0 = π, r → 0); integrated in w, where it is smooth."""
+    p = 2.0 - 2.0 / n
+    if c > 0:
+        sign = 1.0 if r0 > c else -1.0
+        f = lambda w: 1.0 / (n * (c + sign * np.exp(w)) ** p)  # noqa: E731
+    else:
+        f = lambda v: 1.0 / (n * np.exp((p - 1) * v) * (-c + np.exp(v)))  # noqa: E731
+    val, _ = quad(f, w1, _ray_coordinate(r0, c), epsabs=0.0, epsrel=1e-13, limit=1000)
+    return val
+
+
+def _ray_excess(n, r0, c, times):
+    """Excess loss ½(r − c)² along a ray at sorted times (θ0 = 0: c = ζ; θ0 = π: c = −ζ)."""
+    out = np.empty(len(times))
+    start = _ray_coordinate(r0, c) if r0 != c else -np.inf
+    for i, t in enumerate(times):
+        if t <= 0 or r0 == c:
+            out[i] = 0.5 * (r0 - c) ** 2
+            continue
+        g = lambda w: _ray_time(n, r0, c, w) - t  # noqa: E731  (decreasing in w)
+        lo = start - 1.0
+        while g(lo) < 0 and lo > -700:
+            lo = start - 2 * (start - lo)
+        w = brentq(g, lo, start, xtol=1e-14, rtol=1e-15, maxiter=500) if g(lo) >= 0 else lo
+        out[i] = 0.5 * np.exp(2 * w) if c > 0 else 0.5 * (np.exp(w) - c) ** 2
+    return out
+
+
+def _tte_one(n, r0, zeta, theta0, eps):
+    e0 = _excess0(r0, zeta, theta0)
+    if e0 <= eps:
+        return 0.0
+    if n == 1:  # W(t) = Z + (W0 − Z) e^{−t}
+        return 0.5 * np.log(e0 / eps)
+    if theta0 >= np.pi:
+        return np.inf if 0.5 * zeta**2 > eps else 0.0  # anti-aligned: W → 0, excess → ½ζ² (N ≥ 2)
+    if theta0 == 0.0:
+        return _ray_time(n, r0, zeta, 0.5 * np.log(2 * eps))  # |r − ζ| = √(2ε)
+    pol = _Polar(n, r0, zeta, theta0)
+    x1 = pol.x_at_excess(eps)
+    return np.inf if not np.isfinite(x1) else pol.t(x1)
+
+
+def exact_time_to_eps(depth, r0, zeta, theta0, eps):
+    """T_ε of the balanced scalar-output flow (theory.md §4, derived), by quadrature; ∞ where the
+    flow never gets within ε (anti-aligned starts). Broadcasts over all arguments."""
+    args = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (depth, r0, zeta, theta0, eps)))
+    out = np.empty(args[0].shape)
+    for i in np.ndindex(out.shape):
+        n, a, z, th, e = (float(v[i]) for v in args)
+        out[i] = _tte_one(int(n), a, z, th, e) if np.isfinite(a) and np.isfinite(th) else np.nan
+    return out[()] if out.ndim == 0 else out
+
+
+def _excess_curve(n, r0, zeta, theta0, times):
+    """Excess loss at sorted times for one start (each time: a root of t(x) = t on the closed form)."""
+    times = np.asarray(times, dtype=float)
+    e0 = _excess0(r0, zeta, theta0)
+    if n == 1:
+        return e0 * np.exp(-2 * times)
+    if theta0 >= np.pi:  # along −Z: dr/dt = −N r^p (ζ + r)
+        return _ray_excess(n, r0, -zeta, times)
+    if theta0 == 0.0:
+        return _ray_excess(n, r0, zeta, times)
+    pol = _Polar(n, r0, zeta, theta0)
+    out = np.empty(len(times))
+    x_cur, t_cur = pol.x0, 0.0
+    for i, t in enumerate(times):
+        if t <= 0:
+            out[i] = e0
+            continue
+        if n == 2:
+            x_cur = pol.x0 + zeta * t
+        else:
+            hi, t_hi = x_cur, t_cur
+            step = max(1e-3, (t - t_cur) * zeta * pol.r(x_cur) ** ((n - 2.0) / n))
+            while t_hi < t:
+                lo, t_lo = hi, t_hi
+                hi = hi + step
+                t_hi = pol.t(hi, lo, t_lo)
+                step *= 2
+            x_cur = brentq(lambda x: pol.t(x, lo, t_lo) - t, lo, hi, xtol=1e-15, rtol=1e-15, maxiter=500)
+            t_cur = t
+        out[i] = pol.excess(x_cur)
+    return out
+
+
+def exact_excess_loss(depth, r0, zeta, theta0, t):
+    """Excess loss of the balanced scalar-output flow at times ``t`` (theory.md §4, derived).
+    ``t`` may be an array (the last axis of the result); the other arguments broadcast."""
+    t = np.atleast_1d(np.asarray(t, dtype=float))
+    args = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (depth, r0, zeta, theta0)))
+    out = np.empty(args[0].shape + t.shape)
+    order = np.argsort(t)
+    for i in np.ndindex(args[0].shape):
+        n, a, z, th = (float(v[i]) for v in args)
+        curve = np.empty(len(t))
+        curve[order] = _excess_curve(int(n), a, z, th, t[order])
+        out[i] = curve
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# §5 bounds (derived)
+# --------------------------------------------------------------------------------------------------
+
+
+def certificate_time_bound(depth, r0, zeta, theta0, eps):
+    """dy = 1, cos θ0 > 0: T_ε ≤ ln(excess(0)/ε) / (2 min(r0, ζ cos θ0)^p); NaN where cos θ0 ≤ 0."""
+    depth, r0, zeta, theta0, eps = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (depth, r0, zeta, theta0, eps)))
+    p = 2 - 2 / depth
+    c = np.cos(theta0)
+    with np.errstate(all="ignore"):
+        bound = np.log(_excess0(r0, zeta, theta0) / eps) / (2 * np.minimum(r0, zeta * c) ** p)
+    return np.where(c > 0, np.maximum(bound, 0.0), np.nan)
+
+
+def certificate_bound(excess0, norms, times, depth):
+    """excess(t) ≤ excess(0)·exp(−2∫_0^t ‖W(s)‖^p ds), from samples of ‖W(s)‖ (trapezoid rule)."""
+    p = 2 - 2 / depth
+    integral = np.concatenate([[0.0], np.cumsum(0.5 * np.diff(times) * (norms[1:] ** p + norms[:-1] ** p))])
+    return excess0 * np.exp(-2 * integral)
+
+
+def far_phase_bound(depth, r0, zeta):
+    """Time to shrink from r0 ≥ 2ζ to 2ζ: ≤ (2ζ)^{−p}/(N − 1) for N ≥ 2 (independent of r0); ln(r0/ζ)
+    for N = 1 (exactly the time to reach 2ζ along the ray is ln((r0 − ζ)/ζ) ≤ ln(r0/ζ))."""
+    depth = np.asarray(depth, dtype=float)
+    p = 2 - 2 / depth
+    with np.errstate(all="ignore"):
+        deep = (2 * np.asarray(zeta)) ** (-p) / (depth - 1)
+    return np.where(depth == 1, np.log(np.asarray(r0) / np.asarray(zeta)), deep)
+
+
+def local_rate(depth, s1, s2=0.0):
+    """Rate ρ of excess ∝ exp(−ρ t) near the optimum: 2(s_1 − s_2)s_1^{1−2/N} (rank 1); dy = 1: 2ζ^p (s2 = 0)."""
+    depth = np.asarray(depth, dtype=float)
+    return 2 * (np.asarray(s1) - np.asarray(s2)) * np.asarray(s1) ** (1 - 2 / depth)
+
+
+def arora_margin(w0, target):
+    """Deficiency margin c = s_min(Z) − ‖W0 − Z‖_F (Arora et al. 2018a); > 0 means covered."""
+    s = np.linalg.svd(np.asarray(target, dtype=float), compute_uv=False)
+    return s[-1] - np.linalg.norm(np.asarray(w0) - target, axis=(-2, -1))
+
+
+def arora_covered(w0, target, depth, width):
+    """The margin is positive and no layer is narrower than min(dx, dy)."""
+    dy, dx = np.asarray(target).shape
+    wide = (np.asarray(depth) == 1) | (np.asarray(width) >= min(dx, dy))
+    return (arora_margin(w0, target) > 0) & wide
+
+
+def arora_time_bound(w0, target, depth, width, eps):
+    """T_ε ≤ ln(excess(0)/ε)/(2c^p) where covered (see :func:`arora_covered`), NaN elsewhere."""
+    c = arora_margin(w0, target)
+    p = 2 - 2 / np.asarray(depth, dtype=float)
+    excess0 = 0.5 * np.sum((np.asarray(w0) - target) ** 2, axis=(-2, -1))
+    with np.errstate(all="ignore"):
+        bound = np.maximum(np.log(excess0 / eps), 0.0) / (2 * c**p)
+    return np.where(arora_covered(w0, target, depth, width), bound, np.nan)
+
+
+def bah_prediction(w0, target, depth, tol: float = ALIGN_TOL):
+    """Bah et al. 2019: the limit is a global minimizer of the rank-k problem for some k ≤ rank W0;
+    for a rank-1 start that is Z_1 (0) or zero (−1), and §3 decides which. Saddles (k ≥ 2) appear
+    only on the measure-zero sets p_1 = 0; they are reported as such."""
+    return predicted_limit(w0, target, depth, tol)
+
+
+# --------------------------------------------------------------------------------------------------
+# per-cell theory variables for a results dataset
+# --------------------------------------------------------------------------------------------------
+
+
+def polar_coordinates(ds: xr.Dataset):
+    """(r0, ζ, θ0) of every cell of a scalar-output dataset (NaN where dy ≠ 1)."""
+    z = ds.target.values
+    w0 = ds.w_init
+    zeta = float(np.linalg.norm(z))
+    r0 = np.sqrt((w0**2).sum(("out", "in")))
+    cos = (w0 * ds.target).sum(("out", "in")) / (r0 * zeta)
+    theta0 = np.arccos(cos.clip(-1, 1))
+    return r0, zeta, theta0
+
+
+def annotate(ds: xr.Dataset, tol: float = ALIGN_TOL) -> xr.Dataset:
+    """Add per-cell theory variables: ``theory_limit``, ``theory_time_to_eps`` (balanced starts of
+    rank ≤ 1 with scalar output; NaN elsewhere), ``arora_covered``, ``arora_time_bound``,
+    ``certificate_time_bound`` and ``alignment_p1``."""
+    import yaml
+
+    spec = yaml.safe_load(ds.attrs["spec"])
+    eps = float(spec["eps"])
+    balanced = spec["init"]["scheme"] == "balanced"
+    z = ds.target.values
+    w0 = ds.w_init.load()
+    depth = ds.depth.broadcast_like(w0.isel(out=0, **{"in": 0}))
+    width = ds.width.broadcast_like(depth)
+    out = ds.copy()
+
+    limit = predicted_limit(w0.values, z, depth.values, tol)
+    out["theory_limit"] = (depth.dims, limit.astype("i1"), {
+        "long_name": "predicted limit of the balanced flow (theory.md §3, derived)",
+        "flag_values": np.array([-2, -1, 0], dtype="i1"),
+        "flag_meanings": "undecided zero global (k ≥ 2: saddle s_k u_k v_kᵀ)"})
+    out["alignment_p1"] = (depth.dims, alignment(w0.values, z)[..., 0], {"long_name": "alignment coefficient p_1 = u_1ᵀu0 + v_1ᵀv0"})
+    out["arora_covered"] = (depth.dims, arora_covered(w0.values, z, depth.values, width.values), {
+        "long_name": "covered by Arora et al. 2018a (positive deficiency margin, no narrow layer)"})
+    out["arora_time_bound"] = (depth.dims, arora_time_bound(w0.values, z, depth.values, width.values, eps), {
+        "long_name": "Arora et al. deficiency-margin bound on T_ε (derived)", "units": "flow time"})
+
+    tte = np.full(depth.shape, np.nan)
+    cert = np.full(depth.shape, np.nan)
+    if z.shape[0] == 1 and balanced:
+        r0, zeta, theta0 = polar_coordinates(ds)
+        r0, theta0 = r0.broadcast_like(depth).values, theta0.broadcast_like(depth).values
+        tte = exact_time_to_eps(depth.values, r0, zeta, theta0, eps)
+        tte = np.where(np.isinf(tte), np.nan, tte)
+        cert = certificate_time_bound(depth.values, r0, zeta, theta0, eps)
+    out["theory_time_to_eps"] = (depth.dims, tte, {
+        "long_name": "exact T_ε of the balanced flow (theory.md §4, derived)", "units": "flow time"})
+    out["certificate_time_bound"] = (depth.dims, cert, {
+        "long_name": "certificate bound on T_ε for cos θ0 > 0 (theory.md §5, derived)", "units": "flow time"})
+    return out
