@@ -1,0 +1,123 @@
+"""analysis.convergence and analysis.complexity on crafted datasets and on a real (small) sweep."""
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from analysis import complexity, convergence, theory
+from sweep import batch, problem, spec as specs
+from sweep.store import template
+
+
+def sweep_dataset(raw) -> xr.Dataset:
+    """A real sweep computed in-process (the same run_batch the Ray tasks call)."""
+    s = specs.parse(raw)
+    p = problem.build(s.problem)
+    ds, _ = template(s, p, s.fingerprint(p.digest()))
+    for region in batch.regions(s.shape, batch.chunk_shape(s.shape, tuple(s.axes), s.batch)):
+        for name, values in batch.run_batch(s, p, region).items():
+            ds[name].values[region] = values
+    return ds
+
+
+@pytest.fixture(scope="module")
+def paper_sweep():
+    return sweep_dataset({
+        "axes": {"depth": [1, 2, 3, 5], "width": [5], "init_norm": [0.3, 1.0, 10.0], "seed": {"start": 0, "stop": 5}},
+        "integrator": {"method": "dopri5", "rtol": 1e-10, "atol": 1e-13}, "horizon": 40.0, "eps": 1e-6})
+
+
+def crafted(cells):
+    """A dataset with depth 2, widths (1, 5) and one seed per crafted final matrix."""
+    z = np.zeros((3, 5))
+    z[0, 0], z[1, 1], z[2, 2] = 3.0, 2.0, 1.0
+    n = max(len(c) for c in cells.values())
+    w = np.full((1, 2, 1, n, 3, 5), np.nan)
+    status = np.zeros((1, 2, 1, n), dtype="i1")
+    for wi, width in enumerate((1, 5)):
+        for si, (mat, st) in enumerate(cells[width]):
+            w[0, wi, 0, si] = mat
+            status[0, wi, 0, si] = st
+    dims = ("depth", "width", "init_norm", "seed")
+    return xr.Dataset(
+        {"w_final": (dims + ("out", "in"), w), "status": (dims, status), "target": (("out", "in"), z)},
+        coords={"depth": [2], "width": [1, 5], "init_norm": [1.0], "seed": np.arange(n)})
+
+
+def test_classify_every_class():
+    zz = np.zeros((3, 5))
+    zz[0, 0], zz[1, 1], zz[2, 2] = 3.0, 2.0, 1.0
+    z1, s2 = np.zeros((3, 5)), np.zeros((3, 5))
+    z1[0, 0], s2[1, 1] = 3.0, 2.0
+    rng = np.random.default_rng(0)
+    cells = {
+        1: [(z1 + 1e-6, 1), (s2, 2), (np.zeros((3, 5)), 2), (np.full((3, 5), 1e3), 3)],  # rank-1 problem
+        5: [(zz, 1), (z1, 2), (rng.standard_normal((3, 5)), 2), (np.full((3, 5), np.nan), 0)],  # rank-3 problem
+    }
+    cls = convergence.classify(crafted(cells)).values[0, :, 0, :]
+    G, S, Z0, U, D, K = (convergence.GLOBAL, convergence.SADDLE, convergence.ZERO, convergence.UNCONVERGED,
+                         convergence.DIVERGED, convergence.UNKNOWN)
+    assert cls.tolist() == [[G, S, Z0, D], [G, S, U, K]]
+    _, index = convergence.nearest_critical_point(crafted(cells))
+    assert index.values[0, 0, 0, :3].tolist() == [0, 2, -1]
+    attrs = convergence.classify(crafted(cells)).attrs
+    assert attrs["flag_meanings"].split()[1:] == ["global", "saddle", "zero", "unconverged", "diverged"]
+
+
+def test_convergence_rate_and_agreement_on_a_real_sweep(paper_sweep):
+    rate = convergence.convergence_rate(paper_sweep)
+    assert float(rate.min()) == 1.0  # generic balanced starts all reach Z (theory.md §3)
+    table = convergence.agreement(paper_sweep)
+    assert table.sizes["cell"] == 0 and table.attrs["compared"] == 60
+
+
+def test_agreement_flags_an_anti_aligned_start():
+    ds = sweep_dataset({"model": "induced", "axes": {"depth": [1, 3], "width": [5], "init_norm": [1.0],
+                        "init_angle": [1.0, np.pi], "seed": [0]}, "horizon": 20.0})
+    a = theory.annotate(ds)
+    assert a.theory_limit.sel(depth=3, init_angle=np.pi).item() == -1
+    assert a.theory_limit.sel(depth=1, init_angle=np.pi).item() == 0
+    cls = convergence.classify(a)
+    assert cls.sel(depth=1).values.ravel().tolist() == [convergence.GLOBAL] * 2
+    # depth 3 from −Z: W → 0 only algebraically, so at t = 20 it is near no critical point yet
+    assert cls.sel(depth=3, init_angle=np.pi).item() in (convergence.ZERO, convergence.UNCONVERGED)
+    assert convergence.agreement(a).sizes["cell"] == 0
+
+
+def test_observed_times_match_the_exact_form_and_no_bound_is_below_them(paper_sweep):
+    a = theory.annotate(paper_sweep)
+    ev = complexity.empirical_vs_theory(a)
+    assert float(abs(ev.ratio_exact - 1).max()) < 1e-6
+    assert ev.attrs["certificate_violations"] == 0 and ev.attrs["certificate_applicable"] > 0
+    assert ev.attrs["arora_violations"] == 0
+    assert float(ev.ratio_certificate.max()) <= 1.0 + 1e-6  # depth 1: the bound is the exact time
+
+
+@pytest.mark.parametrize("form, along, values, truth", [
+    ("power", "init_norm", [0.1, 0.3, 1.0, 3.0, 10.0, 30.0], -0.7),
+    ("loglinear", "depth", [1, 2, 3, 4, 5, 6], 0.25),
+])
+def test_fit_scaling_recovers_a_known_exponent(form, along, values, truth):
+    rng = np.random.default_rng(1)
+    x = np.asarray(values, dtype=float)
+    g = np.log(x) if form == "power" else x
+    seeds = 30
+    t = np.exp(0.5 + truth * g[:, None] + 0.05 * rng.standard_normal((len(x), seeds)))
+    other = "depth" if along == "init_norm" else "init_norm"
+    ds = xr.Dataset(
+        {"time_to_eps": ((along, other, "seed"), t[:, None, :]), "status": ((along, other, "seed"), np.ones((len(x), 1, seeds), "i1"))},
+        coords={along: x, other: [1.0], "seed": np.arange(seeds)})
+    fit = complexity.fit_scaling(ds, along=along, form=form, n_boot=500)
+    b = fit.exponent.item()
+    assert fit.exponent_low.item() <= truth <= fit.exponent_high.item()
+    assert abs(b - truth) < 0.02 and fit.exponent_high.item() - fit.exponent_low.item() < 0.05
+    assert fit.attrs["ci_method"] == "bootstrap over seed"
+    few = complexity.fit_scaling(ds.isel(seed=[0, 1]), along=along, form=form)
+    assert few.attrs["ci_method"] == "t interval" and few.exponent_low.item() <= truth <= few.exponent_high.item()
+
+
+def test_time_to_eps_table(paper_sweep):
+    table = complexity.time_to_eps_table(paper_sweep, "depth")
+    assert table.dims == ("depth", "init_norm")
+    expected = paper_sweep.time_to_eps.sel(depth=3, init_norm=1.0).median().item()
+    assert table.sel(depth=3, init_norm=1.0).item() == expected
