@@ -1,1 +1,122 @@
-"""analysis.plots — to be filled (see the analysis issue)."""
+"""Figures of a results dataset (matplotlib, headless: each function returns a Figure).
+
+Theory curves are the derived closed forms of theory.md §4 (labelled "exact (derived)")."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+from matplotlib.figure import Figure
+
+from . import complexity, convergence, theory
+
+
+def _fig(ncols=1, width=6.4, height=4.4):
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, axes
+
+
+def _first(ds: xr.Dataset, keep=("depth", "checkpoint")) -> dict:
+    """Selection of the first value of every axis not in ``keep``, for one-line-per-depth plots."""
+    return {d: ds[d].values[0] for d in ds.status.dims if d not in keep}
+
+
+def excess_vs_time(ds: xr.Dataset, select: dict | None = None, exact: bool = True) -> Figure:
+    """Excess loss against flow time (log y), one line per depth, for one start (``select`` picks
+    it; default the first init_norm / seed / …), with the exact curve dashed beside it (scalar
+    output, balanced starts)."""
+    sel = {**_first(ds), **(select or {})}
+    cell = ds.sel(sel)
+    fig, (ax,) = _fig()
+    t = ds.time.values
+    r0, zeta, theta0 = theory.polar_coordinates(cell) if ds.sizes["out"] == 1 else (None, None, None)
+    for i, n in enumerate(cell.depth.values):
+        color = f"C{i}"
+        e = cell.excess_loss.sel(depth=n).values
+        ax.semilogy(t[1:], e[1:], color=color, lw=3, alpha=0.45, label=f"N = {n}")
+        if exact and r0 is not None:
+            curve = theory.exact_excess_loss(int(n), float(r0.sel(depth=n)), zeta, float(theta0.sel(depth=n)), t[1:])
+            ax.semilogy(t[1:], curve, color=color, ls="--", lw=1.2)
+    if exact and r0 is not None:
+        ax.plot([], [], "k--", lw=1.2, label="exact (derived, §4)")
+        cos0 = float(np.cos(theta0.isel(depth=0)))
+        ttl = f"cos θ0 = {cos0:.3f}"
+    else:
+        ttl = ""
+    what = ", ".join(f"{k} = {v:g}" for k, v in sel.items() if ds.sizes[k] > 1)
+    floor = np.nanmin(np.where(cell.excess_loss.values[..., 1:] > 0, cell.excess_loss.values[..., 1:], np.nan))
+    ax.set_ylim(bottom=max(floor, 1e-30) / 10)  # the exact curves go on below round-off: don't let them squash the view
+    ax.set(xlabel="flow time t", ylabel="excess loss L − L*",
+           title="Excess loss per depth" + (f"\n({what}{'; ' if what and ttl else ''}{ttl})" if what or ttl else ""))
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    return fig
+
+
+def time_to_eps_scaling(ds: xr.Dataset, along: str = "init_norm", fit: bool = True) -> Figure:
+    """Median T_ε (bars: interquartile range over seeds) against ``along`` on log-log axes, one line
+    per value of the other swept axis, with the fitted scaling law."""
+    t = complexity.converged_times(ds)
+    other = next((d for d in ds.status.dims if d not in (along, "seed") and ds.sizes[d] > 1), None)
+    fits = complexity.fit_scaling(ds, along=along) if fit else None
+    fig, (ax,) = _fig()
+    groups = ds[other].values if other else [None]
+    x = ds[along].values.astype(float)
+    for i, g in enumerate(groups):
+        sub = t.sel({other: g}) if other is not None else t
+        dims = [d for d in sub.dims if d != along]
+        med = sub.median(dims).values
+        lo, hi = sub.quantile(0.25, dims).values, sub.quantile(0.75, dims).values
+        label = f"{other} = {g}" if other else "T_ε"
+        ax.errorbar(x, med, yerr=[med - lo, hi - med], fmt="o-", color=f"C{i}", capsize=3, label=label)
+        if fits is not None:
+            f = fits.sel({other: g}) if other is not None and other in fits.dims else fits
+            f = f.squeeze()
+            if np.isfinite(f.exponent.item()):
+                gx = np.log(x) if fits.attrs["form"] == "power" else x
+                ax.plot(x, np.exp(f.intercept.item() + f.exponent.item() * gx), color=f"C{i}", ls=":",
+                        label=f"fit: slope {f.exponent.item():.3g} [{f.exponent_low.item():.3g}, {f.exponent_high.item():.3g}]")
+    ax.set_xscale("log" if along != "depth" else "linear")
+    ax.set_yscale("log")
+    unit = " (‖W0‖₂/‖Z‖₂)" if along == "init_norm" else ""
+    ax.set(xlabel=f"{along}{unit}", ylabel="time to ε, T_ε (flow time)", title=f"Time to ε against {along}")
+    ax.legend(fontsize="small")
+    ax.grid(True, which="both", alpha=0.3)
+    return fig
+
+
+def convergence_heatmap(ds: xr.Dataset, x: str = "init_norm", y: str = "depth") -> Figure:
+    """Fraction of runs reaching the global minimizer over two axes (all others pooled)."""
+    over = [d for d in ds.status.dims if d not in (x, y)]
+    rate = convergence.convergence_rate(ds, over=tuple(over)).transpose(y, x)
+    fig, (ax,) = _fig()
+    im = ax.imshow(rate.values, vmin=0, vmax=1, cmap="viridis", origin="lower", aspect="auto")
+    ax.set_xticks(range(ds.sizes[x]), [f"{v:g}" for v in ds[x].values])
+    ax.set_yticks(range(ds.sizes[y]), [f"{v:g}" for v in ds[y].values])
+    for (i, j), v in np.ndenumerate(rate.values):
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.6 else "k", fontsize="small")
+    fig.colorbar(im, ax=ax, label="fraction reaching the global minimizer")
+    ax.set(xlabel=x, ylabel=y, title=f"Convergence to the global minimizer over {', '.join(over) or 'cells'}")
+    return fig
+
+
+def theory_scatter(ds: xr.Dataset) -> Figure:
+    """Observed T_ε against the exact T_ε (scalar output, balanced), coloured by depth; y = x dashed."""
+    a = ds if "theory_time_to_eps" in ds else theory.annotate(ds)
+    t = complexity.converged_times(a)
+    fig, (ax,) = _fig()
+    for i, n in enumerate(a.depth.values):
+        obs, ex = t.sel(depth=n).values.ravel(), a.theory_time_to_eps.sel(depth=n).values.ravel()
+        ok = np.isfinite(obs) & np.isfinite(ex)
+        ax.loglog(ex[ok], obs[ok], "o", color=f"C{i}", ms=4, label=f"N = {n}")
+    both = np.concatenate([t.values.ravel(), a.theory_time_to_eps.values.ravel()])
+    both = both[np.isfinite(both) & (both > 0)]
+    if len(both):
+        lim = [both.min() / 1.5, both.max() * 1.5]
+        ax.plot(lim, lim, "k--", lw=1, label="observed = exact")
+    ax.set(xlabel="exact T_ε (derived, §4; flow time)", ylabel="observed T_ε (flow time)",
+           title="Simulated against exact time to ε")
+    ax.legend(fontsize="small")
+    ax.grid(True, which="both", alpha=0.3)
+    return fig

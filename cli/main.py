@@ -168,6 +168,59 @@ def status(
         typer.echo("complete: no pending cells")
 
 
+@app.command()
+def report(
+    path: Path = typer.Argument(..., help="A store made by linflow run."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for report.md and its PNG figures."),
+):
+    """Write a Markdown report (status, convergence, scaling fits, theory agreement, bounds) with figures."""
+    import xarray as xr
+
+    from analysis.report import write_report
+
+    if not path.exists():
+        _fail(f"{path}: no such store")
+    try:
+        store.open_group(path)
+    except SpecError as exc:
+        _fail(str(exc))
+    counts = store.counts(path)
+    if counts["pending"] == sum(counts.values()):
+        _fail(f"{path}: every cell is still pending — run it first")
+    written = write_report(xr.open_zarr(path).load(), out)
+    typer.echo(f"wrote {written}")
+
+
+@app.command()
+def reproduce(
+    name: str = typer.Argument(..., help="Which study: eftekhari2020."),
+    out: Path = typer.Option(Path("runs/eftekhari2020"), "--out", "-o", help="Folder for the stores, figures and reproduce.md."),
+    quick: bool = typer.Option(False, "--quick", help="Fewer seeds, depths and angles (for tests)."),
+    workers: Optional[int] = typer.Option(None, help="CPUs of the local Ray instance (default: all)."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster to use (default: RAY_ADDRESS, else local)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+):
+    """Reproduce a paper's numerical example beside the exact theory (resumable: rerun to finish)."""
+    from analysis import reproduce as studies
+
+    if name != "eftekhari2020":
+        _fail(f"name: unknown study {name!r} (available: eftekhari2020)")
+    if workers is not None and workers < 1:
+        _fail(f"--workers: must be ≥ 1, got {workers}")
+
+    def progress(sweep, done, total):
+        if not quiet:
+            typer.echo(f"  {sweep}: {done}/{total} cells", err=True)
+
+    try:
+        written = studies.eftekhari2020(out, quick=quick, address=address, workers=workers, progress=progress)
+    except KeyboardInterrupt:
+        _fail(f"{out} holds every finished batch — rerun the same command to finish it", 130, "interrupted; ")
+    except SpecError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {written}")
+
+
 def _print_counts(counts: dict):
     total = sum(counts.values()) or 1
     for name, n in counts.items():

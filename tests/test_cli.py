@@ -306,3 +306,41 @@ def test_init_angle_axis(ray_local, tmp_path):
     # angle 0 at init_norm 1 starts exactly at Z: converged at t = 0; wider angles take time
     t = ds.time_to_eps.values[:, 0, 0, :, 0]
     assert np.all(t[:, 0] == 0) and np.all(t[:, 1:] > 0) and np.all(ds.status.values == 1)
+
+
+def test_report_writes_markdown_and_figures(ray_local, tmp_path):
+    out = tmp_path / "s.zarr"
+    assert cli("run", write_spec(tmp_path / "s.yaml"), "--out", out, "--quiet").exit_code == 0
+    r = cli("report", out, "--out", tmp_path / "rep")
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "rep" / "report.md").read_text()
+    for heading in ("## Status", "## Where the runs ended", "## Time to ε", "## Scaling fits",
+                    "## Theory agreement", "## Bounds"):
+        assert heading in text
+    assert "**0 disagree**" in text
+    pngs = sorted((tmp_path / "rep").glob("*.png"))
+    assert {p.name for p in pngs} >= {"excess_vs_time.png", "time_to_eps_init_norm.png", "time_to_eps_depth.png",
+                                      "convergence.png", "theory_scatter.png"}
+    for p in pngs:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
+        assert f"]({p.name})" in text
+    assert cli("report", tmp_path / "missing.zarr", "--out", tmp_path / "x").exit_code == 2
+
+
+@pytest.mark.slow
+def test_reproduce_eftekhari2020_quick(ray_local, tmp_path):
+    out = tmp_path / "paper"
+    r = cli("reproduce", "eftekhari2020", "--out", out, "--quick", "--quiet")
+    assert r.exit_code == 0, r.output
+    text = (out / "reproduce.md").read_text()
+    assert "## Excess loss at t = 0.1" in text and "## Where depth helps" in text
+    for png in ("excess_vs_time.png", "time_to_eps_vs_angle.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG" and (out / png).stat().st_size > 10_000
+    euler = xr.open_zarr(out / "euler.zarr")
+    assert np.all(euler.steps.values == 100_000) and np.all(euler.status.values > 0)
+    # the paper's discretization against the exact closed form at t = 0.1 (rows of the table)
+    from analysis.reproduce import paper_table
+    rows = paper_table(euler.load(), xr.open_zarr(out / "dopri5.zarr").load())
+    assert len(rows) == 10 and max(abs(row[-1]) for row in rows) < 1e-4
+    assert max(abs(row[4] / row[5] - 1) for row in rows) < 1e-8  # dopri5 against exact
+    assert cli("reproduce", "smith1999", "--out", out).exit_code == 2
