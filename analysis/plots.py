@@ -4,6 +4,8 @@ Theory curves are the derived closed forms of theory.md §4 (labelled "exact (de
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
@@ -66,8 +68,10 @@ def time_to_eps_scaling(ds: xr.Dataset, along: str = "init_norm", fit: bool = Tr
     for i, g in enumerate(groups):
         sub = t.sel({other: g}) if other is not None else t
         dims = [d for d in sub.dims if d != along]
-        med = sub.median(dims).values
-        lo, hi = sub.quantile(0.25, dims).values, sub.quantile(0.75, dims).values
+        with warnings.catch_warnings():  # groups where nothing converged plot as gaps
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med = sub.median(dims).values
+            lo, hi = sub.quantile(0.25, dims).values, sub.quantile(0.75, dims).values
         label = f"{other} = {g}" if other else "T_ε"
         ax.errorbar(x, med, yerr=[med - lo, hi - med], fmt="o-", color=f"C{i}", capsize=3, label=label)
         if fits is not None:

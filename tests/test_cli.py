@@ -344,3 +344,21 @@ def test_reproduce_eftekhari2020_quick(ray_local, tmp_path):
     assert len(rows) == 10 and max(abs(row[-1]) for row in rows) < 1e-4
     assert max(abs(row[4] / row[5] - 1) for row in rows) < 1e-8  # dopri5 against exact
     assert cli("reproduce", "smith1999", "--out", out).exit_code == 2
+
+
+@pytest.mark.slow
+def test_analysis_notebook_runs(ray_local, tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    out = tmp_path / "s.zarr"
+    assert cli("run", write_spec(tmp_path / "s.yaml"), "--out", out, "--quiet").exit_code == 0
+    nb = nbformat.read(ROOT / "examples" / "analysis.ipynb", as_version=4)
+    os.environ["LINFLOW_STORE"] = str(out)
+    try:
+        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                resources={"metadata": {"path": str(ROOT / "examples")}}).execute()
+    finally:
+        del os.environ["LINFLOW_STORE"]
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3
