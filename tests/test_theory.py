@@ -39,7 +39,7 @@ def test_exact_time_to_eps_matches_event_location():
     for n, r0, th, eps in GRID:
         exact = theory.exact_time_to_eps(n, r0, ZETA, th, eps)
         worst = max(worst, abs(exact / event_time(n, r0, th, eps) - 1))
-    assert worst < 1e-6
+    assert worst < 1e-8  # the issue asks 1e-6; measured 1.1e-10
 
 
 def test_exact_time_to_eps_broadcasts_and_handles_limits():
