@@ -16,6 +16,7 @@ except ImportError:  # pragma: no cover
     from click import exceptions as _cx
 
 from sweep import runner, spec as specs, store
+from sweep.lock import LockError
 from sweep.spec import SpecError
 
 
@@ -107,10 +108,12 @@ def run(
     address: Optional[str] = typer.Option(None, help="Ray cluster to use (default: RAY_ADDRESS, else a local instance)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the final report as JSON."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Also recompute the cells that failed."),
 ):
     """Run a sweep (or resume one: rerunning into an existing store finishes its missing cells)."""
     try:
-        overrides = _overrides(**{k: v for k, v in locals().items() if k not in ("spec", "out", "workers", "address", "quiet", "as_json")})
+        runtime = ("spec", "out", "workers", "address", "quiet", "as_json", "retry_failed")
+        overrides = _overrides(**{k: v for k, v in locals().items() if k not in runtime})
         if workers is not None and workers < 1:
             raise SpecError("--workers", f"must be ≥ 1, got {workers}")
         s = specs.load(spec, overrides)
@@ -120,23 +123,29 @@ def run(
         _fail(str(exc))
 
     bar = None if quiet or as_json else _progress_bar()
+    kw = dict(address=address, workers=workers, retry_failed=retry_failed)
     try:
         if bar:
             with bar:
-                report = runner.run(s, out, address=address, workers=workers, progress=bar.update_cells)
+                report = runner.run(s, out, progress=bar.update_cells, **kw)
         else:
-            report = runner.run(s, out, address=address, workers=workers)
+            report = runner.run(s, out, **kw)
     except KeyboardInterrupt:
         _fail(f"{out} holds every finished batch — rerun the same command to finish it", 130, "interrupted; ")
-    except SpecError as exc:
+    except (SpecError, LockError) as exc:
         _fail(str(exc))
-    for error in report.errors:
-        typer.echo(f"linflow: warning: a batch failed: {error}", err=True)
+    except runner.StoreWriteError as exc:
+        _fail(str(exc), 1)
+    for error in report.errors[:10]:
+        typer.echo(f"linflow: warning: cell failed: {error}", err=True)
     if as_json:
         typer.echo(json.dumps(report.__dict__))
     else:
         typer.echo(f"{out}: {report.cells_run} cells computed in {report.seconds:.1f} s")
         _print_counts(report.counts)
+    if report.counts["failed"]:
+        _fail(f"{report.counts['failed']} cells failed (errors: linflow status {out}); "
+              f"rerun with --retry-failed to compute only those", 1)
 
 
 @app.command()
@@ -156,12 +165,17 @@ def status(
     left = store.pending_regions(group)
     if as_json:
         typer.echo(json.dumps({"counts": counts, "cells": int(sum(counts.values())), "pending_batches": len(left),
-                               "fingerprint": group.attrs["fingerprint"]}))
+                               "fingerprint": group.attrs["fingerprint"], "failures": store.failures(group)}))
         return
     dims = group["status"].metadata.dimension_names or ()
     typer.echo(f"{path}  (fingerprint {group.attrs['fingerprint']}, linflow {group.attrs.get('linflow_version')})")
     typer.echo("grid: " + " × ".join(f"{d} {n}" for d, n in zip(dims, shape)) + f" = {sum(counts.values())} cells")
     _print_counts(counts)
+    failed = store.failures(group)
+    for f in failed[:20]:
+        typer.echo(f"  failed {f['cell']}: {f['error']}")
+    if len(failed) > 20:
+        typer.echo(f"  … and {len(failed) - 20} more failed cells")
     if left:
         typer.echo(f"left: {counts['pending']} cells in {len(left)} batches — rerun `linflow run … --out {path}` to finish")
     else:
@@ -219,6 +233,37 @@ def reproduce(
     except SpecError as exc:
         _fail(str(exc))
     typer.echo(f"wrote {written}")
+
+
+@app.command()
+def export(
+    path: Path = typer.Argument(..., help="A store made by linflow run."),
+    fmt: str = typer.Option("csv", "--format", "-f", help="csv | parquet."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file [default: the store's name with .csv/.parquet]."),
+    with_theory: bool = typer.Option(False, "--theory", help="Add the theory columns (analysis.theory.annotate) and the observed limit class."),
+):
+    """Write one row per cell (axes, status, time_to_eps, final losses, …) as CSV or Parquet."""
+    import xarray as xr
+
+    from analysis.export import cell_table
+
+    if fmt not in ("csv", "parquet"):
+        _fail(f"--format: must be csv or parquet, got {fmt!r}")
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            _fail("--format parquet needs pyarrow (python3 -m pip install pyarrow); or use --format csv")
+    if not path.exists():
+        _fail(f"{path}: no such store")
+    try:
+        store.open_group(path)
+    except SpecError as exc:
+        _fail(str(exc))
+    out = out or path.with_suffix("." + fmt)
+    df = cell_table(xr.open_zarr(path).load(), with_theory)
+    df.to_csv(out, index=False) if fmt == "csv" else df.to_parquet(out, index=False)
+    typer.echo(f"wrote {out} ({len(df)} rows)")
 
 
 def _print_counts(counts: dict):

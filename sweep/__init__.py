@@ -1,3 +1,10 @@
 """linflow: parameter sweeps of gradient flow on deep linear networks (Eftekhari, ICML 2020)."""
 
 __version__ = "0.1.0"
+
+
+def open_results(path):
+    """The results dataset of a linflow store (lazy ``xr.open_zarr``), for notebooks."""
+    from .store import open_results as _open
+
+    return _open(path)

@@ -7,6 +7,7 @@ A batch is one Zarr chunk of the dataset: a hyper-rectangle of cells with a sing
 from __future__ import annotations
 
 import itertools
+import os
 
 import numpy as np
 
@@ -63,11 +64,37 @@ def loss_floor(problem: Problem, rank: int) -> float:
     return kernel.tail_loss(z, rank) + 0.5 * (float(np.sum(problem.y**2)) - float(np.sum(z**2)))
 
 
-def run_batch(spec: Spec, problem: Problem, region: tuple[slice, ...]) -> dict[str, np.ndarray]:
-    """Integrate every cell of ``region``; returns the dataset variables shaped like the region
-    (plus trailing checkpoint / out / in dims), ready to be written as one chunk."""
+def run_batch(spec: Spec, problem: Problem, region: tuple[slice, ...], mask=None) -> dict[str, np.ndarray]:
+    """Integrate the cells of ``region`` (those where ``mask``, shaped like the region, is true;
+    default all); returns the dataset variables shaped like the region (plus trailing checkpoint /
+    out / in dims) — cells outside the mask hold their pending fill values."""
+    shape = tuple(s.stop - s.start for s in region)
     c = cells(spec, region)
+    if mask is None or np.all(mask):
+        return {k: v.reshape(shape + v.shape[1:]) for k, v in _compute(spec, problem, c).items()}
+    out = empty_results(spec, problem, shape)
+    keep = np.flatnonzero(np.asarray(mask).ravel())
+    if len(keep):
+        for name, values in _compute(spec, problem, {k: v[keep] for k, v in c.items()}).items():
+            out[name].reshape((-1,) + values.shape[1:])[keep] = values
+    return out
+
+
+def empty_results(spec: Spec, problem: Problem, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Every result variable of a region of ``shape``, holding the pending fill values."""
+    tails = {"loss": (spec.checkpoints["count"],), "excess_loss": (spec.checkpoints["count"],),
+             "w_init": (problem.dy, problem.dx), "w_final": (problem.dy, problem.dx)}
+    dtypes = {"status": np.int8, "steps": np.int64, "rhs_evals": np.int64}
+    return {name: np.full(shape + tails.get(name, ()), fill, dtype=dtypes.get(name, float))
+            for name, fill in FILL.items()}
+
+
+def _compute(spec: Spec, problem: Problem, c: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The dataset variables of a flat list of cells of one depth and width, cell axis first."""
     n = len(c["seed"])
+    fail_seed = os.environ.get("LINFLOW_TEST_FAIL_SEED")  # test hook: never set in normal runs
+    if fail_seed is not None and int(fail_seed) in c["seed"]:
+        raise RuntimeError(f"test hook: cells with seed {fail_seed} fail")
     depth, width = int(c["depth"][0]), int(c["width"][0])
     model = _model(spec, problem, depth, width)
     problem_seed = spec.problem.get("seed", 0)
@@ -95,7 +122,6 @@ def run_batch(spec: Spec, problem: Problem, region: tuple[slice, ...]) -> dict[s
     with np.errstate(all="ignore"):
         w_final = model.product(result.y_final)
     imbalance, drift = _imbalance(model, y0, result.y_final)
-    shape = tuple(s.stop - s.start for s in region)
     out = {
         "loss": result.excess + floor,
         "excess_loss": result.excess,
@@ -108,7 +134,12 @@ def run_batch(spec: Spec, problem: Problem, region: tuple[slice, ...]) -> dict[s
         "imbalance": imbalance,
         "imbalance_drift": drift,
     }
-    return {k: v.reshape(shape + v.shape[1:]) for k, v in out.items()}
+    return out
+
+
+# fill values of the pending state (as laid out in the store's template)
+FILL = {"loss": np.nan, "excess_loss": np.nan, "time_to_eps": np.nan, "status": kernel.PENDING, "steps": 0,
+        "rhs_evals": 0, "w_init": np.nan, "w_final": np.nan, "imbalance": np.nan, "imbalance_drift": np.nan}
 
 
 def _product(layers):

@@ -1,0 +1,39 @@
+"""One row per cell: the axes, the outcome, and (optionally) the theory beside it."""
+
+from __future__ import annotations
+
+import xarray as xr
+
+from . import convergence, theory
+
+COLUMNS = ["status", "time_to_eps", "final_loss", "final_excess_loss", "steps", "rhs_evals", "imbalance_drift"]
+THEORY = ["limit_class", "theory_limit", "theory_time_to_eps", "certificate_time_bound", "arora_covered",
+          "arora_time_bound", "alignment_p1"]
+
+
+def last_finite(v: xr.DataArray) -> xr.DataArray:
+    """The last finite value along ``checkpoint`` (a run stopped at eps has NaN after it)."""
+    finite = v.notnull()
+    last = (finite * xr.DataArray(range(v.sizes["checkpoint"]), dims="checkpoint")).argmax("checkpoint")
+    return v.isel(checkpoint=last).where(finite.any("checkpoint")).drop_vars(["checkpoint", "time"], errors="ignore")
+
+
+def cell_table(ds: xr.Dataset, with_theory: bool = False):
+    """A pandas DataFrame with one row per cell (the axes as columns). ``status`` and
+    ``limit_class`` are written as their names; the final losses are the last finite checkpoint."""
+    names = ds.status.attrs.get("flag_meanings", "pending converged unconverged diverged failed").split()
+    cols = xr.Dataset({
+        "status": ds.status, "time_to_eps": ds.time_to_eps, "final_loss": last_finite(ds.loss),
+        "final_excess_loss": last_finite(ds.excess_loss), "steps": ds.steps, "rhs_evals": ds.rhs_evals,
+        "imbalance_drift": ds.imbalance_drift})
+    if with_theory:
+        a = ds if "theory_limit" in ds else theory.annotate(ds)
+        a["limit_class"] = convergence.classify(a)
+        cols = cols.merge(a[THEORY[1:]]).assign(limit_class=a.limit_class)
+    df = cols.to_dataframe(dim_order=list(ds.status.dims)).reset_index()
+    df = df.drop(columns=[c for c in ("time",) if c in df.columns])
+    df["status"] = [names[int(i)] for i in df["status"]]
+    if with_theory:
+        classes = convergence.CLASS_MEANINGS.split()
+        df["limit_class"] = [classes[int(i)] for i in df["limit_class"]]
+    return df
