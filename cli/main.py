@@ -16,7 +16,7 @@ except ImportError:  # pragma: no cover
     from click import exceptions as _cx
 
 from sweep import runner, spec as specs, store
-from sweep.lock import LockError
+from sweep.lock import LockError, check as check_lock
 from sweep.spec import SpecError
 
 
@@ -119,23 +119,23 @@ def run(
         s = specs.load(spec, overrides)
         out = out or Path("runs") / f"{spec.stem if spec else 'sweep'}.zarr"
         runner.prepare(s, out)  # validates data and store before Ray starts
-    except SpecError as exc:
+        check_lock(out)
+    except (SpecError, LockError) as exc:
         _fail(str(exc))
 
-    bar = None if quiet or as_json else _progress_bar()
+    bar = None if quiet or as_json else _ProgressBar()
     kw = dict(address=address, workers=workers, retry_failed=retry_failed)
     try:
-        if bar:
-            with bar:
-                report = runner.run(s, out, progress=bar.update_cells, **kw)
-        else:
-            report = runner.run(s, out, **kw)
+        report = runner.run(s, out, progress=bar.update if bar else None, **kw)
     except KeyboardInterrupt:
         _fail(f"{out} holds every finished batch — rerun the same command to finish it", 130, "interrupted; ")
     except (SpecError, LockError) as exc:
         _fail(str(exc))
     except runner.StoreWriteError as exc:
         _fail(str(exc), 1)
+    finally:
+        if bar:
+            bar.stop()
     for error in report.errors[:10]:
         typer.echo(f"linflow: warning: cell failed: {error}", err=True)
     if as_json:
@@ -272,17 +272,29 @@ def _print_counts(counts: dict):
         typer.echo(f"  {name:<12}{n:>8}  {100 * n / total:5.1f}%")
 
 
-def _progress_bar():
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+class _ProgressBar:
+    """Cells done, elapsed time and ETA on stderr; shown from the first stored batch on (so that
+    errors found before any work print alone on their line)."""
 
-    bar = Progress(
-        TextColumn("cells"), BarColumn(), MofNCompleteColumn(), TextColumn("elapsed"), TimeElapsedColumn(),
-        TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True),
-    )
-    task = bar.add_task("cells", total=None)
-    bar.update_cells = lambda done, total: bar.update(task, completed=done, total=total)
-    return bar
+    def __init__(self):
+        self.bar = None
+
+    def update(self, done: int, total: int):
+        if self.bar is None:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self.bar = Progress(TextColumn("cells"), BarColumn(), MofNCompleteColumn(), TextColumn("elapsed"),
+                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                console=Console(stderr=True))
+            self.task = self.bar.add_task("cells", total=total, completed=done)
+            self.bar.start()
+        self.bar.update(self.task, completed=done, total=total)
+
+    def stop(self):
+        if self.bar is not None:
+            self.bar.stop()
 
 
 def main():

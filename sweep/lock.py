@@ -54,6 +54,13 @@ class StoreLock:
         self.taken_over: dict | None = None
 
     def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+    def acquire(self):
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         for _ in range(3):
             try:
@@ -84,10 +91,21 @@ class StoreLock:
         except OSError:
             pass
 
-    def __exit__(self, *exc):
+    def release(self):
         try:
             if json.loads(self.path.read_text()).get("pid") == os.getpid():
                 self.path.unlink()
         except (OSError, ValueError):
             pass
-        return False
+
+
+def check(store: str | Path) -> None:
+    """Raise LockError now if a live driver holds the store (the real lock is taken by ``run``)."""
+    lock = StoreLock(store)
+    try:
+        info = json.loads(lock.path.read_text() or "{}")
+        age = time.time() - lock.path.stat().st_mtime
+    except (OSError, ValueError):
+        return
+    if info and not _stale(info, age):
+        lock.acquire()  # raises the LockError with the owner's details

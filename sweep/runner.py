@@ -64,6 +64,8 @@ def prepare(spec: Spec, out: str | Path) -> tuple[Problem, str, bool]:
     parent = path.resolve().parent
     while not parent.exists():
         parent = parent.parent
+    if not parent.is_dir():
+        raise SpecError("--out", f"cannot create {path}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK):
         raise SpecError("--out", f"cannot create {path}: {parent} is not writable")
     return problem, fingerprint, False
@@ -154,8 +156,13 @@ def run(spec: Spec, out: str | Path, *, address=None, workers=None, progress=Non
     ``progress(done_cells, total_cells)`` is called after each stored batch."""
     started = time.perf_counter()
     problem, fingerprint, exists = prepare(spec, out)
-    Path(out).resolve().parent.mkdir(parents=True, exist_ok=True)
-    with StoreLock(out) as lock:
+    lock = StoreLock(out)
+    try:
+        Path(out).resolve().parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError as exc:
+        raise SpecError("--out", f"cannot create {out}: {exc.strerror or exc}") from None
+    try:
         if not exists:
             try:
                 store.create(out, spec, problem, fingerprint)
@@ -172,6 +179,8 @@ def run(spec: Spec, out: str | Path, *, address=None, workers=None, progress=Non
             _dispatch(spec, problem, group, work, report, lock, address, workers,
                       lambda n: progress(done + n, total) if progress else None)
         report.counts = store.counts(group)
+    finally:
+        lock.release()
     report.seconds = time.perf_counter() - started
     return report
 

@@ -90,6 +90,8 @@ def create(path: str | Path, spec: Spec, problem: Problem, fingerprint: str) -> 
     crash or a full disk never leaves a half-written store that looks valid."""
     path = Path(path)
     ds, encoding = template(spec, problem, fingerprint)
+    for stale in path.parent.glob(f".{path.name}.creating-*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
     try:
         with warnings.catch_warnings():

@@ -5,3 +5,18 @@ import os
 os.environ.pop("RAY_ADDRESS", None)
 os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One real local Ray instance (2 CPUs) for the in-process runs of a test module."""
+    import ray
+
+    from sweep import runner
+
+    runner.connect(workers=2)
+    yield
+    ray.shutdown()

@@ -32,16 +32,6 @@ CONTRACT = ["loss", "excess_loss", "time_to_eps", "status", "steps", "rhs_evals"
             "imbalance", "imbalance_drift", "target", "x", "y"]
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """One real local Ray instance for the in-process CLI runs of this module."""
-    import ray
-
-    runner.connect(workers=2)
-    yield
-    ray.shutdown()
-
-
 def cli(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
