@@ -53,9 +53,9 @@ def write_report(ds: xr.Dataset, out: str | Path, title: str = "linflow report")
     a = theory.annotate(ds)
     sizes = {d: ds.sizes[d] for d in ds.status.dims}
     md = [f"# {title}", "",
-          f"Fingerprint `{ds.attrs.get('fingerprint')}`, linflow {ds.attrs.get('linflow_version')}; model "
+          (f"Fingerprint `{ds.attrs.get('fingerprint')}`, linflow {ds.attrs.get('linflow_version')}; model "
           f"`{spec['model']}`, init `{spec['init']['scheme']}`, integrator `{spec['integrator']}`, horizon "
-          f"{spec['horizon']}, eps {spec['eps']}.", "",
+          f"{spec['horizon']}, eps {spec['eps']}."), "",
           "Grid: " + " × ".join(f"{d} {n}" for d, n in sizes.items()) + f" = {int(np.prod(list(sizes.values())))} cells.", ""]
 
     names = ds.status.attrs.get("flag_meanings", "pending converged unconverged diverged failed").split()
@@ -65,8 +65,8 @@ def write_report(ds: xr.Dataset, out: str | Path, title: str = "linflow report")
     cls = convergence.classify(a)
     cnames = cls.attrs["flag_meanings"].split()
     md += ["## Where the runs ended", "",
-           f"Nearest critical point of the rank-r problem, within {cls.attrs['distance_tol']:g}·‖Z‖_F "
-           "(`analysis.convergence.classify`).", "",
+           (f"Nearest critical point of the rank-r problem, within {cls.attrs['distance_tol']:g}·‖Z‖_F "
+           "(`analysis.convergence.classify`)."), "",
            _table(["class", "cells"], [(n, int((cls == i).sum())) for i, n in enumerate(cnames)]), ""]
     pair = [d for d in ("depth", "init_norm", "init_angle", "width") if d in sizes and sizes[d] > 1][:2]
     if pair:
@@ -96,8 +96,8 @@ def write_report(ds: xr.Dataset, out: str | Path, title: str = "linflow report")
 
     agree = convergence.agreement(a)
     md += ["## Theory agreement (theory.md §3, derived)", "",
-           f"{agree.attrs['compared']} cells compared, **{agree.attrs['disagreements']} disagree**, "
-           f"{agree.attrs['not_compared']} not compared (ended near no critical point, or a start §3 does not decide).", ""]
+           (f"{agree.attrs['compared']} cells compared, **{agree.attrs['disagreements']} disagree**, "
+           f"{agree.attrs['not_compared']} not compared (ended near no critical point, or a start §3 does not decide)."), ""]
     if agree.sizes["cell"]:
         rows = []
         for i in range(min(agree.sizes["cell"], 20)):
@@ -112,8 +112,8 @@ def write_report(ds: xr.Dataset, out: str | Path, title: str = "linflow report")
                    ["Arora et al. deficiency margin", ev.attrs["arora_applicable"], ev.attrs["arora_violations"]]]), ""]
     if scalar and np.isfinite(ev.ratio_exact).any():
         dev = abs(ev.ratio_exact - 1)
-        md += [f"Observed over exact T_ε: median {float(ev.ratio_exact.median()):.10g}, "
-               f"max |ratio − 1| = {float(dev.max()):.3g} over {int(ev.ratio_exact.notnull().sum())} cells.", ""]
+        md += [(f"Observed over exact T_ε: median {float(ev.ratio_exact.median()):.10g}, "
+               f"max |ratio − 1| = {float(dev.max()):.3g} over {int(ev.ratio_exact.notnull().sum())} cells."), ""]
 
     md += ["## Figures", ""]
     figs = []

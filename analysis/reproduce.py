@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from sweep import runner, spec as specs
+from sweep import runner
+from sweep import spec as specs
 
 from . import plots, theory
 from .report import _table
@@ -67,7 +68,7 @@ def paper_table(euler: xr.Dataset, dopri: xr.Dataset) -> list[list]:
     rows = []
     for seed in euler.seed.values:
         for n in euler.depth.values:
-            cell = dict(depth=n, seed=seed, width=euler.width.values[0], init_norm=euler.init_norm.values[0])
+            cell = {"depth": n, "seed": seed, "width": euler.width.values[0], "init_norm": euler.init_norm.values[0]}
             th = float(theta0.sel(cell))
             exact = theory.exact_excess_loss(int(n), float(r0.sel(cell)), zeta, th, [0.1])[0]
             e_euler = float(euler.excess_loss.sel(cell).isel(checkpoint=-1))
@@ -81,7 +82,7 @@ def angle_figure(angle: xr.Dataset):
     from .plots import _fig
 
     fig, (ax,) = _fig()
-    r0, zeta, theta0 = theory.polar_coordinates(angle)
+    r0, zeta, _theta0 = theory.polar_coordinates(angle)
     grid = np.linspace(0.2, 3.12, 120)
     for i, n in enumerate(angle.depth.values):
         sub = angle.sel(depth=n).squeeze()
@@ -107,9 +108,9 @@ def write(out: Path, euler: xr.Dataset, dopri: xr.Dataset, angle: xr.Dataset) ->
     rows = paper_table(euler, dopri)
     worst = max(abs(r[-1]) for r in rows)
     md = ["# Eftekhari (ICML 2020), numerical example — reproduced by linflow", "",
-          "m = 50, dx = 5, dy = 1 whitened random data; ‖W0‖₂ = 10‖Z‖₂; forward Euler on the induced flow (17) "
+          ("m = 50, dx = 5, dy = 1 whitened random data; ‖W0‖₂ = 10‖Z‖₂; forward Euler on the induced flow (17) "
           "with step 1e-6 for 1e5 steps (t = 0.1), and the same starts with dopri5 (rtol 1e-11). "
-          "Exact: the closed form of theory.md §4 (derived) by quadrature.", "",
+          "Exact: the closed form of theory.md §4 (derived) by quadrature."), "",
           "## Excess loss at t = 0.1", "",
           _table(["seed", "cos θ0", "depth", "Euler h=1e-6", "dopri5", "exact", "Euler rel. error"], rows), "",
           f"Largest relative error of the paper's Euler run against the exact value: {worst:.3g}.", "",
@@ -125,7 +126,7 @@ def write(out: Path, euler: xr.Dataset, dopri: xr.Dataset, angle: xr.Dataset) ->
 
 
 def _angle_rows(angle):
-    r0, zeta, theta0 = theory.polar_coordinates(angle)
+    _r0, _zeta, _theta0 = theory.polar_coordinates(angle)
     a = theory.annotate(angle)
     rows = []
     for th in angle.init_angle.values:

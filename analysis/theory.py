@@ -123,9 +123,9 @@ def _ray_time(n, r0, c, w1):
     p = 2.0 - 2.0 / n
     if c > 0:
         sign = 1.0 if r0 > c else -1.0
-        f = lambda w: 1.0 / (n * (c + sign * np.exp(w)) ** p)  # noqa: E731
+        f = lambda w: 1.0 / (n * (c + sign * np.exp(w)) ** p)
     else:
-        f = lambda v: 1.0 / (n * np.exp((p - 1) * v) * (-c + np.exp(v)))  # noqa: E731
+        f = lambda v: 1.0 / (n * np.exp((p - 1) * v) * (-c + np.exp(v)))
     val, _ = quad(f, w1, _ray_coordinate(r0, c), epsabs=0.0, epsrel=1e-13, limit=1000)
     return val
 
@@ -138,7 +138,7 @@ def _ray_excess(n, r0, c, times):
         if t <= 0 or r0 == c:
             out[i] = 0.5 * (r0 - c) ** 2
             continue
-        g = lambda w: _ray_time(n, r0, c, w) - t  # noqa: E731  (decreasing in w)
+        g = lambda w, t=t: _ray_time(n, r0, c, w) - t
         lo = start - 1.0
         while g(lo) < 0 and lo > -700:
             lo = start - 2 * (start - lo)
@@ -200,7 +200,7 @@ def _excess_curve(n, r0, zeta, theta0, times):
                 hi = hi + step
                 t_hi = pol.t(hi, lo, t_lo)
                 step *= 2
-            x_cur = brentq(lambda x: pol.t(x, lo, t_lo) - t, lo, hi, xtol=1e-15, rtol=1e-15, maxiter=500)
+            x_cur = brentq(lambda x, lo=lo, t_lo=t_lo, t=t: pol.t(x, lo, t_lo) - t, lo, hi, xtol=1e-15, rtol=1e-15, maxiter=500)
             t_cur = t
         out[i] = pol.excess(x_cur)
     return out

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from typer.core import TyperGroup
@@ -15,8 +14,10 @@ try:  # typer ≥ 0.20 vendors click; older releases use click itself
 except ImportError:  # pragma: no cover
     from click import exceptions as _cx
 
-from sweep import runner, spec as specs, store
-from sweep.lock import LockError, check as check_lock
+from sweep import runner, store
+from sweep import spec as specs
+from sweep.lock import LockError
+from sweep.lock import check as check_lock
 from sweep.spec import SpecError
 
 
@@ -63,6 +64,9 @@ def _overrides(**flags) -> dict:
         o["axes"] = axes
     problem = {k: flags[f] for k, f in (("m", "m"), ("dx", "dx"), ("dy", "dy"), ("seed", "problem_seed")) if flags[f] is not None}
     if flags["data"] is not None:
+        if problem:
+            given = ", ".join("--" + f.replace("_", "-") for f in ("m", "dx", "dy", "problem_seed") if flags[f] is not None)
+            raise SpecError("--data", f"cannot be combined with {given} (those describe synthetic data)")
         problem = {"data": str(Path(flags["data"]).resolve())}
     if problem:
         o["problem"] = problem
@@ -81,31 +85,31 @@ def _overrides(**flags) -> dict:
 
 @app.command()
 def run(
-    spec: Optional[Path] = typer.Argument(None, help="YAML spec; without one, the defaults and the flags make the sweep."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Zarr store to create or resume [default: runs/<spec name>.zarr]."),
-    depth: Optional[str] = typer.Option(None, help="Depths, e.g. 1,2,3,4 or 1:9."),
-    width: Optional[str] = typer.Option(None, help="Hidden-layer widths, e.g. 1,5."),
-    init_norm: Optional[str] = typer.Option(None, help="‖W(0)‖₂/‖Z‖₂ values, e.g. 0.1,1,10."),
-    init_angle: Optional[str] = typer.Option(None, help="Angles (rad) between W(0) and Z, e.g. 0,1.5,3.1."),
-    seed: Optional[str] = typer.Option(None, help="Initialization seeds, e.g. 0:100 or 1,2,3."),
-    model: Optional[str] = typer.Option(None, help="layerwise | induced."),
-    init: Optional[str] = typer.Option(None, help="Initialization scheme: balanced | gaussian."),
-    method: Optional[str] = typer.Option(None, help="euler | rk4 (need --step) | dopri5 (needs --rtol/--atol)."),
-    step: Optional[float] = typer.Option(None, help="Fixed step for euler and rk4."),
-    rtol: Optional[float] = typer.Option(None, help="Relative tolerance for dopri5."),
-    atol: Optional[float] = typer.Option(None, help="Absolute tolerance for dopri5."),
-    horizon: Optional[float] = typer.Option(None, help="Flow time t_max."),
-    eps: Optional[float] = typer.Option(None, help="Excess-loss threshold for time_to_eps."),
-    stop_at_eps: Optional[bool] = typer.Option(None, "--stop-at-eps/--no-stop-at-eps", help="Stop each trajectory at eps."),
-    checkpoints: Optional[int] = typer.Option(None, help="Number of checkpoints."),
-    m: Optional[int] = typer.Option(None, help="Samples of the synthetic problem."),
-    dx: Optional[int] = typer.Option(None, help="Input dimension of the synthetic problem."),
-    dy: Optional[int] = typer.Option(None, help="Output dimension of the synthetic problem."),
-    problem_seed: Optional[int] = typer.Option(None, help="Seed of the synthetic data."),
-    data: Optional[Path] = typer.Option(None, help=".npz file with X (dx×m) and Y (dy×m) instead of synthetic data."),
-    batch: Optional[int] = typer.Option(None, help="At most this many cells per Ray task."),
-    workers: Optional[int] = typer.Option(None, help="CPUs of the local Ray instance (default: all), or tasks in flight ×½ on a cluster."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster to use (default: RAY_ADDRESS, else a local instance)."),
+    spec: Path | None = typer.Argument(None, help="YAML spec; without one, the defaults and the flags make the sweep."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Zarr store to create or resume [default: runs/<spec name>.zarr]."),
+    depth: str | None = typer.Option(None, help="Depths, e.g. 1,2,3,4 or 1:9."),
+    width: str | None = typer.Option(None, help="Hidden-layer widths, e.g. 1,5."),
+    init_norm: str | None = typer.Option(None, help="‖W(0)‖₂/‖Z‖₂ values, e.g. 0.1,1,10."),
+    init_angle: str | None = typer.Option(None, help="Angles (rad) between W(0) and Z, e.g. 0,1.5,3.1."),
+    seed: str | None = typer.Option(None, help="Initialization seeds, e.g. 0:100 or 1,2,3."),
+    model: str | None = typer.Option(None, help="layerwise | induced."),
+    init: str | None = typer.Option(None, help="Initialization scheme: balanced | gaussian."),
+    method: str | None = typer.Option(None, help="euler | rk4 (need --step) | dopri5 (needs --rtol/--atol)."),
+    step: float | None = typer.Option(None, help="Fixed step for euler and rk4."),
+    rtol: float | None = typer.Option(None, help="Relative tolerance for dopri5."),
+    atol: float | None = typer.Option(None, help="Absolute tolerance for dopri5."),
+    horizon: float | None = typer.Option(None, help="Flow time t_max."),
+    eps: float | None = typer.Option(None, help="Excess-loss threshold for time_to_eps."),
+    stop_at_eps: bool | None = typer.Option(None, "--stop-at-eps/--no-stop-at-eps", help="Stop each trajectory at eps."),
+    checkpoints: int | None = typer.Option(None, help="Number of checkpoints."),
+    m: int | None = typer.Option(None, help="Samples of the synthetic problem."),
+    dx: int | None = typer.Option(None, help="Input dimension of the synthetic problem."),
+    dy: int | None = typer.Option(None, help="Output dimension of the synthetic problem."),
+    problem_seed: int | None = typer.Option(None, help="Seed of the synthetic data."),
+    data: Path | None = typer.Option(None, help=".npz file with X (dx×m) and Y (dy×m) instead of synthetic data."),
+    batch: int | None = typer.Option(None, help="At most this many cells per Ray task."),
+    workers: int | None = typer.Option(None, help="CPUs of the local Ray instance (default: all), or tasks in flight ×½ on a cluster."),
+    address: str | None = typer.Option(None, help="Ray cluster to use (default: RAY_ADDRESS, else a local instance)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the final report as JSON."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Also recompute the cells that failed."),
@@ -124,7 +128,7 @@ def run(
         _fail(str(exc))
 
     bar = None if quiet or as_json else _ProgressBar()
-    kw = dict(address=address, workers=workers, retry_failed=retry_failed)
+    kw = {"address": address, "workers": workers, "retry_failed": retry_failed}
     try:
         report = runner.run(s, out, progress=bar.update if bar else None, **kw)
     except KeyboardInterrupt:
@@ -161,7 +165,7 @@ def status(
     except SpecError as exc:
         _fail(str(exc))
     counts = store.counts(group)
-    shape, chunks = store.layout(group)
+    shape, _chunks = store.layout(group)
     left = store.pending_regions(group)
     if as_json:
         typer.echo(json.dumps({"counts": counts, "cells": int(sum(counts.values())), "pending_batches": len(left),
@@ -210,8 +214,8 @@ def reproduce(
     name: str = typer.Argument(..., help="Which study: eftekhari2020."),
     out: Path = typer.Option(Path("runs/eftekhari2020"), "--out", "-o", help="Folder for the stores, figures and reproduce.md."),
     quick: bool = typer.Option(False, "--quick", help="Fewer seeds, depths and angles (for tests)."),
-    workers: Optional[int] = typer.Option(None, help="CPUs of the local Ray instance (default: all)."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster to use (default: RAY_ADDRESS, else local)."),
+    workers: int | None = typer.Option(None, help="CPUs of the local Ray instance (default: all)."),
+    address: str | None = typer.Option(None, help="Ray cluster to use (default: RAY_ADDRESS, else local)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ):
     """Reproduce a paper's numerical example beside the exact theory (resumable: rerun to finish)."""
@@ -239,7 +243,7 @@ def reproduce(
 def export(
     path: Path = typer.Argument(..., help="A store made by linflow run."),
     fmt: str = typer.Option("csv", "--format", "-f", help="csv | parquet."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file [default: the store's name with .csv/.parquet]."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output file [default: the store's name with .csv/.parquet]."),
     with_theory: bool = typer.Option(False, "--theory", help="Add the theory columns (analysis.theory.annotate) and the observed limit class."),
 ):
     """Write one row per cell (axes, status, time_to_eps, final losses, …) as CSV or Parquet."""
@@ -282,8 +286,14 @@ class _ProgressBar:
     def update(self, done: int, total: int):
         if self.bar is None:
             from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self.bar = Progress(TextColumn("cells"), BarColumn(), MofNCompleteColumn(), TextColumn("elapsed"),
                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),

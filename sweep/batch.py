@@ -101,8 +101,8 @@ def _compute(spec: Spec, problem: Problem, c: dict[str, np.ndarray]) -> dict[str
     target = problem.target
     starts = []
     for i in range(n):
-        cell = dict(problem_seed=problem_seed, seed=int(c["seed"][i]), depth=depth, width=width,
-                    init_norm=float(c["init_norm"][i]))
+        cell = {"problem_seed": problem_seed, "seed": int(c["seed"][i]), "depth": depth, "width": width,
+                    "init_norm": float(c["init_norm"][i])}
         if "init_angle" in c:
             cell["init_angle"] = float(c["init_angle"][i])
         layers = initial_layers(spec.init["scheme"], target, **cell)

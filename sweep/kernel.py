@@ -320,7 +320,7 @@ def integrate(
         evals += 1
         rejected = np.zeros(nb, dtype=bool)
     else:
-        n_total = int(round(horizon / step))
+        n_total = round(horizon / step)
         if abs(n_total * step - horizon) > 1e-9 * step:
             n_total = int(np.ceil(horizon / step))
 

@@ -8,6 +8,7 @@ error recorded in the store's attrs), and the sweep goes on.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -50,6 +51,7 @@ def prepare(spec: Spec, out: str | Path) -> tuple[Problem, str, bool]:
     """Check everything before anything is written: the problem data, and ``out`` against the spec.
     Returns (problem, fingerprint, exists). Raises SpecError on bad input."""
     problem = build(spec.problem)
+    check_memory(spec, problem)
     fingerprint = spec.fingerprint(problem.digest())
     path = Path(out)
     if path.exists():
@@ -69,6 +71,31 @@ def prepare(spec: Spec, out: str | Path) -> tuple[Problem, str, bool]:
     if not os.access(parent, os.W_OK):
         raise SpecError("--out", f"cannot create {path}: {parent} is not writable")
     return problem, fingerprint, False
+
+
+MEMORY_LIMIT = 2 * 2**30  # bytes: the driver's store template, and one task's working set
+
+
+def check_memory(spec: Spec, problem: Problem) -> None:
+    """Refuse grids whose store template, or batches whose working set, would not fit in memory
+    (Ray retries a task killed for memory forever)."""
+    from .init import layer_dims
+
+    count = spec.checkpoints["count"]
+    per_cell = 8 * (2 * count + 2 * problem.dy * problem.dx + 6)
+    cells = int(np.prod(spec.shape))
+    if cells * per_cell > MEMORY_LIMIT:
+        raise SpecError("axes", f"the grid has {cells:,} cells: its results need {cells * per_cell / 2**30:.1f} GiB "
+                                f"(limit {MEMORY_LIMIT / 2**30:.0f} GiB); split the sweep into several stores")
+    method = kernel.METHODS[spec.integrator["method"]]
+    for depth in spec.axes["depth"]:
+        for width in spec.axes["width"]:
+            dims = layer_dims(problem.dx, problem.dy, depth, width)
+            state = sum(a * b for a, b in itertools.pairwise(dims)) if spec.model == "layerwise" else problem.dx * problem.dy
+            need = spec.batch * 8 * ((method.stages + 5) * state + per_cell // 8)
+            if need > MEMORY_LIMIT:
+                raise SpecError("batch", f"{spec.batch} cells per task need {need / 2**30:.1f} GiB at depth {depth}, "
+                                         f"width {width} (limit {MEMORY_LIMIT / 2**30:.0f} GiB); use a smaller batch")
 
 
 def _task(payload, region, mask):
@@ -141,7 +168,7 @@ def connect(address: str | None = None, workers: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
-    common = dict(runtime_env=runtime_env(address), logging_level=logging.ERROR, configure_logging=True)
+    common = {"runtime_env": runtime_env(address), "logging_level": logging.ERROR, "configure_logging": True}
     if address:
         ray.init(address=address, **common)
     else:

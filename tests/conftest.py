@@ -7,7 +7,7 @@ os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ import pytest
 import xarray as xr
 
 from analysis import complexity, convergence, theory
-from sweep import batch, problem, spec as specs
+from sweep import batch, problem
+from sweep import spec as specs
 from sweep.store import template
 
 

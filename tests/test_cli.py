@@ -16,7 +16,7 @@ from scipy.integrate import solve_ivp
 from typer.testing import CliRunner
 
 from cli.main import app
-from sweep import runner, store
+from sweep import store
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {
@@ -175,57 +175,6 @@ def test_flags_alone_run_a_sweep(ray_local, tmp_path, monkeypatch):
     assert yaml.safe_load(ds.attrs["spec"])["integrator"] == {"method": "rk4", "step": 1e-3}
 
 
-BAD_SPECS = [
-    ("malformed yaml", "axes: {depth: [1, 2\n", "malformed YAML"),
-    ("unknown key", "axes: {depth: [1]}\nhorizen: 3\n", "horizen: unknown key"),
-    ("wrong type", "axes: {depth: [two]}\n", "axes.depth[0]: expected an integer"),
-    ("depth < 1", "axes: {depth: [0]}\n", "axes.depth[0]: must be ≥ 1"),
-    ("width < 1", "axes: {width: [0]}\n", "axes.width[0]: must be ≥ 1"),
-    ("init_norm <= 0", "axes: {init_norm: [0.0]}\n", "axes.init_norm[0]: must be > 0"),
-    ("empty axis", "axes: {seed: []}\n", "axes.seed: is empty"),
-    ("negative step", "integrator: {method: euler, step: -1.0e-6}\n", "integrator.step: must be > 0"),
-    ("dopri5 without tolerances", "integrator: {method: dopri5}\n", "integrator.rtol"),
-    ("m < dx", "problem: {m: 4, dx: 5}\n", "problem.m"),
-    ("missing data file", "problem: {data: nowhere.npz}\n", "problem.data: no such file"),
-    ("wrong data shapes", "problem: {data: shapes.npz}\n", "problem.data: X is 3×10 but Y is 1×9"),
-    ("angle for matrix target", "problem: {dy: 2}\naxes: {init_angle: [1.0]}\n", "axes.init_angle"),
-]
-
-
-@pytest.mark.parametrize("name, text, message", BAD_SPECS, ids=[b[0] for b in BAD_SPECS])
-def test_bad_spec_exits_2_with_one_line_and_no_store(tmp_path, name, text, message):
-    np.savez(tmp_path / "shapes.npz", X=np.ones((3, 10)), Y=np.ones((1, 9)))
-    spec = tmp_path / "bad.yaml"
-    spec.write_text(text)
-    out = tmp_path / "never.zarr"
-    r = cli("run", spec, "--out", out)
-    assert r.exit_code == 2, r.output
-    assert r.stderr.count("\n") == 1 and r.stderr.startswith("linflow: error: "), r.stderr
-    assert message in r.stderr and "Traceback" not in r.output
-    assert not out.exists()
-
-
-BAD_FLAGS = [
-    (["--depth", "2,x"], "--depth"),
-    (["--seed", "a:b"], "--seed"),
-    (["--init-norm", "-1"], "axes.init_norm[0]"),
-    (["--method", "euler", "--step", "-1e-3"], "integrator.step"),
-    (["--method", "dopri5", "--rtol", "1e-8"], "integrator.atol"),
-    (["--horizon", "soon"], "'--horizon'"),
-    (["--workers", "0"], "--workers"),
-    (["--bogus"], "--bogus"),
-]
-
-
-@pytest.mark.parametrize("flags, field", BAD_FLAGS, ids=[b[1] for b in BAD_FLAGS])
-def test_bad_flags_exit_2_with_one_line_and_no_store(tmp_path, flags, field):
-    out = tmp_path / "never.zarr"
-    r = cli("run", "--out", out, *flags)
-    assert r.exit_code == 2, r.output
-    assert r.stderr.count("\n") == 1 and field in r.stderr and "Traceback" not in r.output, r.stderr
-    assert not out.exists()
-
-
 def test_out_that_is_not_a_store_is_refused(tmp_path):
     out = tmp_path / "notastore"
     out.mkdir()
@@ -243,18 +192,18 @@ def test_console_script_starts_its_own_local_ray(tmp_path):
     spec = write_spec(tmp_path / "s.yaml", axes={"depth": [2], "width": [3], "init_norm": [1.0], "seed": [0, 1]})
     linflow = Path(sys.executable).parent / "linflow"
     proc = subprocess.run([str(linflow), "run", str(spec), "--out", str(out), "--workers", "2"],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          check=False, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "2 cells computed" in proc.stdout
     assert store.counts(out)["pending"] == 0
-    proc = subprocess.run([str(linflow), "status", str(out)], capture_output=True, text=True, env=env, timeout=60)
+    proc = subprocess.run([str(linflow), "status", str(out)], check=False, capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 0 and "complete" in proc.stdout
 
 
 def test_layerwise_and_induced_sweeps_agree_for_balanced_starts(ray_local, tmp_path):
     # the induced flow (17) is exact for balanced starts: two models, one set of numbers
-    changes = dict(problem={"m": 20, "dx": 4, "dy": 3, "seed": 1},
-                   axes={"depth": [2, 3], "width": [2, 4], "init_norm": [0.5, 3.0], "seed": [0, 1]})
+    changes = {"problem": {"m": 20, "dx": 4, "dy": 3, "seed": 1},
+                   "axes": {"depth": [2, 3], "width": [2, 4], "init_norm": [0.5, 3.0], "seed": [0, 1]}}
     for model in ("layerwise", "induced"):
         spec = write_spec(tmp_path / f"{model}.yaml", model=model, **changes)
         assert cli("run", spec, "--out", tmp_path / f"{model}.zarr", "--quiet").exit_code == 0

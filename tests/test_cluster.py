@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import xarray as xr
 import yaml
-
 from reference import assert_identical, compute
-from sweep import runner, spec as specs
+
+from sweep import runner
+from sweep import spec as specs
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = {
@@ -41,9 +42,8 @@ def test_blas_is_single_threaded_inside_tasks(ray_local):
 
     @ray.remote(num_cpus=1)
     def blas_threads():
-        from threadpoolctl import threadpool_info
-
         import numpy as np
+        from threadpoolctl import threadpool_info
 
         np.ones((64, 64)) @ np.ones((64, 64))  # BLAS loaded and used
         return [(i["internal_api"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
@@ -72,7 +72,7 @@ def test_sweep_on_a_multi_node_cluster_matches_a_local_run(cluster, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run([str(Path(sys.executable).parent / "linflow"), "run", str(spec), "--out", str(out),
                            "--address", cluster.address, "--json"],
-                          capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+                          check=False, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(report["nodes"]) == 2  # both worker nodes ran batches
@@ -92,7 +92,7 @@ def test_worker_node_removed_mid_sweep(cluster, tmp_path):
         def drive():
             try:
                 result["report"] = runner.run(specs.parse(SWEEP), out, progress=lambda d, t: d and first_batch.set())
-            except BaseException as exc:  # surfaced below
+            except BaseException as exc:  # noqa: BLE001 — surfaced by the asserts below
                 result["error"] = exc
 
         t = threading.Thread(target=drive)

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
+from reference import assert_identical, compute
 from typer.testing import CliRunner
 
 from cli.main import app
-from reference import assert_identical, compute
 from sweep import store
 from sweep.lock import lock_path
 
@@ -135,7 +135,7 @@ def test_failing_cells_are_recorded_and_retried_alone(ray_local, spec, tmp_path,
     out = tmp_path / "s.zarr"
     proc = start(["run", spec, "--out", out, "--quiet", "--workers", "2"], LINFLOW_TEST_FAIL_SEED="5")
     try:
-        stdout, err = proc.communicate(timeout=300)
+        _stdout, err = proc.communicate(timeout=300)
     finally:
         reap(proc)
     assert proc.returncode == 1, err
@@ -203,13 +203,13 @@ def tiny_disk(tmp_path):
     mnt.mkdir()
 
     def mount(size):
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=False, capture_output=True)
         if done.returncode:
             pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
         return mnt
 
     yield mount
-    subprocess.run(["umount", str(mnt)], capture_output=True)
+    subprocess.run(["umount", str(mnt)], check=False, capture_output=True)
 
 
 def test_full_disk_at_creation_leaves_no_store(ray_local, tiny_disk, spec):

@@ -1,5 +1,7 @@
 """Initialization: balancedness, norms, ranks, angles and per-cell reproducibility."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -20,7 +22,7 @@ def test_balanced_start_is_balanced_with_the_asked_norm_and_rank(dy, depth, widt
     layers = initial_layers("balanced", z, problem_seed=1, seed=4, depth=depth, width=width, init_norm=2.5)
     w = product(layers)
     assert np.linalg.norm(w, 2) == pytest.approx(2.5 * np.linalg.norm(z, 2), rel=1e-12)
-    for lower, upper in zip(layers, layers[1:]):
+    for lower, upper in itertools.pairwise(layers):
         assert np.allclose(upper.T @ upper, lower @ lower.T, atol=1e-12)
     s = np.linalg.svd(w, compute_uv=False)
     r = rank_of(5, dy, depth, width)

@@ -9,7 +9,7 @@ from sweep import kernel
 from sweep.init import balanced_layers, gaussian_layers, layer_dims
 from sweep.problem import synthetic
 
-TIGHT = dict(method="DOP853", rtol=1e-13, atol=1e-16)
+TIGHT = {"method": "DOP853", "rtol": 1e-13, "atol": 1e-16}
 
 
 def paper_problem(dy=1):
@@ -181,11 +181,11 @@ def test_time_to_eps_matches_event_location():
         r0, c0 = np.linalg.norm(w0), (w0.ravel() @ z.ravel()) / (np.linalg.norm(w0) * zeta)
         p = 2 - 2 / depth
 
-        def f(t, s):
+        def f(t, s, depth=depth, p=p):
             r, th = s
             return [depth * r**p * (zeta * np.cos(th) - r), -zeta * r ** (p - 1) * np.sin(th)]
 
-        def hit(t, s):
+        def hit(t, s, eps=eps):
             r, th = s
             return 0.5 * ((r - zeta * np.cos(th)) ** 2 + zeta**2 * np.sin(th) ** 2) - eps
 

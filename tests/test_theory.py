@@ -10,7 +10,7 @@ from sweep import kernel
 from sweep.init import balanced_layers, layer_dims
 
 ZETA = 2.0
-TIGHT = dict(method="DOP853", rtol=1e-13, atol=1e-15)
+TIGHT = {"method": "DOP853", "rtol": 1e-13, "atol": 1e-15}
 
 
 def polar_rhs(n, zeta=ZETA):
@@ -23,7 +23,7 @@ def polar_excess(s, zeta=ZETA):
 
 
 def event_time(n, r0, theta0, eps):
-    hit = lambda t, s: polar_excess(s) - eps  # noqa: E731
+    hit = lambda t, s: polar_excess(s) - eps
     hit.terminal = True
     sol = solve_ivp(polar_rhs(n), (0, 1e13), [r0, theta0], events=hit, **TIGHT)
     return sol.t_events[0][0]
@@ -56,9 +56,9 @@ def test_depth_two_explicit_form():
     r0, th0, eps = 0.7, 2.2, 1e-7
     x0 = np.arctanh(np.cos(th0))
     k = 1 / (r0 * np.sin(th0) ** 2)
-    prim = lambda x: 0.5 * (x + np.sinh(x) * np.cosh(x))  # noqa: E731
-    r = lambda x: np.cosh(x) ** 2 / (k + (2 / ZETA) * (prim(x) - prim(x0)))  # noqa: E731
-    excess = lambda x: 0.5 * ((r(x) - ZETA * np.tanh(x)) ** 2 + (ZETA / np.cosh(x)) ** 2)  # noqa: E731
+    prim = lambda x: 0.5 * (x + np.sinh(x) * np.cosh(x))
+    r = lambda x: np.cosh(x) ** 2 / (k + (2 / ZETA) * (prim(x) - prim(x0)))
+    excess = lambda x: 0.5 * ((r(x) - ZETA * np.tanh(x)) ** 2 + (ZETA / np.cosh(x)) ** 2)
     ts = np.linspace(0, 6, 13)
     assert np.allclose(theory.exact_excess_loss(2, r0, ZETA, th0, ts), excess(x0 + ZETA * ts), rtol=1e-12, atol=0)
     from scipy.optimize import brentq
@@ -125,7 +125,7 @@ def test_bounds_hold_on_the_exact_times():
     assert np.all(np.isfinite(cert)) and np.all(cert >= t * (1 - 1e-9))
     # far phase: from r0 = 20 ≥ 2ζ along the ray, reaching 2ζ takes at most the far-phase bound
     for n in (2, 3, 5):
-        hit = lambda t_, s: s[0] - 2 * ZETA  # noqa: E731
+        hit = lambda t_, s: s[0] - 2 * ZETA
         hit.terminal = True
         sol = solve_ivp(polar_rhs(n), (0, 100), [20.0, 0.0], events=hit, **TIGHT)
         assert sol.t_events[0][0] <= theory.far_phase_bound(n, 20.0, ZETA)
