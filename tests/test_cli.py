@@ -301,3 +301,28 @@ def test_analysis_notebook_runs(ray_local, tmp_path):
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3
+
+
+def test_export_csv_and_parquet_one_row_per_cell(ray_local, tmp_path):
+    import pandas as pd
+
+    import sweep
+
+    out = tmp_path / "s.zarr"
+    assert cli("run", write_spec(tmp_path / "s.yaml"), "--out", out, "--quiet").exit_code == 0
+    ds = sweep.open_results(out).load()
+    r = cli("export", out, "--theory")
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(tmp_path / "s.csv")
+    assert len(df) == ds.status.size == 20
+    assert list(df.columns[:4]) == ["depth", "width", "init_norm", "seed"]
+    assert {"status", "time_to_eps", "final_loss", "final_excess_loss", "theory_time_to_eps", "limit_class"} <= set(df.columns)
+    row = df[(df.depth == 3) & (df.init_norm == 4.0) & (df.seed == 2)].iloc[0]
+    cell = ds.sel(depth=3, init_norm=4.0, seed=2).squeeze()
+    assert row.time_to_eps == cell.time_to_eps.item() and row.final_loss == cell.loss.isel(checkpoint=-1).item()
+    assert row.status == "converged" and row.limit_class == "global"
+    assert abs(row.theory_time_to_eps / row.time_to_eps - 1) < 1e-6
+    assert cli("export", out, "--format", "parquet", "--out", tmp_path / "s.parquet").exit_code == 0
+    pq = pd.read_parquet(tmp_path / "s.parquet")
+    assert len(pq) == 20 and "theory_time_to_eps" not in pq.columns
+    assert cli("export", out, "--format", "xml").exit_code == 2
