@@ -96,6 +96,8 @@ def _compute(spec: Spec, problem: Problem, c: dict[str, np.ndarray]) -> dict[str
     if fail_seed is not None and int(fail_seed) in c["seed"]:
         raise RuntimeError(f"test hook: cells with seed {fail_seed} fail")
     depth, width = int(c["depth"][0]), int(c["width"][0])
+    if spec.model == "exact":
+        return _compute_exact(spec, problem, c, depth, width)
     model = _model(spec, problem, depth, width)
     problem_seed = spec.problem.get("seed", 0)
     target = problem.target
@@ -134,6 +136,47 @@ def _compute(spec: Spec, problem: Problem, c: dict[str, np.ndarray]) -> dict[str
         "imbalance": imbalance,
         "imbalance_drift": drift,
     }
+    return out
+
+
+def _compute_exact(spec: Spec, problem: Problem, c: dict, depth: int, width: int) -> dict[str, np.ndarray]:
+    """``model: exact`` — balanced scalar-output starts from the closed form of theory.md §4 by
+    quadrature: no integrator steps; W stays in the plane of W0 and Z, W(t) = r (cos θ ẑ + sin θ q̂)."""
+    from .exact import exact_path, exact_time_to_eps
+    from .init import end_to_end_start
+
+    z = problem.target.ravel()
+    zeta = float(np.linalg.norm(z))
+    zhat = z / zeta
+    times = spec.checkpoint_times()
+    n = len(c["seed"])
+    out = empty_results(spec, problem, (n,))
+    out["steps"][:] = 0
+    out["rhs_evals"][:] = 0
+    out["imbalance"][:] = 0.0
+    out["imbalance_drift"][:] = 0.0
+    floor = loss_floor(problem, 1)
+    for i in range(n):
+        cell = {"problem_seed": spec.problem.get("seed", 0), "seed": int(c["seed"][i]), "depth": depth,
+                "width": width, "init_norm": float(c["init_norm"][i])}
+        if "init_angle" in c:
+            cell["init_angle"] = float(c["init_angle"][i])
+        w0 = end_to_end_start(problem.target, **cell).ravel()
+        r0 = float(np.linalg.norm(w0))
+        along = float(w0 @ zhat)
+        ortho = w0 - along * zhat
+        qhat = ortho / np.linalg.norm(ortho) if np.linalg.norm(ortho) > 0 else np.zeros_like(z)
+        theta0 = float(np.arctan2(np.linalg.norm(ortho), along))
+        tte = float(exact_time_to_eps(depth, r0, zeta, theta0, spec.eps))
+        t_end = tte if spec.stop_at_eps and tte <= spec.horizon else spec.horizon
+        shown = times <= t_end
+        r, cos, sin, excess = exact_path(depth, r0, zeta, theta0, np.append(times[shown], t_end))
+        out["excess_loss"][i, shown] = excess[:-1]
+        out["loss"][i, shown] = excess[:-1] + floor
+        out["w_init"][i] = w0.reshape(problem.dy, problem.dx)
+        out["w_final"][i] = (r[-1] * (cos[-1] * zhat + sin[-1] * qhat)).reshape(problem.dy, problem.dx)
+        out["time_to_eps"][i] = tte if tte <= spec.horizon else np.nan
+        out["status"][i] = kernel.CONVERGED if tte <= spec.horizon else kernel.UNCONVERGED
     return out
 
 

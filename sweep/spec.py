@@ -221,11 +221,11 @@ def parse(raw: dict | None, base: Path | None = None) -> Spec:
     d = {**copy.deepcopy(DEFAULTS), **raw}
 
     problem = _problem(d["problem"], base)
-    model = _choice(d["model"], "model", ("layerwise", "induced"))
+    model = _choice(d["model"], "model", ("layerwise", "induced", "exact"))
     init = _mapping(d["init"], "init", ("scheme",))
     init = {"scheme": _choice(init.get("scheme", "balanced"), "init.scheme", ("balanced", "gaussian"))}
-    if model == "induced" and init["scheme"] != "balanced":
-        raise SpecError("model", "the induced flow holds only for balanced starts; use init.scheme: balanced or model: layerwise")
+    if model in ("induced", "exact") and init["scheme"] != "balanced":
+        raise SpecError("model", f"the {model} flow holds only for balanced starts; use init.scheme: balanced or model: layerwise")
 
     axes_raw = _mapping(d["axes"], "axes", AXES)
     if "axes" in raw:  # a spec's own axes replace the defaults, but missing required axes default
@@ -255,6 +255,8 @@ def parse(raw: dict | None, base: Path | None = None) -> Spec:
     if batch > MAX_BATCH:  # Ray retries tasks killed for memory forever: keep a task's memory bounded
         raise SpecError("batch", f"must be ≤ {MAX_BATCH} cells per task, got {batch}")
 
+    if model == "exact" and "data" not in problem and problem["dy"] != 1:
+        raise SpecError("model", f"exact (the closed form of theory.md §4) needs a scalar output, dy = 1; got dy = {problem['dy']}")
     if "init_angle" in axes:
         if init["scheme"] != "balanced":
             raise SpecError("axes.init_angle", "needs init.scheme: balanced (a Gaussian start has no set angle)")

@@ -235,3 +235,27 @@ def test_results_do_not_depend_on_batch_companions():
         alone = run(model, starts[i], horizon=5.0, eps=1e-6, rtol=1e-8, atol=1e-12)
         for field in ("excess", "time_to_eps", "steps", "rhs_evals", "y_final", "status"):
             assert np.array_equal(getattr(together, field)[i], getattr(alone, field)[0], equal_nan=True), field
+
+
+def test_exact_model_agrees_with_dopri5():
+    # model: exact (closed form of theory.md §4 by quadrature) against the integrated induced flow
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from reference import compute
+
+    raw = {"axes": {"depth": [1, 2, 3, 5], "width": [5], "init_norm": [0.3, 1.0, 10.0], "seed": [0, 1]},
+           "horizon": 20.0, "integrator": {"method": "dopri5", "rtol": 1e-12, "atol": 1e-15},
+           "checkpoints": {"count": 21, "spacing": "log"}}
+    flow, exact = compute({**raw, "model": "induced"}), compute({**raw, "model": "exact"})
+    assert np.array_equal(flow.status.values, exact.status.values)
+    assert float(abs(exact.time_to_eps / flow.time_to_eps - 1).max()) < 1e-7
+    scale = flow.excess_loss.isel(checkpoint=0)
+    assert float((abs(exact.excess_loss - flow.excess_loss) / scale).max()) < 1e-7
+    assert float(abs(exact.w_final - flow.w_final).max()) < 1e-7 * np.linalg.norm(flow.target)
+    assert np.all(exact.steps.values == 0) and np.allclose(exact.w_init.values, flow.w_init.values, rtol=1e-13, atol=0)
+    stop = compute({**raw, "model": "exact", "stop_at_eps": True})
+    t = stop.time.values
+    after = t[None, None, None, None, :] > stop.time_to_eps.values[..., None]
+    assert np.all(np.isnan(stop.excess_loss.values[after])) and np.all(np.isfinite(stop.excess_loss.values[~after]))
