@@ -117,7 +117,11 @@ def _half_sq(e: np.ndarray) -> np.ndarray:
 class Layerwise:
     """Gradient flow on every layer: dW_j/dt = (W_N⋯W_{j+1})ᵀ (Z − W) (W_{j−1}⋯W_1)ᵀ.
 
-    ``dims = (d_0 = dx, d_1, …, d_N = dy)``; the state packs W_1 … W_N row-major."""
+    ``dims = (d_0 = dx, d_1, …, d_N = dy)``; the state packs W_1 … W_N row-major.
+
+    The products are taken from the narrow end: with S_j = W_N⋯W_{j+1} (dy × d_j, S_0 = W) and
+    V_j = W_j⋯W_1 (Z − W)ᵀ (d_j × dy), the flow of layer j is S_jᵀ V_{j−1}ᵀ — three products of
+    size dy·d_j·d_{j−1} per layer. When dx < dy the same is done on the transposed network."""
 
     def __init__(self, dims, target: np.ndarray, tail: float = 0.0):
         self.dims = tuple(int(d) for d in dims)
@@ -128,6 +132,8 @@ class Layerwise:
         self.size = int(self.offsets[-1])
         self.target = np.asarray(target, dtype=float)
         self.tail = float(tail)
+        self.flip = self.dims[0] < self.dims[-1]  # work on the transposed network: narrow end first
+        self._buffers = (0, None)
 
     def layers(self, y: np.ndarray) -> list[np.ndarray]:
         """Views (B, d_j, d_{j−1}) of the layers packed in ``y`` (B, P)."""
@@ -141,34 +147,60 @@ class Layerwise:
         b = layers[0].shape[0]
         return np.concatenate([w.reshape(b, -1) for w in layers], axis=1)
 
-    def _prefixes(self, ws):
-        prefix = [None, ws[0]]  # prefix[j] = W_j ⋯ W_1 ; prefix[0] = identity
-        for w in ws[1:]:
-            prefix.append(w @ prefix[-1])
-        return prefix
+    def _oriented(self, y):
+        """Layers W_1…W_N and target, transposed and reversed when dx < dy (then dy ≤ dx holds)."""
+        ws = self.layers(y)
+        if self.flip:
+            return [w.transpose(0, 2, 1) for w in reversed(ws)], self.target.T
+        return ws, self.target
+
+    def _suffixes(self, ws, b):
+        """S_j = W_N⋯W_{j+1} for j = N−1 … 0 into preallocated buffers; S_0 = W."""
+        if self._buffers[0] != b:
+            r = ws[-1].shape[1]
+            dims = [w.shape[2] for w in ws]  # d_0 … d_{N−1}
+            self._buffers = (b, [np.empty((b, r, d)) for d in dims], [np.empty((b, d, r)) for d in dims])
+        _, s, v = self._buffers
+        n = self.depth
+        if n == 1:
+            return [ws[0]], v
+        np.matmul(ws[n - 1], ws[n - 2], out=s[n - 2])
+        for j in range(n - 2, 0, -1):
+            np.matmul(s[j], ws[j - 1], out=s[j - 1])
+        return s[: n - 1] + [ws[n - 1]], v
 
     def product(self, y: np.ndarray) -> np.ndarray:
-        return self._prefixes(self.layers(y))[-1]
+        ws, _ = self._oriented(y)
+        w = self._suffixes(ws, y.shape[0])[0][0].copy()
+        return w.transpose(0, 2, 1) if self.flip else w
 
     def excess(self, y: np.ndarray) -> np.ndarray:
         return _half_sq(self.target - self.product(y)) - self.tail
 
     def rhs(self, y: np.ndarray, out: np.ndarray) -> np.ndarray:
-        ws = self.layers(y)
+        ws, target = self._oriented(y)
         outs = self.layers(out)
-        prefix = self._prefixes(ws)
-        grad = self.target - prefix[-1]  # (B, dy, dx): Z − W, then (W_N⋯W_{j+1})ᵀ (Z − W)
-        excess = _half_sq(grad) - self.tail
-        for j in range(self.depth - 1, -1, -1):
-            if j == 0:
-                outs[0][...] = grad
+        if self.flip:
+            outs = [o.transpose(0, 2, 1) for o in reversed(outs)]
+        n = self.depth
+        s, v = self._suffixes(ws, y.shape[0])  # s[j] = S_j (j < N; S_N = I), v: buffers for V_j
+        e = target - s[0]  # Z − W, (B, r, dx) with r = min(dx, dy)
+        excess = _half_sq(e) - self.tail
+        v[0][...] = e.transpose(0, 2, 1)  # V_0 = (Z − W)ᵀ
+        for j in range(1, n):
+            np.matmul(ws[j - 1], v[j - 1], out=v[j])  # V_j = W_j V_{j−1}
+        vector = target.shape[0] == 1
+        for j in range(n - 1):  # layer j+1: S_{j+1}ᵀ V_jᵀ (an outer product when r = 1)
+            sj = s[j + 1] if j + 1 < n - 1 else ws[n - 1]
+            if vector:
+                np.multiply(sj.transpose(0, 2, 1), v[j].transpose(0, 2, 1), out=outs[j])
             else:
-                np.matmul(grad, prefix[j].transpose(0, 2, 1), out=outs[j])
-                grad = ws[j].transpose(0, 2, 1) @ grad
+                np.matmul(sj.transpose(0, 2, 1), v[j].transpose(0, 2, 1), out=outs[j])
+        outs[n - 1][...] = v[n - 1].transpose(0, 2, 1)  # layer N: V_{N−1}ᵀ
         return excess
 
-    def imbalance(self, y: np.ndarray) -> np.ndarray:
-        """D_j = W_{j+1}ᵀW_{j+1} − W_jW_jᵀ for j = 1…N−1, stacked (B, N−1, ·) ragged → list."""
+    def imbalance(self, y: np.ndarray) -> list[np.ndarray]:
+        """D_j = W_{j+1}ᵀW_{j+1} − W_jW_jᵀ for j = 1…N−1."""
         ws = self.layers(y)
         return [
             ws[j + 1].transpose(0, 2, 1) @ ws[j + 1] - ws[j] @ ws[j].transpose(0, 2, 1)
@@ -272,8 +304,25 @@ def integrate(
     Fixed-step methods advance on the grid t_n = n·step (last step clipped to the horizon);
     adaptive ones control the local error per trajectory (Hairer–Nørsett–Wanner, as scipy's RK45).
     Checkpoints and the first crossing of ``excess = eps`` are read from the step's interpolant
-    (the method's dense output, else cubic Hermite), never snapped to step ends."""
+    (the method's dense output, else cubic Hermite), never snapped to step ends.
+
+    Large batches are integrated in blocks of about BLOCK_BYTES of state each, so that the working
+    set stays in cache; trajectories are independent, so blocking never changes a number."""
     y0 = np.ascontiguousarray(y0, dtype=float)
+    block = max(MIN_BLOCK, BLOCK_BYTES // (8 * max(1, y0.shape[1])))
+    kw = dict(method=method, horizon=horizon, checkpoints=checkpoints, eps=eps, stop_at_eps=stop_at_eps,
+              step=step, rtol=rtol, atol=atol, max_steps=max_steps)
+    if len(y0) <= block:
+        return _integrate_block(model, y0, **kw)
+    parts = [_integrate_block(model, y0[i : i + block], **kw) for i in range(0, len(y0), block)]
+    return Result(*(np.concatenate([getattr(r, f) for r in parts]) for f in Result.__dataclass_fields__))
+
+
+BLOCK_BYTES = 2 * 2**20  # state per block (each of the ~nk + 3 work arrays); measured in bench/
+MIN_BLOCK = 64
+
+
+def _integrate_block(model, y0, *, method, horizon, checkpoints, eps, stop_at_eps, step, rtol, atol, max_steps):
     nb, size = y0.shape
     tc = np.asarray(checkpoints, dtype=float)
     nc = len(tc)
@@ -296,10 +345,10 @@ def integrate(
         t_final=np.zeros(nb),
     )
 
-    # active-set state (compacted as trajectories finish)
+    # active-set state (compacted as trajectories finish); k[0] = f(y), k[1…s−1] stages, k[s] = f(y_new)
     idx = np.arange(nb)
     y = y0.copy()
-    k = np.empty((nk, nb, size))
+    k = [np.empty((nb, size)) for _ in range(nk)]
     exc = model.rhs(y, k[0])
     evals = np.ones(nb, dtype=np.int64)
     steps = np.zeros(nb, dtype=np.int64)
@@ -324,7 +373,7 @@ def integrate(
         if abs(n_total * step - horizon) > 1e-9 * step:
             n_total = int(np.ceil(horizon / step))
 
-    ytmp = np.empty((len(y), size))
+    y_new, ytmp, scratch = np.empty_like(y), np.empty_like(y), np.empty_like(y)
     while True:
         done = status != PENDING
         if done.any():
@@ -333,9 +382,9 @@ def integrate(
             idx, y, t, exc, nxt, steps, evals, found, bound = (
                 v[keep] for v in (idx, y, t, exc, nxt, steps, evals, found, bound)
             )
-            k = np.ascontiguousarray(k[:, keep])
+            k = [ki[keep] for ki in k]
             status = status[keep]
-            ytmp = np.empty_like(y)
+            y_new, ytmp, scratch = np.empty_like(y), np.empty_like(y), np.empty_like(y)
             if adaptive:
                 h, rejected = h[keep], rejected[keep]
         if len(idx) == 0:
@@ -348,34 +397,22 @@ def integrate(
             t_new = np.where(steps + 1 >= n_total, horizon, (steps + 1) * step)
         hh = (t_new - t)[:, None]
 
-        # stages
+        # stages: y + h Σ_j a_ij k_j, then y_new = y + h Σ_j b_j k_j
         for i in range(1, s):
-            np.multiply(k[0], a[i, 0], out=ytmp)
-            for j in range(1, i):
-                if a[i, j]:
-                    ytmp += a[i, j] * k[j]
-            ytmp *= hh
-            ytmp += y
+            _combine(ytmp, y, hh, a[i, :i], k, scratch)
             model.rhs(ytmp, k[i])
-        np.multiply(k[0], b[0], out=ytmp)
-        for j in range(1, s):
-            if b[j]:
-                ytmp += b[j] * k[j]
-        ytmp *= hh
-        y_new = ytmp + y
+        _combine(y_new, y, hh, b, k, scratch)
         with np.errstate(all="ignore"):
             exc_new = model.rhs(y_new, k[s])
         evals += s
 
         if adaptive:
-            err = k[0] * method.e[0]
-            for j in range(1, nk):
-                if method.e[j]:
-                    err += method.e[j] * k[j]
-            err *= hh
+            err = _combine(ytmp, None, hh, method.e, k, scratch)
             with np.errstate(all="ignore"):
-                scale = atol + rtol * np.maximum(np.abs(y), np.abs(y_new))
-                enorm = _rms(err / scale)
+                np.maximum(np.abs(y), np.abs(y_new), out=scratch)
+                scratch *= rtol
+                scratch += atol
+                enorm = _rms(np.divide(err, scratch, out=err))
             accept = enorm < 1.0
             bad = ~np.isfinite(enorm)
             with np.errstate(all="ignore", divide="ignore"):
@@ -389,13 +426,16 @@ def integrate(
             rejected = ~accept
             tiny = ~accept & (h < 10 * np.spacing(np.maximum(t, 1.0)))
             status[tiny] = np.where(bad[tiny], DIVERGED, FAILED)  # overflow vs. step collapse
+            whole = bool(accept.all())
         else:
-            accept = np.ones(len(idx), dtype=bool)
+            accept = None
+            whole = True
 
-        acc = slice(None) if accept.all() else np.flatnonzero(accept)  # a slice avoids copies
-        if accept.any():
-            ya, yn, ka = y[acc], y_new[acc], k[:, acc]
+        acc = slice(None) if whole else np.flatnonzero(accept)  # a slice avoids copies
+        if whole or accept.any():
+            ya, yn = y[acc], y_new[acc]
             ta, tn = t[acc], t_new[acc]
+            ka = _StepStages(k, acc)
 
             # first crossing of eps inside (t, t_new]
             t_stop = tn.copy()  # checkpoints are filled up to here (the crossing when stopping)
@@ -403,7 +443,7 @@ def integrate(
             if cross.any():
                 ci = np.flatnonzero(cross)
                 acc = np.arange(len(idx))[acc]  # integer positions from here on
-                theta = _locate(model, method, ya[ci], yn[ci], ka[:, ci], tn[ci] - ta[ci], eps)
+                theta = _locate(model, method, ya[ci], yn[ci], ka[ci], tn[ci] - ta[ci], eps)
                 hit_t = ta[ci] + theta * (tn[ci] - ta[ci])
                 gi = acc[ci]
                 found[gi] = True
@@ -427,7 +467,7 @@ def integrate(
                 mid = ~at_end
                 if mid.any():
                     sub = hi[mid]
-                    yi = _interpolate(method, ya[sub], yn[sub], ka[:, sub], tn[sub] - ta[sub], theta[mid])
+                    yi = _interpolate(method, ya[sub], yn[sub], ka[sub], tn[sub] - ta[sub], theta[mid])
                     with np.errstate(all="ignore"):
                         e_c[mid] = model.excess(yi)
                 out.excess[idx[pos], na[hi]] = e_c
@@ -436,16 +476,22 @@ def integrate(
 
             if stop_at_eps and cross.any():  # the trajectory ends exactly at the crossing
                 theta = (t_stop[ci] - ta[ci]) / (tn[ci] - ta[ci])
-                y_new[gi] = _interpolate(method, ya[ci], yn[ci], ka[:, ci], tn[ci] - ta[ci], theta)
+                y_new[gi] = _interpolate(method, ya[ci], yn[ci], ka[ci], tn[ci] - ta[ci], theta)
                 t_new[gi] = t_stop[ci]
 
-            y[acc] = y_new[acc]
-            t[acc] = t_new[acc]
-            exc[acc] = exc_new[acc]
-            k[0, acc] = k[s, acc]
+            if whole:  # swap buffers instead of copying
+                y, y_new = y_new, y
+                k[0], k[s] = k[s], k[0]
+                t, exc = t_new, exc_new
+            else:
+                y[acc] = y_new[acc]
+                k[0][acc] = k[s][acc]
+                t[acc] = t_new[acc]
+                exc[acc] = exc_new[acc]
             steps[acc] += 1
 
-            blown = ~np.isfinite(exc[acc]) | (exc[acc] > bound[acc]) | ~np.all(np.isfinite(y[acc]), axis=1)
+            # a non-finite state makes the excess loss non-finite: one check per trajectory suffices
+            blown = ~np.isfinite(exc[acc]) | (exc[acc] > bound[acc])
             st = status[acc]
             st[blown & (st == PENDING)] = DIVERGED
             end = (st == PENDING) & (t[acc] >= horizon)
@@ -455,6 +501,33 @@ def integrate(
         if adaptive:
             status[(status == PENDING) & (steps >= max_steps)] = FAILED
     return out
+
+
+def _combine(out, base, hh, coef, k, scratch):
+    """out = base + h Σ_j coef_j k_j (base None: without it), skipping zero coefficients."""
+    first = True
+    for c, kj in zip(coef, k):
+        if not c:
+            continue
+        if first:
+            np.multiply(kj, hh * c, out=out)
+            first = False
+        else:
+            np.multiply(kj, hh * c, out=scratch)
+            out += scratch
+    if base is not None:
+        out += base
+    return out
+
+
+class _StepStages:
+    """The stage derivatives of the accepted trajectories, gathered (B', nk, P) only when needed."""
+
+    def __init__(self, k, acc):
+        self.k, self.acc = k, acc
+
+    def __getitem__(self, rows):
+        return np.stack([ki[self.acc][rows] for ki in self.k])
 
 
 def _finish(out: Result, gi, status, steps, evals, y, t):

@@ -259,3 +259,32 @@ def test_exact_model_agrees_with_dopri5():
     t = stop.time.values
     after = t[None, None, None, None, :] > stop.time_to_eps.values[..., None]
     assert np.all(np.isnan(stop.excess_loss.values[after])) and np.all(np.isfinite(stop.excess_loss.values[~after]))
+
+
+def test_wide_output_uses_the_transposed_network():
+    # dx = 2 < dy = 4: the kernel works on the transposed network; compare with the induced flow
+    p = synthetic(30, 2, 4, seed=1)
+    z = p.target
+    w0 = w0_for(z, 2.0, seed=5)
+    tc = np.linspace(0, 1, 6)
+    for depth, width in ((2, 3), (4, 2)):
+        model = kernel.Layerwise(layer_dims(2, 4, depth, width), z)
+        assert model.flip
+        lw = run(model, layerwise_start(w0, depth, width), tc=tc)
+        ind = run(kernel.Induced(depth, z), w0.ravel(), tc=tc)
+        assert np.max(np.abs(lw.excess / ind.excess - 1)) < 1e-8
+        assert np.max(np.abs(model.product(lw.y_final) - ind.y_final.reshape(1, 4, 2))) < 1e-8
+
+
+def test_blocked_batches_give_the_same_bits():
+    # a batch larger than one cache block is integrated block by block: same numbers as alone
+    z = paper_problem()
+    model = kernel.Layerwise(layer_dims(5, 1, 8, 16), z)
+    block = kernel.BLOCK_BYTES // (8 * model.size)
+    rng = np.random.default_rng(0)
+    starts = np.stack([layerwise_start(w0_for(z, a, seed=i), 8, 16)[0]
+                       for i, a in enumerate(rng.uniform(0.2, 3, block + 7))])
+    together = run(model, starts, kernel.RK4, horizon=0.05, step=1e-3)
+    for i in (0, block - 1, block, block + 6):
+        alone = run(model, starts[i], kernel.RK4, horizon=0.05, step=1e-3)
+        assert np.array_equal(together.excess[i], alone.excess[0]) and np.array_equal(together.y_final[i], alone.y_final[0])
