@@ -11,7 +11,6 @@ import numpy as np
 from scipy.integrate import quad
 from scipy.optimize import brentq
 
-
 # --------------------------------------------------------------------------------------------------
 # §4 exact time to ε and excess loss, scalar output
 # --------------------------------------------------------------------------------------------------
@@ -95,7 +94,7 @@ def _ray_path(n, r0, c, times):
         if t <= 0 or r0 == c:
             r[i], excess[i] = r0, 0.5 * (r0 - c) ** 2
             continue
-        g = lambda w, t=t: _ray_time(n, r0, c, w) - t  # noqa: E731 — decreasing in w
+        g = lambda w, t=t: _ray_time(n, r0, c, w) - t
         lo = start - 1.0
         while g(lo) < 0 and lo > -700:
             lo = start - 2 * (start - lo)

@@ -310,8 +310,8 @@ def integrate(
     set stays in cache; trajectories are independent, so blocking never changes a number."""
     y0 = np.ascontiguousarray(y0, dtype=float)
     block = max(MIN_BLOCK, BLOCK_BYTES // (8 * max(1, y0.shape[1])))
-    kw = dict(method=method, horizon=horizon, checkpoints=checkpoints, eps=eps, stop_at_eps=stop_at_eps,
-              step=step, rtol=rtol, atol=atol, max_steps=max_steps)
+    kw = {"method": method, "horizon": horizon, "checkpoints": checkpoints, "eps": eps, "stop_at_eps": stop_at_eps,
+              "step": step, "rtol": rtol, "atol": atol, "max_steps": max_steps}
     if len(y0) <= block:
         return _integrate_block(model, y0, **kw)
     parts = [_integrate_block(model, y0[i : i + block], **kw) for i in range(0, len(y0), block)]
