@@ -63,7 +63,7 @@ def template(spec: Spec, problem: Problem, fingerprint: str) -> tuple[xr.Dataset
             attrs["flag_values"] = np.arange(len(STATUS_NAMES), dtype="i1")
             attrs["flag_meanings"] = kernel.STATUS_MEANINGS
         full = shape + tuple(extra[d] for d in tail)
-        data_vars[name] = (axes + tail, np.full(full, fill, dtype=dtype), attrs)
+        data_vars[name] = (axes + tail, np.broadcast_to(np.array(fill, dtype=dtype), full), attrs)  # no memory
         encoding[name] = {"chunks": chunks + tuple(extra[d] for d in tail)}
         if dtype != "f8":
             encoding[name]["_FillValue"] = None
