@@ -17,15 +17,15 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
+import argparse
+import statistics
+import time
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from sweep import kernel  # noqa: E402
-from sweep.init import layer_dims  # noqa: E402
-from sweep.problem import synthetic  # noqa: E402
+from sweep import kernel
+from sweep.init import layer_dims
+from sweep.problem import synthetic
 
 B, DX, DY, H = 4096, 5, 1, 1e-4
 CASES = [(4, 5), (8, 16)]

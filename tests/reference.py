@@ -16,6 +16,7 @@ def compute(raw: dict) -> xr.Dataset:
     s = specs.parse(raw)
     p = problem.build(s.problem)
     ds, _ = template(s, p, s.fingerprint(p.digest()))
+    ds = ds.copy(deep=True)  # the template's fill values are read-only broadcasts
     for region in batch.regions(s.shape, batch.chunk_shape(s.shape, tuple(s.axes), s.batch)):
         for name, values in batch.run_batch(s, p, region).items():
             ds[name].values[region] = values

@@ -5,20 +5,6 @@ import pytest
 import xarray as xr
 
 from analysis import complexity, convergence, theory
-from sweep import batch, problem
-from sweep import spec as specs
-from sweep.store import template
-
-
-def sweep_dataset(raw) -> xr.Dataset:
-    """A real sweep computed in-process (the same run_batch the Ray tasks call)."""
-    s = specs.parse(raw)
-    p = problem.build(s.problem)
-    ds, _ = template(s, p, s.fingerprint(p.digest()))
-    for region in batch.regions(s.shape, batch.chunk_shape(s.shape, tuple(s.axes), s.batch)):
-        for name, values in batch.run_batch(s, p, region).items():
-            ds[name].values[region] = values
-    return ds
 
 
 @pytest.fixture(scope="module")
