@@ -18,6 +18,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 import argparse
+import itertools
 import statistics
 import time
 
@@ -40,8 +41,8 @@ def starts(depth, width, batch, seed=0):
 def flops_per_step(dims):
     """Flops of one Euler step of linflow's layerwise kernel: products from the narrow end
     (3·dy·d_j·d_{j−1} multiply-adds per layer) plus the update (2 per parameter)."""
-    macs = sum(3 * DY * a * b for a, b in zip(dims, dims[1:]))
-    return 2 * macs + 2 * sum(a * b for a, b in zip(dims, dims[1:]))
+    macs = sum(3 * DY * a * b for a, b in itertools.pairwise(dims))
+    return 2 * macs + 2 * sum(a * b for a, b in itertools.pairwise(dims))
 
 
 def timed(fn, repeats):

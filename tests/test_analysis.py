@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import xarray as xr
+from reference import compute as sweep_dataset
 
 from analysis import complexity, convergence, theory
 
