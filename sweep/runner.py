@@ -11,22 +11,23 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import batch as batches
 from . import kernel, store
 from .lock import StoreLock
 from .problem import Problem, build
 from .spec import Spec, SpecError
+from .task import run_task
 
 # BLAS inside a task stays single-threaded: one task per core is the parallelism
 SINGLE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 # test hooks, passed to the workers only when set in the driver's environment (never in normal runs)
-TEST_HOOKS = ("LINFLOW_TEST_KILL_WORKER", "LINFLOW_TEST_FAIL_SEED")
+TEST_HOOKS = ("LINFLOW_TEST_KILL_WORKER", "LINFLOW_TEST_FAIL_SEED")  # read in sweep.task and sweep.batch
 HEARTBEAT_SECONDS = 30.0
 
 
@@ -45,6 +46,9 @@ class Report:
     seconds: float = 0.0
     errors: list = field(default_factory=list)
     nodes: list = field(default_factory=list)
+    kernel_seconds: float = 0.0  # compute time summed over the batches (in the workers)
+    startup_seconds: float = 0.0  # connecting to (or starting) Ray
+    driver_peak_rss_mb: float = 0.0
 
 
 def prepare(spec: Spec, out: str | Path) -> tuple[Problem, str, bool]:
@@ -100,56 +104,6 @@ def check_memory(spec: Spec, problem: Problem) -> None:
                                          f"width {width} (limit {MEMORY_LIMIT / 2**30:.0f} GiB); use a smaller batch")
 
 
-def _task(payload, region, mask):
-    import ray
-
-    spec, problem = payload
-    node = ray.get_runtime_context().get_node_id()
-    try:
-        results, errors = batches.run_batch(spec, problem, region, mask), []
-    except Exception:  # noqa: BLE001 — isolate the failing cells, the rest of the batch stands
-        results, errors = _cell_by_cell(spec, problem, region, mask)
-    _test_kill_hook()
-    return region, mask, results, errors, node
-
-
-def _cell_by_cell(spec, problem, region, mask):
-    """The batch one cell at a time: the cells that raise are marked failed, with their error."""
-    results = batches.empty_results(spec, problem, tuple(s.stop - s.start for s in region))
-    errors = []
-    for idx in zip(*np.nonzero(mask)):
-        one = np.zeros(mask.shape, dtype=bool)
-        one[idx] = True
-        try:
-            part = batches.run_batch(spec, problem, region, one)
-        except Exception as exc:  # noqa: BLE001
-            results["status"][idx] = kernel.FAILED
-            cell = {n: _plain(np.asarray(v)[s.start + i]) for (n, v), s, i in zip(spec.axes.items(), region, idx)}
-            errors.append((cell, f"{type(exc).__name__}: {exc}"))
-            continue
-        for name in results:
-            results[name][idx] = part[name][idx]
-    return results, errors
-
-
-def _plain(v):
-    return v.item() if hasattr(v, "item") else v
-
-
-def _test_kill_hook():
-    """LINFLOW_TEST_KILL_WORKER=FILE: the first task to run kills its own worker process after
-    computing its batch (before returning it), once — FILE marks that it happened."""
-    marker = os.environ.get("LINFLOW_TEST_KILL_WORKER")
-    if marker:
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        os._exit(1)
-
-
 def runtime_env(address: str | None) -> dict:
     """Environment of the workers: single-threaded BLAS, test hooks; on a cluster also the
     ``sweep`` package itself (workers need not have linflow installed)."""
@@ -170,11 +124,23 @@ def connect(address: str | None = None, workers: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
-    common = {"runtime_env": runtime_env(address), "logging_level": logging.ERROR, "configure_logging": True}
+    quiet = {"logging_level": logging.ERROR, "configure_logging": True}
     if address:
-        ray.init(address=address, **common)
-    else:
-        ray.init(num_cpus=workers, include_dashboard=False, **common)
+        ray.init(address=address, runtime_env=runtime_env(address), **quiet)
+        return True
+    # a local instance inherits the driver's environment: set it for the Ray processes started here,
+    # so the workers Ray starts ahead of time (default environment) serve the tasks without a cold start
+    env_vars = runtime_env(None)["env_vars"]
+    saved = {k: os.environ.get(k) for k in env_vars}
+    os.environ.update(env_vars)
+    try:
+        ray.init(num_cpus=workers, include_dashboard=False, **quiet)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return True
 
 
@@ -211,18 +177,30 @@ def run(spec: Spec, out: str | Path, *, address=None, workers=None, progress=Non
     finally:
         lock.release()
     report.seconds = time.perf_counter() - started
+    report.driver_peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return report
+
+
+def _cost(spec, problem, region, mask) -> float:
+    from .init import layer_dims
+
+    depth, width = (int(np.asarray(spec.axes[a])[region[i].start]) for i, a in enumerate(("depth", "width")))
+    dims = layer_dims(problem.dx, problem.dy, depth, width)
+    return float(mask.sum()) * sum(a * b for a, b in itertools.pairwise(dims))
 
 
 def _dispatch(spec, problem, group, work, report, lock, address, workers, progress):
     import ray
 
+    started = time.perf_counter()
     owner = connect(address, workers)
+    report.startup_seconds = time.perf_counter() - started
     try:
-        task = ray.remote(num_cpus=1, max_retries=3)(_task)
+        task = ray.remote(num_cpus=1, max_retries=3)(run_task)
         payload = ray.put((spec, problem))
         limit = 2 * max(1, int(workers or ray.cluster_resources().get("CPU", 1)))
-        queue = list(reversed(work))
+        # longest first (cells × parameters per cell), so that no long batch is left for the end alone
+        queue = sorted(work, key=lambda w: _cost(spec, problem, *w))
         running = []
         nodes = set()
         last_beat = time.monotonic()
@@ -236,7 +214,8 @@ def _dispatch(spec, problem, group, work, report, lock, address, workers, progre
                 last_beat = time.monotonic()
             if not ready:
                 continue
-            region, mask, results, errors, node = ray.get(ready[0])
+            region, mask, results, errors, node, seconds = ray.get(ready[0])
+            report.kernel_seconds += seconds
             try:
                 store.write_batch(group, region, results, mask)
                 if errors or "failures" in group.attrs:

@@ -1,0 +1,64 @@
+"""The Ray task: one batch of cells, computed in a worker. Kept light to import (no xarray, no
+Zarr), since every worker process imports it before its first batch."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from . import batch as batches
+from . import kernel
+
+
+def run_task(payload, region, mask):
+    """(region, mask, results, errors, node id, compute seconds) of one batch."""
+    import ray
+
+    spec, problem = payload
+    node = ray.get_runtime_context().get_node_id()
+    started = time.perf_counter()
+    try:
+        results, errors = batches.run_batch(spec, problem, region, mask), []
+    except Exception:  # noqa: BLE001 — isolate the failing cells, the rest of the batch stands
+        results, errors = _cell_by_cell(spec, problem, region, mask)
+    _test_kill_hook()
+    return region, mask, results, errors, node, time.perf_counter() - started
+
+
+def _cell_by_cell(spec, problem, region, mask):
+    """The batch one cell at a time: the cells that raise are marked failed, with their error."""
+    results = batches.empty_results(spec, problem, tuple(s.stop - s.start for s in region))
+    errors = []
+    for idx in zip(*np.nonzero(mask)):
+        one = np.zeros(mask.shape, dtype=bool)
+        one[idx] = True
+        try:
+            part = batches.run_batch(spec, problem, region, one)
+        except Exception as exc:  # noqa: BLE001
+            results["status"][idx] = kernel.FAILED
+            cell = {n: _plain(np.asarray(v)[s.start + i]) for (n, v), s, i in zip(spec.axes.items(), region, idx)}
+            errors.append((cell, f"{type(exc).__name__}: {exc}"))
+            continue
+        for name in results:
+            results[name][idx] = part[name][idx]
+    return results, errors
+
+
+def _plain(v):
+    return v.item() if hasattr(v, "item") else v
+
+
+def _test_kill_hook():
+    """LINFLOW_TEST_KILL_WORKER=FILE: the first task to run kills its own worker process after
+    computing its batch (before returning it), once — FILE marks that it happened."""
+    marker = os.environ.get("LINFLOW_TEST_KILL_WORKER")
+    if marker:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        os._exit(1)
