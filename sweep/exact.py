@@ -7,6 +7,8 @@ explicit. Used by ``model: exact`` and, as the theory, by ``analysis.theory``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.integrate import quad
 from scipy.optimize import brentq
@@ -35,7 +37,8 @@ class _Polar:
         self.n, self.zeta = n, zeta
         self.x0 = np.arctanh(np.cos(theta0))
         self.k = 1.0 / (r0 * np.sin(theta0) ** n)
-        self.j0 = _cosh_integral(n, self.x0)
+        self.j0 = float(_cosh_integral(n, self.x0))
+        self.x0, self.k = float(self.x0), float(self.k)
 
     def r(self, x):
         return np.cosh(x) ** self.n / (self.k + self.n / self.zeta * (_cosh_integral(self.n, x) - self.j0))
@@ -43,13 +46,21 @@ class _Polar:
     def excess(self, x):
         return 0.5 * ((self.r(x) - self.zeta * np.tanh(x)) ** 2 + (self.zeta / np.cosh(x)) ** 2)
 
-    def dtdx(self, x):
-        return self.r(x) ** ((2.0 - self.n) / self.n) / self.zeta
+    def dtdx(self, x: float) -> float:
+        """dt/dx = r^{(2−N)/N} / ζ at a scalar x, in plain floats (quad calls it ~10⁶ times)."""
+        n, c, s = self.n, math.cosh(x), math.sinh(x)
+        j_prev, j = x, s  # J_0, J_1 of the recurrence in _cosh_integral
+        for k in range(2, n + 1):
+            j_prev, j = j, c ** (k - 1) * s / k + (k - 1) / k * j_prev
+        r = c**n / (self.k + n / self.zeta * (j - self.j0))
+        return r ** ((2.0 - n) / n) / self.zeta
 
     def t(self, x, x_from=None, t_from=0.0):
         a = self.x0 if x_from is None else x_from
         if self.n == 2:
             return (x - self.x0) / self.zeta
+        if abs(x - a) <= 1e-9 * max(1.0, abs(a)):  # a Newton correction: the midpoint rule is exact enough
+            return t_from + (x - a) * self.dtdx(0.5 * (a + x))
         val, _ = quad(self.dtdx, a, x, epsabs=0.0, epsrel=1e-13, limit=1000)
         return t_from + val
 
@@ -132,6 +143,31 @@ def exact_time_to_eps(depth, r0, zeta, theta0, eps):
     return out[()] if out.ndim == 0 else out
 
 
+def _advance(pol, x_cur, t_cur, t):
+    """x with t(x) = t > t_cur = t(x_cur): Newton steps on t(x) (dt/dx is known in closed form, t
+    from short quadratures), safeguarded by a bracket and bisection when a step leaves it."""
+    lo, t_lo = x_cur, t_cur
+    hi = None
+    x, tx = x_cur, t_cur
+    reach = 0.5  # before a bracket exists, a step goes at most this far (then doubles)
+    for _ in range(200):
+        cand = x + (t - tx) / pol.dtdx(x)
+        if hi is None:
+            cand = min(cand, x + reach)
+            reach *= 2
+        elif not (lo < cand < hi):
+            cand = 0.5 * (lo + hi)
+        t_cand = pol.t(cand, x, tx) if cand > x else pol.t(cand, lo, t_lo)
+        if t_cand < t:
+            lo, t_lo = cand, t_cand
+        else:
+            hi = cand
+        if abs(t_cand - t) <= 4e-16 * t or (hi is not None and hi - lo <= 4e-16 * max(1.0, abs(lo))):
+            return cand
+        x, tx = cand, t_cand
+    return x
+
+
 def exact_path(n, r0, zeta, theta0, times):
     """(r, cos θ, sin θ, excess loss) of one balanced scalar-output start at sorted ``times``: the
     flow stays in the plane of W0 and Z, so these give W(t) = r (cos θ ẑ + sin θ q̂)."""
@@ -152,17 +188,8 @@ def exact_path(n, r0, zeta, theta0, times):
     for i, t in enumerate(times):
         if t > 0 and n == 2:
             x_cur = pol.x0 + zeta * t
-        elif t > t_cur:  # march the bracket forward from the previous time, then find the root of t(x) = t
-            hi, t_hi = x_cur, t_cur
-            step = max(1e-3, (t - t_cur) * zeta * pol.r(x_cur) ** ((n - 2.0) / n))
-            while t_hi < t:
-                lo, t_lo = hi, t_hi
-                hi = hi + step
-                t_hi = pol.t(hi, lo, t_lo)
-                step *= 2
-            x_cur = brentq(lambda x, lo=lo, t_lo=t_lo, t=t: pol.t(x, lo, t_lo) - t, lo, hi,
-                           xtol=1e-15, rtol=1e-15, maxiter=500)
-            t_cur = t
+        elif t > t_cur:
+            x_cur, t_cur = _advance(pol, x_cur, t_cur, t), t
         xs[i] = x_cur
     return pol.r(xs), np.tanh(xs), 1.0 / np.cosh(xs), pol.excess(xs)
 
