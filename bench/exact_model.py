@@ -31,8 +31,8 @@ def compute(raw):
     t = time.perf_counter()
     for region in batch.regions(s.shape, batch.chunk_shape(s.shape, tuple(s.axes), s.batch)):
         res = batch.run_batch(s, p, region)
-        for k in out:
-            out[k][region] = res[k]
+        for k, values in out.items():
+            values[region] = res[k]
     return out, time.perf_counter() - t
 
 
