@@ -158,12 +158,7 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Counts as JSON."),
 ):
     """Counts of cells per status in a store, and what is left to run."""
-    if not path.exists():
-        _fail(f"{path}: no such store")
-    try:
-        group = store.open_group(path)
-    except SpecError as exc:
-        _fail(str(exc))
+    group = _open_store(path)
     counts = store.counts(group)
     shape, _chunks = store.layout(group)
     left = store.pending_regions(group)
@@ -196,12 +191,7 @@ def report(
 
     from analysis.report import write_report
 
-    if not path.exists():
-        _fail(f"{path}: no such store")
-    try:
-        store.open_group(path)
-    except SpecError as exc:
-        _fail(str(exc))
+    _open_store(path)
     counts = store.counts(path)
     if counts["pending"] == sum(counts.values()):
         _fail(f"{path}: every cell is still pending — run it first")
@@ -258,16 +248,21 @@ def export(
             import pyarrow  # noqa: F401
         except ImportError:
             _fail("--format parquet needs pyarrow (python3 -m pip install pyarrow); or use --format csv")
-    if not path.exists():
-        _fail(f"{path}: no such store")
-    try:
-        store.open_group(path)
-    except SpecError as exc:
-        _fail(str(exc))
+    _open_store(path)
     out = out or path.with_suffix("." + fmt)
     df = cell_table(xr.open_zarr(path).load(), with_theory)
     df.to_csv(out, index=False) if fmt == "csv" else df.to_parquet(out, index=False)
     typer.echo(f"wrote {out} ({len(df)} rows)")
+
+
+def _open_store(path: Path):
+    """The store's Zarr group, or one line and exit 2 when ``path`` is not a linflow store."""
+    if not path.exists():
+        _fail(f"{path}: no such store")
+    try:
+        return store.open_group(path)
+    except SpecError as exc:
+        _fail(str(exc))
 
 
 def _print_counts(counts: dict):

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-import yaml
 import zarr
 
 from . import __version__, kernel
 from .batch import FILL, chunk_shape, regions
 from .problem import Problem
-from .spec import Spec, SpecError, parse
+from .spec import Spec, SpecError
 
 STATUS_NAMES = kernel.STATUS_MEANINGS.split()
 
@@ -114,10 +113,6 @@ def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
     if "fingerprint" not in group.attrs or "status" not in group:
         raise SpecError("--out", f"{path} is a Zarr store but not a linflow store (no fingerprint/status)")
     return group
-
-
-def stored_spec(group: zarr.Group) -> Spec:
-    return parse(yaml.safe_load(group.attrs["spec"]))
 
 
 def layout(group: zarr.Group) -> tuple[tuple[int, ...], tuple[int, ...]]:

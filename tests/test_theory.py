@@ -129,3 +129,20 @@ def test_bounds_hold_on_the_exact_times():
         hit.terminal = True
         sol = solve_ivp(polar_rhs(n), (0, 100), [20.0, 0.0], events=hit, **TIGHT)
         assert sol.t_events[0][0] <= theory.far_phase_bound(n, 20.0, ZETA)
+
+
+def test_certificate_and_local_rate_on_the_exact_trajectory():
+    # excess(t) ≤ excess(0)·exp(−2∫‖W‖^p) along the flow; near the optimum excess ∝ exp(−2ζ^p t)
+    from sweep.exact import exact_path
+
+    for n, r0, th in ((2, 0.5, 1.0), (3, 4.0, 2.0), (5, 1.0, 0.3)):
+        t = np.linspace(0, 8, 4001)
+        r, _, _, excess = exact_path(n, r0, ZETA, th, t)
+        bound = theory.certificate_bound(excess[0], r, t, n)
+        assert np.all(bound >= excess * (1 - 1e-6))
+        late = (t > 5) & (excess > 1e-25)
+        slope = np.polyfit(t[late], np.log(excess[late]), 1)[0]
+        assert -slope == pytest.approx(theory.local_rate(n, ZETA), rel=1e-3)
+    rng = np.random.default_rng(3)
+    w0 = rng.standard_normal((1, 5))
+    assert theory.bah_prediction(w0, rng.standard_normal((1, 5)), 3) == 0
