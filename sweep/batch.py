@@ -89,6 +89,15 @@ def empty_results(spec: Spec, problem: Problem, shape: tuple[int, ...]) -> dict[
             for name, fill in FILL.items()}
 
 
+def _start_args(spec: Spec, c: dict[str, np.ndarray], i: int) -> dict:
+    """What the start of cell i depends on (sweep.init): the problem seed and the cell's coordinates."""
+    args = {"problem_seed": spec.problem.get("seed", 0), "seed": int(c["seed"][i]), "depth": int(c["depth"][i]),
+            "width": int(c["width"][i]), "init_norm": float(c["init_norm"][i])}
+    if "init_angle" in c:
+        args["init_angle"] = float(c["init_angle"][i])
+    return args
+
+
 def _compute(spec: Spec, problem: Problem, c: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The dataset variables of a flat list of cells of one depth and width, cell axis first."""
     n = len(c["seed"])
@@ -99,16 +108,8 @@ def _compute(spec: Spec, problem: Problem, c: dict[str, np.ndarray]) -> dict[str
     if spec.model == "exact":
         return _compute_exact(spec, problem, c, depth, width)
     model = _model(spec, problem, depth, width)
-    problem_seed = spec.problem.get("seed", 0)
     target = problem.target
-    starts = []
-    for i in range(n):
-        cell = {"problem_seed": problem_seed, "seed": int(c["seed"][i]), "depth": depth, "width": width,
-                    "init_norm": float(c["init_norm"][i])}
-        if "init_angle" in c:
-            cell["init_angle"] = float(c["init_angle"][i])
-        layers = initial_layers(spec.init["scheme"], target, **cell)
-        starts.append(layers)
+    starts = [initial_layers(spec.init["scheme"], target, **_start_args(spec, c, i)) for i in range(n)]
     if spec.model == "induced":
         y0 = np.stack([_product(layers).ravel() for layers in starts])
     else:
@@ -157,11 +158,7 @@ def _compute_exact(spec: Spec, problem: Problem, c: dict, depth: int, width: int
     out["imbalance_drift"][:] = 0.0
     floor = loss_floor(problem, 1)
     for i in range(n):
-        cell = {"problem_seed": spec.problem.get("seed", 0), "seed": int(c["seed"][i]), "depth": depth,
-                "width": width, "init_norm": float(c["init_norm"][i])}
-        if "init_angle" in c:
-            cell["init_angle"] = float(c["init_angle"][i])
-        w0 = end_to_end_start(problem.target, **cell).ravel()
+        w0 = end_to_end_start(problem.target, **_start_args(spec, c, i)).ravel()
         r0 = float(np.linalg.norm(w0))
         along = float(w0 @ zhat)
         ortho = w0 - along * zhat
