@@ -124,6 +124,7 @@ def run(
         out = out or Path("runs") / f"{spec.stem if spec else 'sweep'}.zarr"
         runner.prepare(s, out)  # validates data and store before Ray starts
         check_lock(out)
+        runner.check_address(address)
     except (SpecError, LockError) as exc:
         _fail(str(exc))
 

@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import resource
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,22 @@ def runtime_env(address: str | None) -> dict:
     return env
 
 
+def check_address(address: str | None) -> None:
+    """Fail fast (SpecError) when a named cluster's port does not answer: ray.init would otherwise
+    retry for minutes. ``auto`` and unnamed (local) are not checked."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if not address or address == "auto":
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise SpecError("--address", f"expected HOST:PORT or ray://HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise SpecError("--address", f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); is it up?") from None
+
+
 def connect(address: str | None = None, workers: int | None = None) -> bool:
     """Attach to the Ray cluster at ``address`` (or RAY_ADDRESS), else start a local instance with
     ``workers`` CPUs (default: all). Returns True when this call started Ray (and should stop it)."""
@@ -151,6 +168,7 @@ def run(spec: Spec, out: str | Path, *, address=None, workers=None, progress=Non
     ``progress(done_cells, total_cells)`` is called after each stored batch."""
     started = time.perf_counter()
     problem, fingerprint, exists = prepare(spec, out)
+    check_address(address)
     lock = StoreLock(out)
     try:
         Path(out).resolve().parent.mkdir(parents=True, exist_ok=True)
