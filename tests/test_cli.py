@@ -326,3 +326,19 @@ def test_export_csv_and_parquet_one_row_per_cell(ray_local, tmp_path):
     pq = pd.read_parquet(tmp_path / "s.parquet")
     assert len(pq) == 20 and "theory_time_to_eps" not in pq.columns
     assert cli("export", out, "--format", "xml").exit_code == 2
+
+
+def test_run_on_a_data_file(ray_local, tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 40)) * np.array([[1.0], [3.0], [0.5], [2.0]]), rng.standard_normal((2, 40))
+    np.savez(tmp_path / "data.npz", X=x, Y=y)
+    r = cli("run", "--data", tmp_path / "data.npz", "--depth", "2", "--width", "2", "--seed", "0:3",
+            "--out", tmp_path / "d.zarr", "--quiet")
+    assert r.exit_code == 0, r.output
+    ds = xr.open_zarr(tmp_path / "d.zarr")
+    assert ds.attrs["data_whitened_by_linflow"] == 1
+    assert np.allclose(ds.x.values @ ds.x.values.T, np.eye(4), atol=1e-12) and np.array_equal(ds.y.values, y)
+    assert np.allclose(ds.target.values, y @ ds.x.values.T)
+    s = np.linalg.svd(ds.target.values, compute_uv=False)  # width 2 = dy: full rank, L* the residual
+    assert np.allclose(ds.loss - ds.excess_loss, 0.5 * (np.sum(y**2) - np.sum(s**2)), rtol=1e-12)
+    assert np.all(ds.status.values == 1)
