@@ -17,7 +17,6 @@ except ImportError:  # pragma: no cover
 from sweep import runner, store
 from sweep import spec as specs
 from sweep.lock import LockError
-from sweep.lock import check as check_lock
 from sweep.spec import SpecError
 
 
@@ -122,12 +121,11 @@ def run(
             raise SpecError("--workers", f"must be ≥ 1, got {workers}")
         s = specs.load(spec, overrides)
         out = out or Path("runs") / f"{spec.stem if spec else 'sweep'}.zarr"
-        runner.prepare(s, out)  # validates data and store before Ray starts
-        check_lock(out)
-        runner.check_address(address)
-    except (SpecError, LockError) as exc:
+    except SpecError as exc:
         _fail(str(exc))
 
+    # runner.run checks the data, the store, the lock and the cluster before it writes or starts
+    # anything; the progress bar appears with the first stored batch, so such errors print alone
     bar = None if quiet or as_json else _ProgressBar()
     kw = {"address": address, "workers": workers, "retry_failed": retry_failed}
     try:

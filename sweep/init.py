@@ -9,6 +9,8 @@ paper's example); ``init_norm`` only rescales it.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 # stream tags (part of the kernel's reproducibility contract: change KERNEL_VERSION with them)
@@ -18,6 +20,12 @@ _W0, _FRAMES, _GAUSS, _ANGLE = 1, 2, 3, 4
 def layer_dims(dx: int, dy: int, depth: int, width: int) -> tuple[int, ...]:
     """(d_0 = dx, d_1 … d_{N−1} = width, d_N = dy)."""
     return (dx, *([width] * (depth - 1)), dy)
+
+
+def parameter_count(dx: int, dy: int, depth: int, width: int) -> int:
+    """Σ_j d_j·d_{j−1}: the numbers in all the layers of one network."""
+    dims = layer_dims(dx, dy, depth, width)
+    return sum(a * b for a, b in itertools.pairwise(dims))
 
 
 def rank_of(dx: int, dy: int, depth: int, width: int) -> int:

@@ -98,14 +98,3 @@ class StoreLock:
         except (OSError, ValueError):
             pass
 
-
-def check(store: str | Path) -> None:
-    """Raise LockError now if a live driver holds the store (the real lock is taken by ``run``)."""
-    lock = StoreLock(store)
-    try:
-        info = json.loads(lock.path.read_text() or "{}")
-        age = time.time() - lock.path.stat().st_mtime
-    except (OSError, ValueError):
-        return
-    if info and not _stale(info, age):
-        lock.acquire()  # raises the LockError with the owner's details

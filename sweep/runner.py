@@ -8,7 +8,6 @@ error recorded in the store's attrs), and the sweep goes on.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import resource
@@ -86,7 +85,7 @@ MEMORY_LIMIT = 2 * 2**30  # bytes: the driver's store template, and one task's w
 def check_memory(spec: Spec, problem: Problem) -> None:
     """Refuse grids whose store template, or batches whose working set, would not fit in memory
     (Ray retries a task killed for memory forever)."""
-    from .init import layer_dims
+    from .init import parameter_count
 
     count = spec.checkpoints["count"]
     per_cell = 8 * (2 * count + 2 * problem.dy * problem.dx + 6)
@@ -97,8 +96,8 @@ def check_memory(spec: Spec, problem: Problem) -> None:
     method = kernel.METHODS[spec.integrator["method"]]
     for depth in spec.axes["depth"]:
         for width in spec.axes["width"]:
-            dims = layer_dims(problem.dx, problem.dy, depth, width)
-            state = sum(a * b for a, b in itertools.pairwise(dims)) if spec.model == "layerwise" else problem.dx * problem.dy
+            layerwise = spec.model == "layerwise"
+            state = parameter_count(problem.dx, problem.dy, depth, width) if layerwise else problem.dx * problem.dy
             need = spec.batch * 8 * ((method.stages + 5) * state + per_cell // 8)
             if need > MEMORY_LIMIT:
                 raise SpecError("batch", f"{spec.batch} cells per task need {need / 2**30:.1f} GiB at depth {depth}, "
@@ -200,11 +199,10 @@ def run(spec: Spec, out: str | Path, *, address=None, workers=None, progress=Non
 
 
 def _cost(spec, problem, region, mask) -> float:
-    from .init import layer_dims
+    from .init import parameter_count
 
     depth, width = (int(np.asarray(spec.axes[a])[region[i].start]) for i, a in enumerate(("depth", "width")))
-    dims = layer_dims(problem.dx, problem.dy, depth, width)
-    return float(mask.sum()) * sum(a * b for a, b in itertools.pairwise(dims))
+    return float(mask.sum()) * parameter_count(problem.dx, problem.dy, depth, width)
 
 
 def _dispatch(spec, problem, group, work, report, lock, address, workers, progress):

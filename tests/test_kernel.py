@@ -239,10 +239,6 @@ def test_results_do_not_depend_on_batch_companions():
 
 def test_exact_model_agrees_with_dopri5():
     # model: exact (closed form of theory.md §4 by quadrature) against the integrated induced flow
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from reference import compute
 
     raw = {"axes": {"depth": [1, 2, 3, 5], "width": [5], "init_norm": [0.3, 1.0, 10.0], "seed": [0, 1]},
