@@ -3,8 +3,13 @@ observed times beside the exact closed form and the bounds of theory.md §4–5.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import numpy as np
 import xarray as xr
+
+from . import theory
 
 BOUND_RTOL = 1e-6  # a bound below the observation by more than this (relative) is a violation
 
@@ -25,7 +30,9 @@ def time_to_eps_table(ds: xr.Dataset, along: str = "depth", over=("seed",), stat
     """A statistic (median, mean, min, max) of converged T_ε over ``over``, indexed by ``along``
     and the other axes (length-1 axes dropped)."""
     t = converged_times(ds)
-    table = getattr(t, stat)(list(over), skipna=True).squeeze(drop=True)
+    with warnings.catch_warnings():  # groups where nothing converged are NaN ("All-NaN slice")
+        warnings.simplefilter("ignore", RuntimeWarning)
+        table = getattr(t, stat)(list(over), skipna=True).squeeze(drop=True)
     if along in table.dims:
         table = table.transpose(along, ...)
     return table.rename(f"time_to_eps_{stat}").assign_attrs(
@@ -52,7 +59,10 @@ def fit_scaling(ds: xr.Dataset, along: str = "init_norm", form: str | None = Non
     ``form="power"``: log T = a + b log x (exponent b); ``"loglinear"``: log T = a + b x (rate b).
     Default: power for init_norm, loglinear for depth. The confidence interval at ``level`` comes
     from a bootstrap over ``over`` (resampling whole seeds) when there are ≥ 3 of them, else from
-    the fit's covariance (t distribution)."""
+    the fit's covariance (t distribution). With a single value of ``over`` (one seed) there is no
+    interval: the scatter about the line is then the misfit of the form, not variation between
+    seeds. ``note`` says, per fit, why there is no fit (fewer than 3 converged runs, or all at one
+    value of ``along``) or no interval ("no CI: one seed")."""
     from scipy import stats
 
     form = form or ("loglinear" if along == "depth" else "power")
@@ -66,24 +76,38 @@ def fit_scaling(ds: xr.Dataset, along: str = "init_norm", form: str | None = Non
     shape = t.shape[:-2]
     names = ("intercept", "exponent", "exponent_low", "exponent_high", "stderr", "r2", "n_points")
     out = {k: np.full(shape, np.nan) for k in names}
+    notes = np.full(shape, "", dtype=object)
     rng = np.random.default_rng(rng_seed)
     alpha = (1 - level) / 2
+    n_over = t.sizes[over]
     for idx in np.ndindex(shape):
-        logt = np.log(t.values[idx])  # (along, over)
+        with np.errstate(divide="ignore", invalid="ignore"):  # T_ε = 0 (started within ε) and NaN
+            logt = np.log(t.values[idx])  # (along, over)
         ok = np.isfinite(logt) & (t.values[idx] > 0)
         xgrid = np.broadcast_to(gx[:, None], logt.shape)
-        if ok.sum() < 3 or len(np.unique(xgrid[ok])) < 2:
+        out["n_points"][idx] = ok.sum()
+        if ok.sum() < 3:
+            n = int(ok.sum())
+            notes[idx] = f"no fit: {n} converged run{'s' * (n != 1)} with T_ε > 0 (needs 3)"
+            continue
+        if len(np.unique(xgrid[ok])) < 2:
+            notes[idx] = f"no fit: converged runs at one {along} only"
             continue
         a, b, se, r2 = _fit(xgrid[ok], logt[ok])
-        n_over = logt.shape[1]
-        if n_over >= 3 and n_boot:
+        lo = hi = np.nan
+        if n_over == 1:
+            notes[idx] = f"no CI: one {over}"
+        elif n_over >= 3 and n_boot:
             boots = []
             for _ in range(n_boot):
                 pick = rng.integers(0, n_over, n_over)
                 xb, yb, okb = xgrid[:, pick], logt[:, pick], ok[:, pick]
                 if okb.sum() >= 3 and len(np.unique(xb[okb])) >= 2:
                     boots.append(_fit(xb[okb], yb[okb])[1])
-            lo, hi = np.quantile(boots, [alpha, 1 - alpha])
+            if len(boots) >= 0.5 * n_boot:
+                lo, hi = np.quantile(boots, [alpha, 1 - alpha])
+            else:
+                notes[idx] = f"no CI: only {len(boots)} of {n_boot} bootstrap resamples of {over} can be fitted"
         else:
             q = stats.t.ppf(1 - alpha, max(ok.sum() - 2, 1))
             lo, hi = b - q * se, b + q * se
@@ -101,29 +125,142 @@ def fit_scaling(ds: xr.Dataset, along: str = "init_norm", form: str | None = Non
         "n_points": {"long_name": "converged runs in the fit"},
     }
     res = xr.Dataset({k: (others, v, attrs[k]) for k, v in out.items()}, coords=coords)
-    res.attrs.update(along=along, form=form, over=over, level=level,
-                     ci_method="bootstrap over " + over if t.sizes[over] >= 3 and n_boot else "t interval")
+    res["note"] = (others, notes, {"long_name": "why there is no fit or no confidence interval (empty: both there)"})
+    method = "t interval" if n_over == 2 or not n_boot else "bootstrap over " + over
+    method = "none (one " + over + ")" if n_over == 1 else method
+    res.attrs.update(along=along, form=form, over=over, level=level, ci_method=method)
     return res
 
 
 def empirical_vs_theory(ds: xr.Dataset, rtol: float = BOUND_RTOL) -> xr.Dataset:
     """Observed T_ε over the exact T_ε and over each bound, with a violation flag where a bound is
-    below the observation (by more than ``rtol``). Annotates ``ds`` first when needed."""
-    from .theory import annotate
-
+    below the observation (by more than ``rtol``). Annotates ``ds`` first when needed
+    (:func:`safe_annotate`). A ratio is NaN where either time is missing, inf where the theory's is 0."""
     if "theory_time_to_eps" not in ds:
-        ds = annotate(ds)
+        ds = safe_annotate(ds)
     t = converged_times(ds)
     out = xr.Dataset()
-    out["ratio_exact"] = _attrs(t / ds.theory_time_to_eps, long_name="observed T_ε / exact T_ε", units="1")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["ratio_exact"] = _attrs(t / ds.theory_time_to_eps, long_name="observed T_ε / exact T_ε", units="1")
     counts = {}
     for bound in ("certificate_time_bound", "arora_time_bound"):
         b = ds[bound]
         name = bound.replace("_time_bound", "")
-        out[f"ratio_{name}"] = _attrs(t / b, long_name=f"observed T_ε / {name} bound (≤ 1 when it holds)", units="1")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = t / b
+        out[f"ratio_{name}"] = _attrs(ratio, long_name=f"observed T_ε / {name} bound (≤ 1 when it holds)", units="1")
         viol = (b < t * (1 - rtol)) & b.notnull() & t.notnull()
         out[f"{name}_violated"] = _attrs(viol, long_name=f"{name} bound below the observed T_ε")
         counts[f"{name}_violations"] = int(viol.sum())
         counts[f"{name}_applicable"] = int((b.notnull() & t.notnull()).sum())
     out.attrs.update(counts)
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# the theory of every cell, on any store
+# --------------------------------------------------------------------------------------------------
+
+THEORY_VARIABLES = ("theory_limit", "alignment_p1", "arora_covered", "arora_time_bound", "theory_time_to_eps",
+                    "certificate_time_bound")
+_MISSING = {"theory_limit": np.int8(-2), "alignment_p1": np.nan, "arora_covered": False, "arora_time_bound": np.nan,
+            "theory_time_to_eps": np.nan, "certificate_time_bound": np.nan}
+
+
+@contextlib.contextmanager
+def quiet():
+    """No floating-point or quadrature warnings from the closed forms (overflow in cosh, round-off
+    in quad): the values they concern come out NaN or raise, and are noted where they are used."""
+    from scipy.integrate import IntegrationWarning
+
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", IntegrationWarning)
+        yield
+
+
+def safe_annotate(ds: xr.Dataset, tol: float | None = None) -> xr.Dataset:
+    """:func:`analysis.theory.annotate` on any store ``linflow run`` wrote, and why a value is missing.
+
+    - Cells without a start (pending, failed: W(0) is NaN) are left out of the computation and
+      keep no theory values (limit −2, undecided).
+    - When the computation raises (a closed form that overflows at some cell), it is redone cell by
+      cell; the cells where it raises keep no theory values and their error.
+    - ``theory_note`` (per cell, empty when nothing is missing) says why: "cell failed: …", "theory
+      raised OverflowError: …", "exact T_ε: ∞ …"; ``attrs["theory_notes"]`` holds what holds for
+      the whole store (no exact T_ε for dy ≠ 1 or Gaussian starts; undecided limits).
+    Warnings of the closed forms are silenced (:func:`quiet`): what they concern is noted."""
+    import yaml
+
+    if "theory_note" in ds:
+        return ds
+    tol = theory.ALIGN_TOL if tol is None else tol
+    dims = tuple(ds.status.dims)
+    status = ds.status.transpose(*dims).values
+    started_da = np.isfinite(ds.w_init).all(("out", "in"))
+    started = started_da.transpose(*dims).values
+    # annotate needs a finite W(0) everywhere (an SVD of NaN raises): Z stands in where there is none
+    slim = xr.Dataset({"w_init": ds.w_init.where(started_da, ds.target), "target": ds.target, "status": ds.status},
+                      attrs=ds.attrs)
+    try:
+        with quiet():
+            a = theory.annotate(slim, tol)
+        values = {n: a[n].transpose(*dims).values.copy() for n in THEORY_VARIABLES}
+        attrs = {n: a[n].attrs for n in THEORY_VARIABLES}
+        errors = {}
+    except Exception:  # noqa: BLE001 — find the cells where it raises; the others keep their theory
+        values, attrs, errors = _annotate_cell_by_cell(slim, dims, tol)
+    for n in THEORY_VARIABLES:
+        values[n][~started] = _MISSING[n]
+
+    spec = yaml.safe_load(ds.attrs["spec"])
+    dy, balanced = ds.sizes["out"], spec["init"]["scheme"] == "balanced"
+    note = np.full(status.shape, "", dtype=object)
+    if dy == 1 and balanced:
+        never = np.isnan(values["theory_time_to_eps"])
+        note[never & (values["theory_limit"] == -1)] = "exact T_ε: ∞ (anti-aligned: the exact flow ends at zero)"
+        note[never & (values["theory_limit"] != -1)] = "exact T_ε: none (the closed form never gets within ε)"
+    for idx, message in errors.items():
+        note[idx] = f"theory raised {message}"
+    names = ds.status.attrs.get("flag_meanings", "pending converged unconverged diverged failed").split()
+    for code, name in enumerate(names):
+        note[~started & (status == code)] = f"cell {name}: no start, no theory"
+
+    notes = []
+    why = [f"dy = {dy} (they hold for a scalar output, dy = 1)"] if dy != 1 else []
+    why += [] if balanced else ["Gaussian starts (they hold for balanced starts)"]
+    if why:
+        notes.append("exact T_ε and the certificate bound (theory.md §4–5): not defined for " + " and for ".join(why))
+    raised = np.zeros(status.shape, dtype=bool)
+    for idx in errors:
+        raised[idx] = True
+    undecided = int(np.sum(started & ~raised & (values["theory_limit"] == -2)))
+    if undecided:
+        notes.append(f"limit prediction (theory.md §3): undecided for {undecided} cells, starts of rank ≥ 2 "
+                     "(§3 decides rank-1 starts)")
+
+    out = ds.copy()
+    for n in THEORY_VARIABLES:
+        out[n] = (dims, values[n], attrs.get(n, {}))
+    out["theory_note"] = (dims, note, {"long_name": "why a theory value of the cell is missing (empty: none is)"})
+    out.attrs["theory_notes"] = notes
+    return out
+
+
+def _annotate_cell_by_cell(slim, dims, tol):
+    """``annotate`` one cell at a time: (values, attrs, {cell index: error}) of the whole grid."""
+    shape = slim.status.shape
+    values = {n: np.full(shape, _MISSING[n]) for n in THEORY_VARIABLES}
+    attrs, errors = {}, {}
+    for idx in np.ndindex(shape):
+        one = slim.isel({d: slice(i, i + 1) for d, i in zip(dims, idx)})
+        try:
+            with quiet():
+                a = theory.annotate(one, tol)
+        except Exception as exc:  # noqa: BLE001 — recorded per cell, said in the report
+            errors[idx] = f"{type(exc).__name__}: {exc}"
+            continue
+        for n in THEORY_VARIABLES:
+            values[n][idx] = a[n].values.ravel()[0]
+            attrs.setdefault(n, a[n].attrs)
+    return values, attrs, errors

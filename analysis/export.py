@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import xarray as xr
 
-from . import convergence, theory
+from . import complexity, convergence
 
 COLUMNS = ["status", "time_to_eps", "final_loss", "final_excess_loss", "steps", "rhs_evals", "imbalance_drift"]
 THEORY = ["limit_class", "theory_limit", "theory_time_to_eps", "certificate_time_bound", "arora_covered",
-          "arora_time_bound", "alignment_p1"]
+          "arora_time_bound", "alignment_p1", "theory_note"]
 
 
 def last_finite(v: xr.DataArray) -> xr.DataArray:
@@ -20,15 +20,17 @@ def last_finite(v: xr.DataArray) -> xr.DataArray:
 
 def cell_table(ds: xr.Dataset, with_theory: bool = False):
     """A pandas DataFrame with one row per cell (the axes as columns). ``status`` and
-    ``limit_class`` are written as their names; the final losses are the last finite checkpoint."""
+    ``limit_class`` are written as their names; the final losses are the last finite checkpoint.
+    ``with_theory`` adds :func:`analysis.complexity.safe_annotate`'s columns, ``theory_note`` saying
+    why a cell's theory values are missing (any store: pending, failed, a closed form that raised)."""
     names = ds.status.attrs.get("flag_meanings", "pending converged unconverged diverged failed").split()
     cols = xr.Dataset({
         "status": ds.status, "time_to_eps": ds.time_to_eps, "final_loss": last_finite(ds.loss),
         "final_excess_loss": last_finite(ds.excess_loss), "steps": ds.steps, "rhs_evals": ds.rhs_evals,
         "imbalance_drift": ds.imbalance_drift})
     if with_theory:
-        a = ds if "theory_limit" in ds else theory.annotate(ds)
-        a["limit_class"] = convergence.classify(a)
+        a = complexity.safe_annotate(ds)
+        a = a.assign(limit_class=convergence.classify(a))
         cols = cols.merge(a[THEORY[1:]]).assign(limit_class=a.limit_class)
     df = cols.to_dataframe(dim_order=list(ds.status.dims)).reset_index()
     df = df.drop(columns=[c for c in ("time",) if c in df.columns])

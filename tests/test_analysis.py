@@ -109,3 +109,107 @@ def test_time_to_eps_table(paper_sweep):
     assert table.dims == ("depth", "init_norm")
     expected = paper_sweep.time_to_eps.sel(depth=3, init_norm=1.0).median().item()
     assert table.sel(depth=3, init_norm=1.0).item() == expected
+
+
+# --------------------------------------------------------------------------------------------------
+# agreement: leaving a strict saddle through round-off is an escape, not a disagreement
+# --------------------------------------------------------------------------------------------------
+
+
+def saddle_start_sweep(tmp_path, horizon):
+    """A real simulation of theory.md §3's p_1 = 0 case: target diag(3, 2, 1) (dy = 3) in a generic
+    rotated basis, a rank-1 balanced start with u0 ⟂ u_1, v0 ⟂ v_1 and p_2 ≠ 0 (as in
+    tests/test_theory.py), depths 2–4 at width 1, integrated by the layerwise kernel (dopri5) and
+    laid out in the store's own schema (sweep.store.template)."""
+    from sweep import kernel, problem, store
+    from sweep import spec as specs
+    from sweep.init import balanced_layers, layer_dims
+
+    rng = np.random.default_rng(0)
+    q3, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+    q5, _ = np.linalg.qr(rng.standard_normal((5, 5)))
+    z = np.zeros((3, 5))
+    z[0, 0], z[1, 1], z[2, 2] = 3.0, 2.0, 1.0
+    u0 = np.array([0.0, 1.0, 1.0]) / np.sqrt(2)
+    v0 = np.array([0.0, 1.0, 0.5, 0.0, 0.3])
+    w0 = q3 @ (0.8 * np.outer(u0, v0 / np.linalg.norm(v0))) @ q5
+    x = np.linalg.qr(rng.standard_normal((20, 5)))[0].T  # whitened: X Xᵀ = I
+    np.savez(tmp_path / "data.npz", X=x, Y=q3 @ z @ q5 @ x)
+    depths = [2, 3, 4]
+    s = specs.parse({"problem": {"data": str(tmp_path / "data.npz")}, "horizon": horizon,
+                     "axes": {"depth": depths, "width": [1], "init_norm": [1.0], "seed": [0]}})
+    p = problem.build(s.problem)
+    ds, _ = store.template(s, p, s.fingerprint(p.digest()))
+    ds = ds.copy(deep=True)
+    for i, n in enumerate(depths):
+        model = kernel.Layerwise(layer_dims(5, 3, n, 1), p.target)
+        y0 = model.pack([w[None] for w in balanced_layers(w0, problem_seed=0, seed=0, depth=n, width=1)])
+        r = kernel.integrate(model, y0, kernel.DOPRI5, horizon=horizon, checkpoints=np.array([0.0, horizon]),
+                             eps=1e-30, rtol=1e-10, atol=1e-13)
+        ds.w_init.values[i, 0, 0, 0] = model.product(y0)[0]
+        ds.w_final.values[i, 0, 0, 0] = model.product(r.y_final)[0]
+        ds.status.values[i, 0, 0, 0] = r.status[0]
+    return ds
+
+
+def test_agreement_counts_a_round_off_escape_from_a_strict_saddle_apart(tmp_path):
+    # at t = 10 every depth sits on the predicted saddle s_2 u_2 v_2ᵀ (the exact flow's limit) …
+    early = convergence.agreement(saddle_start_sweep(tmp_path, 10.0))
+    assert early.sizes["cell"] == 0 and early.attrs["compared"] == 3
+    # … by t = 100 round-off has grown and each run has left it for the global minimizer Z_1
+    ds = saddle_start_sweep(tmp_path, 100.0)
+    a = theory.annotate(ds)
+    assert a.theory_limit.values.ravel().tolist() == [2, 2, 2]
+    assert convergence.classify(a).values.ravel().tolist() == [convergence.GLOBAL] * 3
+    table = convergence.agreement(a)
+    assert table.attrs["compared"] == 3 and table.attrs["escapes"] == 3 and table.attrs["disagreements"] == 0
+    assert table.escaped.values.tolist() == [True] * 3
+    assert table.predicted.values.tolist() == [2] * 3 and table.observed.values.tolist() == [0] * 3
+
+
+def test_agreement_escape_from_zero_only_where_zero_is_strict():
+    # anti-aligned (θ0 = π): the exact flow ends at zero. At depth 2 zero is a strict saddle and the
+    # run leaves it through round-off by t = 100; at depth 3 it is not, and the run stays there
+    ds = sweep_dataset({"model": "induced", "axes": {"depth": [2, 3], "width": [5], "init_norm": [1.0],
+                        "init_angle": [np.pi], "seed": [0]}, "horizon": 100.0, "checkpoints": {"count": 11}})
+    table = convergence.agreement(ds)
+    assert table.attrs["compared"] == 2 and table.attrs["escapes"] == 1 and table.attrs["disagreements"] == 0
+    assert table.depth.values.tolist() == [2] and table.predicted.item() == -1 and table.observed.item() == 0
+
+
+def test_agreement_a_limit_that_is_not_a_descent_from_a_strict_saddle_is_a_disagreement():
+    z = np.zeros((3, 5))
+    z[0, 0], z[1, 1], z[2, 2] = 3.0, 2.0, 1.0
+
+    def point(k):  # s_k u_k v_kᵀ; 0: the global minimizer of the rank-1 problem, −1: zero
+        w = np.zeros((3, 5))
+        if k != -1:
+            j = 0 if k == 0 else k - 1
+            w[j, j] = z[j, j]
+        return w
+
+    # (depth, predicted, observed, escape?)
+    cases = [(2, 2, 0, True), (2, 3, 2, True), (2, -1, 0, True), (3, 2, 0, True), (3, 3, 0, True),
+             (2, 2, 3, False), (2, 2, -1, False), (2, 0, 2, False), (3, -1, 0, False), (3, -1, 2, False),
+             (3, 3, -1, False)]
+    n = max(sum(c[0] == d for c in cases) for d in (2, 3))
+    w = np.full((2, 1, 1, n, 3, 5), np.nan)
+    status = np.zeros((2, 1, 1, n), dtype="i1")
+    limit = np.full((2, 1, 1, n), -2, dtype="i1")
+    expect = np.zeros((2, 1, 1, n), dtype=bool)
+    for di, d in enumerate((2, 3)):
+        for si, (_, pred, obs, esc) in enumerate(c for c in cases if c[0] == d):
+            w[di, 0, 0, si], status[di, 0, 0, si], limit[di, 0, 0, si] = point(obs), 1, pred
+            expect[di, 0, 0, si] = esc
+    dims = ("depth", "width", "init_norm", "seed")
+    ds = xr.Dataset({"w_final": (dims + ("out", "in"), w), "status": (dims, status), "target": (("out", "in"), z),
+                     "theory_limit": (dims, limit)},
+                    coords={"depth": [2, 3], "width": [1], "init_norm": [1.0], "seed": np.arange(n)})
+    table = convergence.agreement(ds)
+    assert table.attrs["compared"] == len(cases) and table.sizes["cell"] == len(cases)
+    assert table.attrs["escapes"] == 5 and table.attrs["disagreements"] == 6
+    got = {(int(c.depth), int(c.predicted), int(c.observed)): bool(c.escaped) for c in
+           (table.isel(cell=i) for i in range(table.sizes["cell"]))}
+    assert got == {(d, p, o): e for d, p, o, e in cases}
+    assert convergence.strict_saddle(np.array([2, 3, -1, -1, 0, -2]), np.array([2, 5, 2, 3, 2, 2]), z).tolist() == \
+        [True, True, True, False, False, False]
