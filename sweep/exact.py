@@ -1,211 +1,288 @@
-"""Exact solution of the balanced scalar-output flow (theory.md §4, derived), by quadrature.
+"""Exact solution of the balanced scalar-output flow (docs/theory.md §4, derived).
 
-With x = artanh cos θ, the closed form gives r(x) and t(x); the excess loss is monotone in x, so
-T_ε = t(x_ε). θ0 = 0 and θ0 = π are the rays (solved in a variable where they are smooth), N = 1 is
-explicit. Used by ``model: exact`` and, as the theory, by ``analysis.theory``.
+With x = artanh cos θ = −log tan(θ/2), x grows along the flow (dx/dt = ζ r^{p−1}); we use
+s = x − x0 ≥ 0, so that the aligned and anti-aligned rays (θ0 = 0, π) are limits of the same
+formulas rather than special cases. With α = cos²(θ/2), β = sin²(θ/2) at the current angle,
+
+    1/r = R^{−N}/r0 + (N/ζ) J_N(s),   J_m(s) = ∫_0^s (α e^{−v} + β e^{v})^m dv
+                                            = Σ_k C(m,k) α^k β^{m−k} (e^{(m−2k)s} − 1)/(m − 2k),
+    R(s) = cos²(θ0/2) e^s + sin²(θ0/2) e^{−s},  tan(θ/2) = tan(θ0/2) e^{−s},
+    t(s) = (1/ζ) ∫_0^s r^{(2−N)/N} dσ.
+
+Every term of J is positive and everything is evaluated in log space, so nothing cancels or
+overflows at any angle or horizon. The excess loss ½[(r − ζ cos θ)² + ζ² sin² θ] decreases in s:
+T_ε = t(s_ε) with s_ε its root (brackets, Chandrupatla); a path inverts t(s) at the asked times.
+Quadratures are tanh–sinh in log space. N = 1 is explicit; N = 2 has t = s/ζ.
+Every function here is vectorized over cells. Used by ``model: exact`` and ``analysis.theory``.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
-from scipy.integrate import quad
-from scipy.optimize import brentq
+from scipy.integrate import tanhsinh
+from scipy.optimize.elementwise import find_root
+from scipy.special import gammaln
 
-# --------------------------------------------------------------------------------------------------
-# §4 exact time to ε and excess loss, scalar output
-# --------------------------------------------------------------------------------------------------
-
-
-def _cosh_integral(n: int, y):
-    """J_n(y) = ∫_0^y cosh^n (recurrence J_n = cosh^{n−1} sinh / n + (n−1)/n J_{n−2})."""
-    y = np.asarray(y, dtype=float)
-    c, s = np.cosh(y), np.sinh(y)
-    j_prev, j = y, s  # J_0, J_1
-    if n == 0:
-        return j_prev
-    for k in range(2, n + 1):
-        j_prev, j = j, c ** (k - 1) * s / k + (k - 1) / k * j_prev
-    return j
-
-
-class _Polar:
-    """The closed form of §4 for one (N, r0, ζ, θ0) with 0 < θ0 < π, in the variable x = artanh cos θ."""
-
-    def __init__(self, n, r0, zeta, theta0):
-        self.n, self.zeta = n, zeta
-        self.x0 = np.arctanh(np.cos(theta0))
-        self.k = 1.0 / (r0 * np.sin(theta0) ** n)
-        self.j0 = float(_cosh_integral(n, self.x0))
-        self.x0, self.k = float(self.x0), float(self.k)
-
-    def r(self, x):
-        return np.cosh(x) ** self.n / (self.k + self.n / self.zeta * (_cosh_integral(self.n, x) - self.j0))
-
-    def excess(self, x):
-        return 0.5 * ((self.r(x) - self.zeta * np.tanh(x)) ** 2 + (self.zeta / np.cosh(x)) ** 2)
-
-    def dtdx(self, x: float) -> float:
-        """dt/dx = r^{(2−N)/N} / ζ at a scalar x, in plain floats (quad calls it ~10⁶ times)."""
-        n, c, s = self.n, math.cosh(x), math.sinh(x)
-        j_prev, j = x, s  # J_0, J_1 of the recurrence in _cosh_integral
-        for k in range(2, n + 1):
-            j_prev, j = j, c ** (k - 1) * s / k + (k - 1) / k * j_prev
-        r = c**n / (self.k + n / self.zeta * (j - self.j0))
-        return r ** ((2.0 - n) / n) / self.zeta
-
-    def t(self, x, x_from=None, t_from=0.0):
-        a = self.x0 if x_from is None else x_from
-        if self.n == 2:
-            return (x - self.x0) / self.zeta
-        if abs(x - a) <= 1e-9 * max(1.0, abs(a)):  # a Newton correction: the midpoint rule is exact enough
-            return t_from + (x - a) * self.dtdx(0.5 * (a + x))
-        val, _ = quad(self.dtdx, a, x, epsabs=0.0, epsrel=1e-13, limit=1000)
-        return t_from + val
-
-    def x_at_excess(self, eps):
-        """x where the (monotone) excess loss equals eps."""
-        lo = self.x0
-        hi = max(self.x0, 0.0) + 1.0
-        while self.excess(hi) > eps:
-            hi = hi + 2.0 * (hi - lo)
-            if hi > 700 / max(self.n, 1):
-                return np.inf
-        return brentq(lambda x: np.log(self.excess(x)) - np.log(eps), lo, hi, xtol=1e-15, rtol=1e-15, maxiter=500)
+LOG_RTOL = np.log(1e-12)  # tanh–sinh relative tolerance (as a log)
+ROOT_TOL = {"xatol": 1e-300, "xrtol": 4 * np.finfo(float).eps, "fatol": 0.0, "frtol": 0.0}
 
 
 def _excess0(r0, zeta, theta0):
     return 0.5 * ((r0 - zeta * np.cos(theta0)) ** 2 + (zeta * np.sin(theta0)) ** 2)
 
 
-def _ray_coordinate(r, c):
-    """The smooth variable of a ray: w = ln|r − c| (c > 0, r → c) or w = ln r (c < 0, r → 0)."""
-    return np.log(abs(r - c)) if c > 0 else np.log(r)
+def _log_phi(c, s):
+    """log of (e^{cs} − 1)/c for s ≥ 0 (the value s at c = 0; −∞ at s = 0)."""
+    size = np.abs(c)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tail = np.log(-np.expm1(-size * s)) - np.log(size) + np.maximum(c, 0.0) * s
+        return np.where(c == 0, np.log(s), tail)
 
 
-def _ray_time(n, r0, c, w1):
-    """Time for dr/dt = N r^p (c − r) to go from r0 to the point with coordinate w1 on a ray:
-    c = ζ (θ0 = 0, r → ζ) or c = −ζ (θ0 = π, r → 0); integrated in w, where it is smooth."""
-    p = 2.0 - 2.0 / n
-    if c > 0:
-        sign = 1.0 if r0 > c else -1.0
-        f = lambda w: 1.0 / (n * (c + sign * np.exp(w)) ** p)
-    else:
-        f = lambda v: 1.0 / (n * np.exp((p - 1) * v) * (-c + np.exp(v)))
-    val, _ = quad(f, w1, _ray_coordinate(r0, c), epsabs=0.0, epsrel=1e-13, limit=1000)
-    return val
+def _logsumexp(x):
+    """log Σ exp(x) over the last axis (−∞ when every term is −∞)."""
+    top = np.max(x, axis=-1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.log(np.sum(np.exp(x - top), axis=-1)) + top[..., 0]
 
 
-def _ray_path(n, r0, c, times):
-    """(r, excess) along a ray at sorted times (θ0 = 0: c = ζ, r → ζ; θ0 = π: c = −ζ, r → 0)."""
-    r, excess = np.empty(len(times)), np.empty(len(times))
-    start = _ray_coordinate(r0, c) if r0 != c else -np.inf
-    for i, t in enumerate(times):
-        if t <= 0 or r0 == c:
-            r[i], excess[i] = r0, 0.5 * (r0 - c) ** 2
-            continue
-        g = lambda w, t=t: _ray_time(n, r0, c, w) - t
-        lo = start - 1.0
-        while g(lo) < 0 and lo > -700:
-            lo = start - 2 * (start - lo)
-        w = brentq(g, lo, start, xtol=1e-14, rtol=1e-15, maxiter=500) if g(lo) >= 0 else lo
-        if c > 0:
-            r[i], excess[i] = c + np.sign(r0 - c) * np.exp(w), 0.5 * np.exp(2 * w)
-        else:
-            r[i], excess[i] = np.exp(w), 0.5 * (np.exp(w) - c) ** 2
-    return r, excess
+def _log_j(m, s, log_alpha, log_beta):
+    """log J_m(s) = log Σ_k C(m,k) α^k β^{m−k} (e^{(m−2k)s} − 1)/(m − 2k) — a sum of positive terms
+    (m ≥ 0 an integer array; the terms are a trailing axis)."""
+    m, s = np.asarray(m, dtype=float)[..., None], np.asarray(s, dtype=float)[..., None]
+    # log 0 = −∞ as a huge finite number, so that 0 · log 0 = 0 (y⁰ = 1 even at y = 0)
+    log_alpha, log_beta = (np.maximum(np.asarray(v, dtype=float)[..., None], -1e300) for v in (log_alpha, log_beta))
+    k = np.arange(int(np.max(m)) + 1, dtype=float)
+    terms = (gammaln(m + 1) - gammaln(k + 1) - gammaln(np.maximum(m - k, 0) + 1)
+             + k * log_alpha + (m - k) * log_beta + _log_phi(m - 2 * k, s))
+    return _logsumexp(np.where(k <= m, terms, -np.inf))
 
 
-def _tte_one(n, r0, zeta, theta0, eps):
-    e0 = _excess0(r0, zeta, theta0)
-    if e0 <= eps:
-        return 0.0
-    if n == 1:  # W(t) = Z + (W0 − Z) e^{−t}
-        return 0.5 * np.log(e0 / eps)
-    if theta0 >= np.pi:
-        return np.inf if 0.5 * zeta**2 > eps else 0.0  # anti-aligned: W → 0, excess → ½ζ² (N ≥ 2)
-    if theta0 == 0.0:
-        return _ray_time(n, r0, zeta, 0.5 * np.log(2 * eps))  # |r − ζ| = √(2ε)
-    pol = _Polar(n, r0, zeta, theta0)
-    x1 = pol.x_at_excess(eps)
-    return np.inf if not np.isfinite(x1) else pol.t(x1)
+class _Flows:
+    """The balanced scalar-output flows of a set of cells (arrays that broadcast together)."""
+
+    def __init__(self, n, r0, zeta, theta0):
+        self.n, self.r0, self.zeta = (np.asarray(v, dtype=float) for v in (n, r0, zeta))
+        half = 0.5 * np.asarray(theta0, dtype=float)
+        with np.errstate(divide="ignore"):
+            self.log_a, self.log_b = 2 * np.log(np.cos(half)), 2 * np.log(np.sin(half))
+        # ζ/r0 − cos θ0 without cancellation: (ζ − r0)/r0 + 2 sin²(θ0/2)
+        self.gap0 = (self.zeta - self.r0) / self.r0 + 2 * np.sin(half) ** 2
+
+    def args(self):
+        return self.n, self.r0, self.zeta, self.log_a, self.log_b, self.gap0
+
+    @staticmethod
+    def log_u(s, n, r0, zeta, log_a, log_b, log_alpha, log_beta):
+        """log 1/r at s, and log R(s)."""
+        log_r_big = np.logaddexp(log_a + s, log_b - s)  # log R(s)
+        lj = _log_j(n, s, log_alpha, log_beta)
+        return np.logaddexp(-np.log(r0) - n * log_r_big, np.log(n) - np.log(zeta) + lj), log_r_big
+
+    @staticmethod
+    def angle(s, log_a, log_b):
+        """log tan(θ/2), log cos²(θ/2), log sin²(θ/2) at s."""
+        lt = 0.5 * (log_b - log_a) - s
+        return lt, -np.logaddexp(0.0, 2 * lt), -np.logaddexp(0.0, -2 * lt)
+
+    @classmethod
+    def state(cls, s, n, r0, zeta, log_a, log_b, gap0):
+        """(r, cos θ, sin θ, log excess) at s ≥ 0.
+
+        r − ζ cos θ = r[sin²θ (1 − (N−1) cos θ J_{N−2}) − cos θ (ζ/r0 − cos θ0) R^{−N}] (integration
+        by parts of J_N): no cancellation when θ is small, where this difference is all the excess."""
+        lt, la, lb = cls.angle(s, log_a, log_b)
+        lu, lrr = cls.log_u(s, n, r0, zeta, log_a, log_b, la, lb)
+        lr = -lu
+        cos = -np.tanh(lt)
+        log_sin = np.log(2.0) + 0.5 * (la + lb)
+        lj2 = _log_j(np.maximum(n - 2, 0), s, la, lb)
+        with np.errstate(over="ignore", invalid="ignore"):
+            a1 = np.exp(lr + 2 * log_sin)
+            a2 = np.where(n >= 2, (n - 1) * cos * np.exp(lr + 2 * log_sin + lj2), 0.0)
+            a3 = cos * gap0 * np.exp(lr - n * lrr)
+        delta = a1 - a2 - a3
+        with np.errstate(divide="ignore"):
+            log_excess = np.log(0.5) + np.logaddexp(2 * np.log(np.abs(delta)), 2 * (np.log(zeta) + log_sin))
+        return np.exp(lr), cos, np.exp(log_sin), log_excess
+
+    @classmethod
+    def log_dtds(cls, s, n, r0, zeta, log_a, log_b, gap0):
+        """log dt/ds = log(r^{(2−N)/N} / ζ)."""
+        _, la, lb = cls.angle(s, log_a, log_b)
+        lu, _ = cls.log_u(s, n, r0, zeta, log_a, log_b, la, lb)
+        return (n - 2) / n * lu - np.log(zeta)
+
+    def log_time(self, s):
+        """log t(s) for every cell (s broadcasts with the cells)."""
+        return _log_time(s, *self.args())
 
 
-def exact_time_to_eps(depth, r0, zeta, theta0, eps):
-    """T_ε of the balanced scalar-output flow (theory.md §4, derived), by quadrature; ∞ where the
-    flow never gets within ε (anti-aligned starts). Broadcasts over all arguments."""
-    args = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (depth, r0, zeta, theta0, eps)))
-    out = np.empty(args[0].shape)
-    for i in np.ndindex(out.shape):
-        n, a, z, th, e = (float(v[i]) for v in args)
-        out[i] = _tte_one(int(n), a, z, th, e) if np.isfinite(a) and np.isfinite(th) else np.nan
-    return out[()] if out.ndim == 0 else out
+# fixed panel ends for the quadrature of t(s): geometric, plus a few around the turn of the angle
+# (s = log tan(θ0/2), where θ = π/2): inside a panel the integrand is smooth, so tanh–sinh converges fast
+_GEOMETRIC = 2.0 ** np.arange(-4, 50)
+_TURN = np.array([-4.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 4.0])
 
 
-def _advance(pol, x_cur, t_cur, t):
-    """x with t(x) = t > t_cur = t(x_cur): Newton steps on t(x) (dt/dx is known in closed form, t
-    from short quadratures), safeguarded by a bracket and bisection when a step leaves it."""
-    lo, t_lo = x_cur, t_cur
-    hi = None
-    x, tx = x_cur, t_cur
-    reach = 0.5  # before a bracket exists, a step goes at most this far (then doubles)
-    for _ in range(200):
-        cand = x + (t - tx) / pol.dtdx(x)
-        if hi is None:
-            cand = min(cand, x + reach)
-            reach *= 2
-        elif not (lo < cand < hi):
-            cand = 0.5 * (lo + hi)
-        t_cand = pol.t(cand, x, tx) if cand > x else pol.t(cand, lo, t_lo)
-        if t_cand < t:
-            lo, t_lo = cand, t_cand
-        else:
-            hi = cand
-        if abs(t_cand - t) <= 4e-16 * t or (hi is not None and hi - lo <= 4e-16 * max(1.0, abs(lo))):
-            return cand
-        x, tx = cand, t_cand
-    return x
+def _breaks(log_a, log_b):
+    """Panel ends (cells, P), sorted, starting at 0."""
+    turn = 0.5 * (log_b - log_a)[..., None] + _TURN
+    turn = np.where(np.isfinite(turn), np.maximum(np.round(16 * turn) / 16, 0.0), 0.0)  # on the 1/16 grid:
+    # an end never falls a few ulps from another (a sliver panel is where tanh–sinh fails)
+    geo = np.broadcast_to(_GEOMETRIC, turn.shape[:-1] + _GEOMETRIC.shape)
+    return np.sort(np.concatenate([np.zeros(turn.shape[:-1] + (1,)), turn, geo], axis=-1), axis=-1)
 
 
-def exact_path(n, r0, zeta, theta0, times):
-    """(r, cos θ, sin θ, excess loss) of one balanced scalar-output start at sorted ``times``: the
-    flow stays in the plane of W0 and Z, so these give W(t) = r (cos θ ẑ + sin θ q̂)."""
-    times = np.asarray(times, dtype=float)
-    n = int(n)
-    if n == 1:  # W(t) = Z + (W0 − Z) e^{−t}, in the plane's coordinates
-        e = np.exp(-times)
-        a, b = zeta * (1 - e) + r0 * np.cos(theta0) * e, r0 * np.sin(theta0) * e
-        r = np.hypot(a, b)
-        return r, a / r, b / r, _excess0(r0, zeta, theta0) * e**2
-    if theta0 >= np.pi or theta0 == 0.0:
-        c = -zeta if theta0 >= np.pi else zeta
-        r, excess = _ray_path(n, r0, c, times)
-        return r, np.full(len(times), np.sign(c)), np.zeros(len(times)), excess
-    pol = _Polar(n, r0, zeta, theta0)
-    xs = np.empty(len(times))
-    x_cur, t_cur = pol.x0, 0.0
-    for i, t in enumerate(times):
-        if t > 0 and n == 2:
-            x_cur = pol.x0 + zeta * t
-        elif t > t_cur:
-            x_cur, t_cur = _advance(pol, x_cur, t_cur, t), t
-        xs[i] = x_cur
-    return pol.r(xs), np.tanh(xs), 1.0 / np.cosh(xs), pol.excess(xs)
+def _log_integral(lo, hi, cell):
+    """log ∫_lo^hi dt/ds ds per element (lo ≤ hi; cells broadcast with lo, hi)."""
+    res = tanhsinh(_Flows.log_dtds, lo, hi, args=cell, log=True, rtol=LOG_RTOL, maxlevel=12)
+    return res.integral.real
 
 
-def exact_excess_loss(depth, r0, zeta, theta0, t):
-    """Excess loss of the balanced scalar-output flow at times ``t`` (theory.md §4, derived).
-    ``t`` may be an array (the last axis of the result); the other arguments broadcast."""
-    t = np.atleast_1d(np.asarray(t, dtype=float))
-    args = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (depth, r0, zeta, theta0)))
-    out = np.empty(args[0].shape + t.shape)
-    order = np.argsort(t)
-    for i in np.ndindex(args[0].shape):
-        n, a, z, th = (float(v[i]) for v in args)
-        curve = np.empty(len(t))
-        curve[order] = exact_path(int(n), a, z, th, t[order])[3]
-        out[i] = curve
+def _log_time(s, *cell):
+    """log t(s), t(s) = (1/ζ)∫_0^s r^{(2−N)/N} dσ, by tanh–sinh in log space on fixed panels (N = 2: s/ζ)."""
+    args = np.broadcast_arrays(np.asarray(s, dtype=float), *cell)
+    s, rest = args[0], args[1:]
+    with np.errstate(divide="ignore"):
+        out = np.log(s) - np.log(rest[2])  # N = 2 (and s = 0)
+    quad = (rest[0] != 2) & (s > 0)
+    if quad.any():
+        sub = tuple(v[quad][:, None] for v in rest)
+        ends = _breaks(sub[3][:, 0], sub[4][:, 0])
+        top = s[quad][:, None]
+        lo, hi = np.minimum(ends[:, :-1], top), np.minimum(ends[:, 1:], top)
+        out[quad] = _logsumexp(_log_integral(lo, hi, sub))
     return out
 
 
+def _time(s, *cell):
+    return np.exp(_log_time(s, *cell))
+
+
+def _s_at_excess(flows, eps):
+    """s ≥ 0 where the excess loss equals eps (∞ when the flow never gets there); cells broadcast."""
+    args = np.broadcast_arrays(np.asarray(eps, dtype=float), *flows.args())
+    log_eps, rest = np.log(args[0]), args[1:]
+    g = lambda s, le, *a: np.maximum(flows.state(s, *a)[3], le - 50.0) - le
+    hi = np.maximum(0.5 * (rest[4] - rest[3]), 0.0) + 1.0  # past the angle's turn, log tan(θ0/2)
+    out = np.full(log_eps.shape, np.inf)
+    open_ = g(hi, log_eps, *rest) > 0
+    for _ in range(64):  # the excess falls at least like e^{−2s} once the angle has turned (a > 0)
+        if not open_.any():
+            break
+        hi = np.where(open_, 2 * hi, hi)
+        open_ &= g(hi, log_eps, *rest) > 0
+        open_ &= hi < 1e18
+    ok = ~open_
+    if ok.any():
+        res = find_root(g, (np.zeros(ok.sum()), hi[ok]), args=(log_eps[ok], *(v[ok] for v in rest)),
+                        tolerances=ROOT_TOL)
+        out[ok] = res.x
+    return out
+
+
+def _flat(*arrays):
+    b = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in arrays))
+    return b[0].shape, [v.ravel() for v in b]
+
+
+def exact_time_to_eps(depth, r0, zeta, theta0, eps):
+    """T_ε of the balanced scalar-output flow (docs/theory.md §4, derived); ∞ where the flow never
+    gets within ε (the anti-aligned ray, N ≥ 2, ε < ½ζ²); 0 where it starts within ε; NaN for
+    non-finite inputs. Broadcasts over all arguments."""
+    shape, (n, r0, zeta, theta0, eps) = _flat(depth, r0, zeta, theta0, eps)
+    out = np.full(n.shape, np.nan)
+    ok = np.isfinite(r0) & np.isfinite(theta0) & np.isfinite(zeta) & (r0 > 0) & (zeta > 0) & (eps > 0)
+    e0 = _excess0(r0, zeta, theta0)
+    out[ok & (e0 <= eps)] = 0.0
+    one = ok & (e0 > eps) & (n == 1)  # W(t) = Z + (W0 − Z) e^{−t}
+    out[one] = 0.5 * np.log(e0[one] / eps[one])
+    deep = ok & (e0 > eps) & (n >= 2)
+    if deep.any():
+        flows = _Flows(n[deep], r0[deep], zeta[deep], theta0[deep])
+        s = _s_at_excess(flows, eps[deep])
+        t = np.full(s.shape, np.inf)
+        fin = np.isfinite(s)
+        if fin.any():
+            t[fin] = _time(s[fin], *(v[fin] for v in flows.args()))
+        out[deep] = t
+    out = out.reshape(shape)
+    return out[()] if out.ndim == 0 else out
+
+
+def _s_at_time(flows, t):
+    """s with t(s) = t for cells (M,) at times t (M, T), t ≥ 0: log t at the panel ends of each cell
+    (up to where t(s) must have passed max t: dt/ds ≥ max(r0, ζ)^{(2−N)/N}/ζ since r never exceeds
+    max(r0, ζ)), then a bracketed root inside the panel that holds each t."""
+    n, r0, zeta = flows.n, flows.r0, flows.zeta
+    s = np.where((n == 2)[:, None], zeta[:, None] * t, 0.0)
+    cells = np.flatnonzero((n != 2) & np.any(t > 0, axis=-1))
+    if len(cells):
+        sub = tuple(v[cells] for v in flows.args())
+        tt = t[cells]
+        slope = np.maximum(sub[1], sub[2]) ** ((2 - sub[0]) / sub[0]) / sub[2]
+        reach = np.max(tt, axis=-1) / slope * (1 + 1e-9)
+        ends = _breaks(sub[3], sub[4])
+        ends = np.concatenate([np.minimum(ends, reach[:, None]), reach[:, None]], axis=-1)
+        log_panels = _log_integral(ends[:, :-1], ends[:, 1:], tuple(v[:, None] for v in sub))
+        with np.errstate(invalid="ignore"):  # logaddexp(−∞, −∞) = −∞ (empty panels)
+            log_ends = np.logaddexp.accumulate(log_panels, axis=-1)
+        log_ends = np.concatenate([np.full((len(ends), 1), -np.inf), log_ends], axis=-1)
+        with np.errstate(divide="ignore"):
+            log_t = np.log(tt)
+        j = np.sum(log_ends[:, None, :] <= log_t[..., None], axis=-1) - 1  # panel holding t: (M', T)
+        j = np.clip(j, 0, ends.shape[1] - 2)
+        rows = np.arange(len(cells))[:, None]
+        lo, hi, log_lo = ends[rows, j], ends[rows, j + 1], log_ends[rows, j]
+        live = tt > 0
+        cell_args = tuple(np.broadcast_to(v[:, None], tt.shape)[live] for v in sub)
+
+        def g(x, lo, log_lo, log_t, *cell):
+            with np.errstate(invalid="ignore"):
+                return np.logaddexp(log_lo, _log_integral(lo, x, cell)) - log_t
+
+        res = find_root(g, (lo[live], hi[live]), args=(lo[live], log_lo[live], log_t[live], *cell_args),
+                        tolerances=ROOT_TOL)
+        found = np.zeros(tt.shape)
+        found[live] = np.where(np.isfinite(res.x), res.x, hi[live])
+        s[cells] = found
+    return s
+
+
+def _curves(n, r0, zeta, theta0, t):
+    """(r, cos θ, sin θ, excess) of cells (arrays of one shape C) at times t (shape C + (T,), or (T,))."""
+    cells = np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in (n, r0, zeta, theta0)))
+    shape = cells[0].shape
+    n, r0, zeta, theta0 = (c.reshape(-1) for c in cells)
+    t = np.broadcast_to(np.asarray(t, dtype=float), shape + np.shape(t)[-1:]).reshape(len(n), -1)
+    r, cos, sin, excess = (np.full(t.shape, np.nan) for _ in range(4))
+    one = n == 1  # W(t) = Z + (W0 − Z) e^{−t}, in the plane's coordinates
+    if one.any():
+        e = np.exp(-t[one])
+        a = zeta[one, None] * (1 - e) + (r0 * np.cos(theta0))[one, None] * e
+        b = (r0 * np.sin(theta0))[one, None] * e
+        r[one] = np.hypot(a, b)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cos[one], sin[one] = np.where(r[one] > 0, a / r[one], 1.0), np.where(r[one] > 0, b / r[one], 0.0)
+        excess[one] = _excess0(r0, zeta, theta0)[one, None] * e**2
+    deep = ~one
+    if deep.any():
+        flows = _Flows(n[deep], r0[deep], zeta[deep], theta0[deep])
+        s = _s_at_time(flows, t[deep])
+        r[deep], cos[deep], sin[deep], log_excess = flows.state(s, *(v[:, None] for v in flows.args()))
+        excess[deep] = np.exp(log_excess)
+    return tuple(v.reshape(shape + t.shape[-1:]) for v in (r, cos, sin, excess))
+
+
+def exact_path(n, r0, zeta, theta0, times):
+    """(r, cos θ, sin θ, excess loss) at ``times``: for one cell, arrays shaped like ``times``; for
+    arrays of cells, shaped cells + times. The flow stays in the plane of W0 and Z, so these give
+    W(t) = r (cos θ ẑ + sin θ q̂)."""
+    return _curves(n, r0, zeta, theta0, np.asarray(times, dtype=float))
+
+
+def exact_excess_loss(depth, r0, zeta, theta0, t):
+    """Excess loss of the balanced scalar-output flow at times ``t`` (docs/theory.md §4, derived).
+    ``t`` may be an array (the last axis of the result); the other arguments broadcast."""
+    return _curves(depth, r0, zeta, theta0, np.atleast_1d(np.asarray(t, dtype=float)))[3]
