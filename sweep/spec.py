@@ -26,11 +26,11 @@ DEFAULTS = {
     "model": "layerwise",
     "init": {"scheme": "balanced"},
     "axes": {"depth": [1, 2, 3, 4], "width": [5], "init_norm": [1.0], "seed": {"start": 0, "stop": 8}},
-    "integrator": {"method": "dopri5", "rtol": 1e-8, "atol": 1e-12},
+    "integrator": {"method": "dopri5", "rtol": 1e-8, "atol": 1e-12},  # rtol, atol: any adaptive method's
     "horizon": 10.0,
     "eps": 1e-6,
     "stop_at_eps": False,
-    "checkpoints": {"count": 101, "spacing": "log"},
+    "checkpoints": {"count": 101, "spacing": "log"},  # log_start: horizon·1e-4
     "batch": 256,
 }
 TOP_KEYS = tuple(DEFAULTS)
@@ -194,13 +194,12 @@ def _problem(value, base: Path | None):
 
 def _integrator(value):
     _mapping(value, "integrator", ("method", "rtol", "atol", "step", "max_steps"))
-    method = _choice(value.get("method", "dopri5"), "integrator.method", tuple(METHODS))
+    default = DEFAULTS["integrator"]
+    method = _choice(value.get("method", default["method"]), "integrator.method", tuple(METHODS))
     out = {"method": method}
-    if METHODS[method].adaptive:
+    if METHODS[method].adaptive:  # a missing tolerance takes the default's
         for key in ("rtol", "atol"):
-            if key not in value:
-                raise SpecError(f"integrator.{key}", f"method {method} needs a tolerance (e.g. {key}: 1.0e-8)")
-            out[key] = _float(value[key], f"integrator.{key}", positive=True)
+            out[key] = _float(value.get(key, default[key]), f"integrator.{key}", positive=True)
         if "step" in value:
             raise SpecError("integrator.step", f"method {method} chooses its own steps; give rtol and atol")
         out["max_steps"] = _int(value.get("max_steps", MAX_STEPS), "integrator.max_steps", lo=1)
@@ -223,7 +222,7 @@ def parse(raw: dict | None, base: Path | None = None) -> Spec:
     problem = _problem(d["problem"], base)
     model = _choice(d["model"], "model", ("layerwise", "induced", "exact"))
     init = _mapping(d["init"], "init", ("scheme",))
-    init = {"scheme": _choice(init.get("scheme", "balanced"), "init.scheme", ("balanced", "gaussian"))}
+    init = {"scheme": _choice(init.get("scheme", DEFAULTS["init"]["scheme"]), "init.scheme", ("balanced", "gaussian"))}
     if model in ("induced", "exact") and init["scheme"] != "balanced":
         raise SpecError("model", f"the {model} flow holds only for balanced starts; use init.scheme: balanced or model: layerwise")
 
@@ -244,8 +243,8 @@ def parse(raw: dict | None, base: Path | None = None) -> Spec:
         raise SpecError("stop_at_eps", f"expected true or false, got {_show(d['stop_at_eps'])}")
     ck = _mapping(d["checkpoints"], "checkpoints", ("count", "spacing", "log_start"))
     checkpoints = {
-        "count": _int(ck.get("count", 101), "checkpoints.count", lo=2),
-        "spacing": _choice(ck.get("spacing", "log"), "checkpoints.spacing", ("log", "linear")),
+        "count": _int(ck.get("count", DEFAULTS["checkpoints"]["count"]), "checkpoints.count", lo=2),
+        "spacing": _choice(ck.get("spacing", DEFAULTS["checkpoints"]["spacing"]), "checkpoints.spacing", ("log", "linear")),
     }
     if "log_start" in ck:
         if checkpoints["spacing"] != "log":

@@ -41,7 +41,7 @@ CORPUS = [
     ("unknown model", "model: end-to-end\n", [], "model: must be one of layerwise, induced"),
     ("negative step", "integrator: {method: euler, step: -1.0e-6}\n", [], "integrator.step: must be > 0"),
     ("euler without step", "integrator: {method: euler}\n", [], "integrator.step: method euler needs a fixed step"),
-    ("dopri5 without tolerances", "integrator: {method: dopri5}\n", [], "integrator.rtol: method dopri5 needs a tolerance"),
+    ("dopri5 tolerance zero", "integrator: {method: dopri5, rtol: 0}\n", [], "integrator.rtol: must be > 0"),
     ("dopri5 with a step", "integrator: {method: dopri5, rtol: 1.0e-8, atol: 1.0e-12, step: 0.1}\n", [], "integrator.step: method dopri5 chooses its own steps"),
     ("rk4 with rtol", "integrator: {method: rk4, step: 0.01, rtol: 1.0e-6}\n", [], "integrator.rtol: not used by the fixed-step method rk4"),
     ("unknown method", "integrator: {method: rk45, rtol: 1.0e-6, atol: 1.0e-9}\n", [], "integrator.method: must be one of"),
