@@ -1,5 +1,5 @@
 """How long did it take? Tables of time_to_eps, scaling fits with confidence intervals, and the
-observed times beside the exact closed form and the bounds of theory.md §4–5."""
+observed times beside the exact closed form and the bounds of docs/theory.md §4–5."""
 
 from __future__ import annotations
 
@@ -230,13 +230,13 @@ def safe_annotate(ds: xr.Dataset, tol: float | None = None) -> xr.Dataset:
     why = [f"dy = {dy} (they hold for a scalar output, dy = 1)"] if dy != 1 else []
     why += [] if balanced else ["Gaussian starts (they hold for balanced starts)"]
     if why:
-        notes.append("exact T_ε and the certificate bound (theory.md §4–5): not defined for " + " and for ".join(why))
+        notes.append("exact T_ε and the certificate bound (docs/theory.md §4–5): not defined for " + " and for ".join(why))
     raised = np.zeros(status.shape, dtype=bool)
     for idx in errors:
         raised[idx] = True
     undecided = int(np.sum(started & ~raised & (values["theory_limit"] == -2)))
     if undecided:
-        notes.append(f"limit prediction (theory.md §3): undecided for {undecided} cells, starts of rank ≥ 2 "
+        notes.append(f"limit prediction (docs/theory.md §3): undecided for {undecided} cells, starts of rank ≥ 2 "
                      "(§3 decides rank-1 starts)")
 
     out = ds.copy()

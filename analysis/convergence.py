@@ -1,5 +1,5 @@
 """Where did each run end? Classification of the final end-to-end matrix against the critical
-points of the rank-r problem (theory.md §1, §3), convergence fractions, and agreement with §3.
+points of the rank-r problem (docs/theory.md §9, §3), convergence fractions, and agreement with §3.
 
 The critical points of ½‖W − Z‖² over rank ≤ r are Z_S = Σ_{k∈S} s_k u_k v_kᵀ for index sets
 |S| ≤ r: S = {1…r} is the global minimizer Z_r, S = ∅ is zero, any other S a saddle. In Z's singular
@@ -99,7 +99,7 @@ def _predicted_captured(limit, s, rank):
 def strict_saddle(limit, depth, target) -> np.ndarray:
     """Where the predicted limit (index as in :func:`analysis.theory.predicted_limit`) is a strict
     saddle, one a simulation leaves through round-off: s_k u_k v_kᵀ (k ≥ 2, s_k > 0) at every depth
-    N ≥ 2, and zero (−1) at depth 2 only (theory.md §3). At N ≥ 3, W = 0 is not strict."""
+    N ≥ 2, and zero (−1) at depth 2 only (docs/theory.md §3). At N ≥ 3, W = 0 is not strict."""
     s = np.linalg.svd(np.asarray(target, dtype=float), compute_uv=False)
     limit, depth = np.broadcast_arrays(np.asarray(limit), np.asarray(depth))
     sk = np.append(s, 0.0)[np.where(limit >= 2, np.minimum(limit, len(s) + 1) - 1, len(s))]
@@ -107,13 +107,13 @@ def strict_saddle(limit, depth, target) -> np.ndarray:
 
 
 def agreement(ds: xr.Dataset, tol: float = DISTANCE_TOL) -> xr.Dataset:
-    """Cells where the observed limit differs from theory.md §3's prediction, stacked on ``cell``
+    """Cells where the observed limit differs from docs/theory.md §3's prediction, stacked on ``cell``
     (empty when they all agree), each marked ``escaped`` or not. Cells that ended nowhere near a
     critical point (unconverged, diverged, unknown) or whose start §3 does not decide are not
     compared; ``attrs`` count them (``compared``, ``disagreements``, ``escapes``, ``not_compared``).
 
     §3 describes the exact flow. A simulation started on a strict saddle's stable set leaves it
-    through round-off (theory.md §3: the error grows exponentially; measured t ≈ 30–40), so a cell
+    through round-off (docs/theory.md §3: the error grows exponentially; measured t ≈ 30–40), so a cell
     **escaped** — counted apart, not as a disagreement — when the prediction is a strict saddle
     (:func:`strict_saddle`: s_k u_k v_kᵀ with k ≥ 2, or zero at depth 2) and the run ended at a
     critical point of strictly lower loss (the global minimizer, or a saddle that captures more of

@@ -1,6 +1,6 @@
 """Figures of a results dataset (matplotlib, headless: each function returns a Figure).
 
-Theory curves are the derived closed forms of theory.md §4 (labelled "exact (derived)")."""
+Theory curves are the derived closed forms of docs/theory.md §4 (labelled "exact (derived)")."""
 
 from __future__ import annotations
 

@@ -173,7 +173,7 @@ def write_report(ds: xr.Dataset, out: str | Path, title: str = "linflow report")
         md += ["## Scaling fits", "", *fits_md]
 
     agree = convergence.agreement(a)
-    md += ["## Theory agreement (theory.md §3, derived)", "",
+    md += ["## Theory agreement (docs/theory.md §3, derived)", "",
            (f"{agree.attrs['compared']} cells compared, **{agree.attrs['disagreements']} disagree**, "
             f"{agree.attrs['escapes']} left a strict saddle through round-off, "
             f"{agree.attrs['not_compared']} not compared (ended near no critical point, no result, or a start §3 "
@@ -199,7 +199,7 @@ def write_report(ds: xr.Dataset, out: str | Path, title: str = "linflow report")
     md += ["Limits: 0 the global minimizer, −1 zero, k ≥ 2 the saddle s_k u_k v_kᵀ.", ""] if agree.sizes["cell"] else []
 
     ev = complexity.empirical_vs_theory(a)
-    md += ["## Bounds (theory.md §5, derived)", "",
+    md += ["## Bounds (docs/theory.md §5, derived)", "",
            _table(["bound", "cells where it applies", "violations (bound below observed T_ε)"],
                   [["certificate (dy = 1, cos θ0 > 0)", ev.attrs["certificate_applicable"], ev.attrs["certificate_violations"]],
                    ["Arora et al. deficiency margin", ev.attrs["arora_applicable"], ev.attrs["arora_violations"]]]), ""]

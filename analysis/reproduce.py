@@ -1,4 +1,4 @@
-"""``linflow reproduce eftekhari2020``: the paper's numerical example (theory.md §6) beside the exact
+"""``linflow reproduce eftekhari2020``: the paper's numerical example (docs/theory.md §6) beside the exact
 curves, plus an angle sweep showing where depth helps and where it hurts (§3–4).
 
 Three sweeps, each a resumable store under the output folder:
@@ -110,7 +110,7 @@ def write(out: Path, euler: xr.Dataset, dopri: xr.Dataset, angle: xr.Dataset) ->
     md = ["# Eftekhari (ICML 2020), numerical example — reproduced by linflow", "",
           ("m = 50, dx = 5, dy = 1 whitened random data; ‖W0‖₂ = 10‖Z‖₂; forward Euler on the induced flow (17) "
           "with step 1e-6 for 1e5 steps (t = 0.1), and the same starts with dopri5 (rtol 1e-11). "
-          "Exact: the closed form of theory.md §4 (derived) by quadrature."), "",
+          "Exact: the closed form of docs/theory.md §4 (derived) by quadrature."), "",
           "## Excess loss at t = 0.1", "",
           _table(["seed", "cos θ0", "depth", "Euler h=1e-6", "dopri5", "exact", "Euler rel. error"], rows), "",
           f"Largest relative error of the paper's Euler run against the exact value: {worst:.3g}.", "",

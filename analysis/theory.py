@@ -1,4 +1,4 @@
-"""The derived results of theory.md as functions (labelled "derived", not the paper's theorem numbers).
+"""The derived results of docs/theory.md as functions (labelled "derived", not the paper's theorem numbers).
 
 Scalar-output closed forms (§4) are evaluated by quadrature (scipy); every function broadcasts over
 array inputs. Notation: ζ = ‖Z‖, r0 = ‖W0‖, θ0 = ∠(W0, Z), p = 2 − 2/N.
@@ -19,7 +19,11 @@ ALIGN_TOL = 1e-8  # |p_k| ≤ ALIGN_TOL·(|u_kᵀu0| + |v_kᵀv0| + 1) counts as
 
 
 def _rank1(w0):
-    u, s, vt = np.linalg.svd(w0, full_matrices=False)
+    """Leading singular pair of each W0; a W0 with non-finite entries (a pending or failed cell has
+    no start) gives NaN instead of making the SVD raise."""
+    finite = np.all(np.isfinite(w0), axis=(-2, -1))
+    u, s, vt = np.linalg.svd(np.where(finite[..., None, None], w0, 0.0), full_matrices=False)
+    u, s, vt = (np.where(finite.reshape(finite.shape + (1,) * (x.ndim - finite.ndim)), x, np.nan) for x in (u, s, vt))
     return u[..., :, 0], s[..., 0], vt[..., 0, :], s
 
 
@@ -35,13 +39,13 @@ def alignment(w0, target):
 
 
 def predicted_limit(w0, target, depth, tol: float = ALIGN_TOL):
-    """Which critical point the balanced flow from W0 ends at (theory.md §3):
+    """Which critical point the balanced flow from W0 ends at (docs/theory.md §3):
     0 = the global minimizer Z_1; k ≥ 2 = the saddle s_k u_k v_kᵀ; −1 = zero (all p_k = 0).
 
     Exact-alignment cases (anti-aligned starts) are decided with ``tol`` on |p_k| relative to the
     size of its two terms. Depth 1 is linear regression: always 0. For depth 2 the answer is the exact
     flow's; the saddles are strict and a simulation can escape them through round-off.
-    Only rank-1 starts are decided; a start of rank ≥ 2 gives −2 (undecided by §3)."""
+    Only rank-1 starts are decided; a start of rank ≥ 2, or no start (NaN), gives −2 (undecided)."""
     w0 = np.asarray(w0, dtype=float)
     p = alignment(w0, target)
     uz, _, vzt = np.linalg.svd(np.asarray(target, dtype=float), full_matrices=False)
@@ -51,7 +55,7 @@ def predicted_limit(w0, target, depth, tol: float = ALIGN_TOL):
     first = np.where(nonzero.any(-1), np.argmax(nonzero, axis=-1) + 1, -1)
     limit = np.where(first == 1, 0, first)
     rank = np.sum(s > 1e-10 * s[..., :1], axis=-1)
-    limit = np.where(rank > 1, -2, limit)
+    limit = np.where((rank > 1) | np.isnan(s[..., 0]), -2, limit)
     return np.where(np.asarray(depth) == 1, 0, limit)
 
 
@@ -156,7 +160,7 @@ def annotate(ds: xr.Dataset, tol: float = ALIGN_TOL) -> xr.Dataset:
 
     limit = predicted_limit(w0.values, z, depth.values, tol)
     out["theory_limit"] = (depth.dims, limit.astype("i1"), {
-        "long_name": "predicted limit of the balanced flow (theory.md §3, derived)",
+        "long_name": "predicted limit of the balanced flow (docs/theory.md §3, derived)",
         "flag_values": np.array([-2, -1, 0], dtype="i1"),
         "flag_meanings": "undecided zero global (k ≥ 2: saddle s_k u_k v_kᵀ)"})
     out["alignment_p1"] = (depth.dims, alignment(w0.values, z)[..., 0], {"long_name": "alignment coefficient p_1 = u_1ᵀu0 + v_1ᵀv0"})
@@ -174,7 +178,7 @@ def annotate(ds: xr.Dataset, tol: float = ALIGN_TOL) -> xr.Dataset:
         tte = np.where(np.isinf(tte), np.nan, tte)
         cert = certificate_time_bound(depth.values, r0, zeta, theta0, eps)
     out["theory_time_to_eps"] = (depth.dims, tte, {
-        "long_name": "exact T_ε of the balanced flow (theory.md §4, derived)", "units": "flow time"})
+        "long_name": "exact T_ε of the balanced flow (docs/theory.md §4, derived)", "units": "flow time"})
     out["certificate_time_bound"] = (depth.dims, cert, {
-        "long_name": "certificate bound on T_ε for cos θ0 > 0 (theory.md §5, derived)", "units": "flow time"})
+        "long_name": "certificate bound on T_ε for cos θ0 > 0 (docs/theory.md §5, derived)", "units": "flow time"})
     return out

@@ -1,4 +1,4 @@
-"""Target 4 — ``model: exact``: balanced scalar-output cells from the closed form of theory.md §4
+"""Target 4 — ``model: exact``: balanced scalar-output cells from the closed form of docs/theory.md §4
 (quadrature) against dopri5 on the induced flow at tight tolerance: agreement and speed-up.
 
     python bench/exact_model.py [--repeats 3]

@@ -3,7 +3,7 @@ depths 1–5, 64 seeds, horizon 0.1, induced and layerwise models.
 
 The paper's run (forward Euler, step 1e-6, 1e5 steps) against dopri5 at the loosest tolerance whose
 error in the final excess loss matches or beats Euler's — both measured against the exact closed form
-(theory.md §4, ``model: exact``). Same process, single-threaded, no Ray; wall times are medians.
+(docs/theory.md §4, ``model: exact``). Same process, single-threaded, no Ray; wall times are medians.
 
     python bench/time_to_solution.py [--seeds 64] [--repeats 3]
 """

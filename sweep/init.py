@@ -1,4 +1,4 @@
-"""Initial layers for one grid cell (theory.md §2).
+"""Initial layers for one grid cell (docs/theory.md §2).
 
 Random draws come from ``SeedSequence`` keys built from the problem seed, the cell's ``seed`` and
 the shapes the draw depends on — never from batch position — so a cell's start is reproducible on

@@ -56,7 +56,7 @@ def prepare(spec: Spec, out: str | Path) -> tuple[Problem, str, bool]:
     Returns (problem, fingerprint, exists). Raises SpecError on bad input."""
     problem = build(spec.problem)
     if spec.model == "exact" and problem.dy != 1:
-        raise SpecError("model", f"exact (the closed form of theory.md §4) needs a scalar output, dy = 1; the data has dy = {problem.dy}")
+        raise SpecError("model", f"exact (the closed form of docs/theory.md §4) needs a scalar output, dy = 1; the data has dy = {problem.dy}")
     check_memory(spec, problem)
     fingerprint = spec.fingerprint(problem.digest())
     path = Path(out)

@@ -255,7 +255,7 @@ def parse(raw: dict | None, base: Path | None = None) -> Spec:
         raise SpecError("batch", f"must be ≤ {MAX_BATCH} cells per task, got {batch}")
 
     if model == "exact" and "data" not in problem and problem["dy"] != 1:
-        raise SpecError("model", f"exact (the closed form of theory.md §4) needs a scalar output, dy = 1; got dy = {problem['dy']}")
+        raise SpecError("model", f"exact (the closed form of docs/theory.md §4) needs a scalar output, dy = 1; got dy = {problem['dy']}")
     if "init_angle" in axes:
         if init["scheme"] != "balanced":
             raise SpecError("axes.init_angle", "needs init.scheme: balanced (a Gaussian start has no set angle)")

@@ -54,7 +54,7 @@ def test_classify_every_class():
 
 def test_convergence_rate_and_agreement_on_a_real_sweep(paper_sweep):
     rate = convergence.convergence_rate(paper_sweep)
-    assert float(rate.min()) == 1.0  # generic balanced starts all reach Z (theory.md §3)
+    assert float(rate.min()) == 1.0  # generic balanced starts all reach Z (docs/theory.md §3)
     table = convergence.agreement(paper_sweep)
     assert table.sizes["cell"] == 0 and table.attrs["compared"] == 60
 
@@ -117,7 +117,7 @@ def test_time_to_eps_table(paper_sweep):
 
 
 def saddle_start_sweep(tmp_path, horizon):
-    """A real simulation of theory.md §3's p_1 = 0 case: target diag(3, 2, 1) (dy = 3) in a generic
+    """A real simulation of docs/theory.md §3's p_1 = 0 case: target diag(3, 2, 1) (dy = 3) in a generic
     rotated basis, a rank-1 balanced start with u0 ⟂ u_1, v0 ⟂ v_1 and p_2 ≠ 0 (as in
     tests/test_theory.py), depths 2–4 at width 1, integrated by the layerwise kernel (dopri5) and
     laid out in the store's own schema (sweep.store.template)."""

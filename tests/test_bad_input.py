@@ -66,7 +66,7 @@ CORPUS = [
     ("flag: empty seed range", None, ["--seed", "5:1"], "axes.seed: is empty"),
     ("flag: init_norm negative", None, ["--init-norm", "-1"], "axes.init_norm[0]: must be > 0"),
     ("flag: negative step", None, ["--method", "euler", "--step", "-1e-3"], "integrator.step: must be > 0"),
-    ("flag: dopri5 missing atol", None, ["--method", "dopri5", "--rtol", "1e-8"], "integrator.atol"),
+    ("flag: dopri5 negative atol", None, ["--method", "dopri5", "--atol", "-1e-8"], "integrator.atol: must be > 0"),
     ("flag: euler with rtol", None, ["--method", "euler", "--step", "1e-3", "--rtol", "1e-8"], "integrator.rtol: not used"),
     ("flag: not a number", None, ["--horizon", "soon"], "'--horizon'"),
     ("flag: workers zero", None, ["--workers", "0"], "--workers: must be ≥ 1"),

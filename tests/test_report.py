@@ -188,7 +188,7 @@ def test_report_says_why_a_number_is_missing(reports):
         r, texts[name], _, _ = reports(name)
         assert r.exit_code == 0, r.output
     missing = {k: section(v, "## What could not be computed") for k, v in texts.items()}
-    assert "exact T_ε and the certificate bound (theory.md §4–5): not defined for dy = 3" in missing["dy 3 induced"]
+    assert "exact T_ε and the certificate bound (docs/theory.md §4–5): not defined for dy = 3" in missing["dy 3 induced"]
     assert "not defined for Gaussian starts" in missing["dy 1 gaussian"]
     assert "exact curve" not in missing["dy 1 gaussian"]  # none is drawn for Gaussian starts: nothing to miss
     # one seed: the fits stand, each row says there is no interval
