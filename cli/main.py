@@ -14,9 +14,12 @@ try:  # typer ≥ 0.20 vendors click; older releases use click itself
 except ImportError:  # pragma: no cover
     from click import exceptions as _cx
 
-from sweep import runner, store
+import numpy as np
+
+from sweep import kernel, runner, store
 from sweep import spec as specs
-from sweep.lock import LockError
+from sweep.batch import regions
+from sweep.lock import LockError, StoreLock
 from sweep.spec import SpecError
 
 
@@ -155,15 +158,39 @@ def run(
 def status(
     path: Path = typer.Argument(..., help="A store made by linflow run."),
     as_json: bool = typer.Option(False, "--json", help="Counts as JSON."),
+    verify: bool = typer.Option(False, "--verify", help="Decode every chunk, and mark the cells of lost or unreadable chunks pending (a rerun recomputes them)."),
 ):
-    """Counts of cells per status in a store, and what is left to run."""
-    group = _open_store(path)
-    counts = store.counts(group)
-    shape, _chunks = store.layout(group)
-    left = store.pending_regions(group)
+    """Counts of cells per status in a store, and what is left to run. Lost chunks (a listing) and
+    unreadable ones (decoded with --verify) count their done cells as pending."""
+    group = _open_store(path, "r+" if verify else "r")
+    lock = StoreLock(path.resolve()) if verify else None  # --verify may write status: not while a run writes
+    try:
+        if lock:
+            lock.acquire()
+        damage = store.inspect(group, path, verify=verify)
+        if damage.fixed:
+            _fail(f"{path} is damaged: {damage.first()}")
+        if damage and verify:
+            store.mark_pending(group, damage)
+            typer.echo(f"linflow: warning: {damage.summary()}; marked pending — they will be recomputed "
+                       f"(rerun `linflow run … --out {path}`)", err=True)
+    except (LockError, OSError) as exc:
+        _fail(str(exc))
+    finally:
+        if lock:
+            lock.release()  # only ever its own lock
+    grid = damage.status.copy()
+    for r, _ in damage.regions.values():  # without --verify: the cells a rerun will recompute
+        grid[r] = kernel.PENDING
+    counts = {name: int(np.sum(grid == code)) for code, name in enumerate(store.STATUS_NAMES)}
+    shape, chunks = store.layout(group)
+    left = [r for r in regions(shape, chunks) if (grid[r] == kernel.PENDING).any()]
+    lost = [] if verify else damage.chunks
     if as_json:
         typer.echo(json.dumps({"counts": counts, "cells": int(sum(counts.values())), "pending_batches": len(left),
-                               "fingerprint": group.attrs["fingerprint"], "failures": store.failures(group)}))
+                               "fingerprint": group.attrs["fingerprint"], "failures": store.failures(group),
+                               "damaged_cells": 0 if verify else damage.cells, "verified": verify,
+                               "damaged_chunks": [{"chunk": k, "problem": w, "cells": n} for k, w, n in lost]}))
         return
     dims = group["status"].metadata.dimension_names or ()
     typer.echo(f"{path}  (fingerprint {group.attrs['fingerprint']}, linflow {group.attrs.get('linflow_version')})")
@@ -174,10 +201,13 @@ def status(
         typer.echo(f"  failed {f['cell']}: {f['error']}")
     if len(failed) > 20:
         typer.echo(f"  … and {len(failed) - 20} more failed cells")
+    if lost:
+        typer.echo(f"damaged: {damage.first()}; counted as pending above — `linflow status --verify {path}` "
+                   "marks them pending (a rerun does too)")
     if left:
         typer.echo(f"left: {counts['pending']} cells in {len(left)} batches — rerun `linflow run … --out {path}` to finish")
     else:
-        typer.echo("complete: no pending cells")
+        typer.echo("complete: no pending cells" + ("" if verify else " (chunks listed; decode them all with --verify)"))
 
 
 @app.command()
@@ -186,15 +216,13 @@ def report(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for report.md and its PNG figures."),
 ):
     """Write a Markdown report (status, convergence, scaling fits, theory agreement, bounds) with figures."""
-    import xarray as xr
-
     from analysis.report import write_report
 
-    _open_store(path)
-    counts = store.counts(path)
+    group = _open_store(path)
+    counts = store.counts(group)
     if counts["pending"] == sum(counts.values()):
         _fail(f"{path}: every cell is still pending — run it first")
-    written = write_report(xr.open_zarr(path).load(), out)
+    written = write_report(_load(group, path), out)
     typer.echo(f"wrote {written}")
 
 
@@ -236,8 +264,6 @@ def export(
     with_theory: bool = typer.Option(False, "--theory", help="Add the theory columns (analysis.theory.annotate) and the observed limit class."),
 ):
     """Write one row per cell (axes, status, time_to_eps, final losses, …) as CSV or Parquet."""
-    import xarray as xr
-
     from analysis.export import cell_table
 
     if fmt not in ("csv", "parquet"):
@@ -247,21 +273,32 @@ def export(
             import pyarrow  # noqa: F401
         except ImportError:
             _fail("--format parquet needs pyarrow (python3 -m pip install pyarrow); or use --format csv")
-    _open_store(path)
+    group = _open_store(path)
     out = out or path.with_suffix("." + fmt)
-    df = cell_table(xr.open_zarr(path).load(), with_theory)
+    df = cell_table(_load(group, path), with_theory)
     df.to_csv(out, index=False) if fmt == "csv" else df.to_parquet(out, index=False)
     typer.echo(f"wrote {out} ({len(df)} rows)")
 
 
-def _open_store(path: Path):
-    """The store's Zarr group, or one line and exit 2 when ``path`` is not a linflow store."""
+def _open_store(path: Path, mode: str = "r"):
+    """The store's Zarr group, or one line and exit 2 when ``path`` is not a (readable) linflow store."""
     if not path.exists():
         _fail(f"{path}: no such store")
     try:
-        return store.open_group(path)
+        return store.open_group(path, mode)
+    except store.StoreDamaged as exc:
+        _fail(exc.problem)
     except SpecError as exc:
         _fail(str(exc))
+
+
+def _load(group, path: Path):
+    """The results in memory, or one line naming the damage (never NaN standing for lost results)."""
+    try:
+        return store.load_results(group, path)
+    except store.StoreDamaged as exc:
+        advice = f"; run `linflow status --verify {path}` to mark them for recomputation" if exc.repairable else ""
+        _fail(exc.problem + advice)
 
 
 def _print_counts(counts: dict):

@@ -181,6 +181,7 @@ def run(spec: Spec, out: str | Path, *, address=None, workers=None, progress=Non
             except OSError as exc:
                 raise SpecError("--out", f"cannot create {out}: {exc.strerror or exc}") from None
         group = store.open_group(out, mode="r+")
+        store.recheck(group, out)  # lost or torn chunks of done cells (a partial copy): back to pending
         work = store.todo(group, retry_failed)
         total = int(np.prod(store.layout(group)[0]))
         done = total - sum(int(m.sum()) for _, m in work)

@@ -2,7 +2,9 @@
 
 The template (every variable, all cells pending) is laid out first with xarray; each finished batch
 is then written as whole chunks straight into the Zarr arrays, ``status`` last, so a cell counts as
-done only once all of its numbers are on disk.
+done only once all of its numbers are on disk. Every chunk of a computed batch is written, even one of
+fill values only, so that a chunk lost later (a partial copy) or torn is found and its cells recomputed
+(:func:`inspect`, :func:`mark_pending`) instead of reading as NaN results.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +84,7 @@ def template(spec: Spec, problem: Problem, fingerprint: str) -> tuple[xr.Dataset
         "fingerprint": fingerprint,
         "eps": spec.eps,
         "data_whitened_by_linflow": int(problem.whitened_from_file),
+        EVERY_CHUNK: 1,
     }
     return xr.Dataset(data_vars, coords=coords, attrs=attrs), encoding
 
@@ -106,13 +111,37 @@ def is_store(path: str | Path) -> bool:
     return (p / "zarr.json").is_file() or (p / ".zgroup").is_file()
 
 
+class StoreDamaged(SpecError):
+    """A store whose metadata or chunks are lost or unreadable (a partial copy, a torn file);
+    ``problem`` says what and where, without the flag."""
+
+    def __init__(self, path, what: str, repairable: bool = False):
+        super().__init__("--out", f"{path} is damaged: {what}")
+        self.repairable = repairable  # linflow status --verify marks its cells pending, a rerun recomputes them
+
+
 def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
+    """The store's root group, checked to be a readable linflow store: StoreDamaged when its
+    metadata (the root ``zarr.json``, the ``failures`` attribute) cannot be read."""
     if not is_store(path):
         raise SpecError("--out", f"{path} exists but is not a linflow store")
-    group = zarr.open_group(str(path), mode=mode)
-    if "fingerprint" not in group.attrs or "status" not in group:
+    try:
+        group = zarr.open_group(str(path), mode=mode)
+        attrs = dict(group.attrs)
+        status = group["status"] if "status" in group else None
+    except Exception as exc:  # zarr raises JSONDecodeError, TypeError, KeyError, … on a torn zarr.json
+        raise StoreDamaged(path, f"its metadata {Path(path) / 'zarr.json'} cannot be read "
+                                 f"({type(exc).__name__}: {_first_line(exc)})") from None
+    if "fingerprint" not in attrs or status is None:
         raise SpecError("--out", f"{path} is a Zarr store but not a linflow store (no fingerprint/status)")
+    if not isinstance(status, zarr.Array) or status.ndim < 1 or status.dtype != np.int8:
+        raise StoreDamaged(path, f"its status is not a grid of int8 codes ({Path(path) / 'zarr.json'})")
+    failures(group, path)
     return group
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:200]
 
 
 def layout(group: zarr.Group) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -121,11 +150,29 @@ def layout(group: zarr.Group) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return tuple(status.shape), tuple(status.chunks)
 
 
+def read_status(group: zarr.Group) -> tuple[np.ndarray, list[tuple[slice, ...]]]:
+    """The status grid, and the chunks of it that cannot be read (their cells read as pending)."""
+    arr = group["status"]
+    try:
+        return arr[...], []
+    except Exception:  # a torn chunk: find which, chunk by chunk
+        pass
+    shape, chunks = layout(group)
+    status = np.full(shape, kernel.PENDING, dtype=np.int8)
+    bad = []
+    for r in regions(shape, chunks):
+        try:
+            status[r] = arr[r]
+        except Exception:
+            bad.append(r)
+    return status, bad
+
+
 def todo(group: zarr.Group, retry_failed: bool = False) -> list[tuple[tuple[slice, ...], np.ndarray]]:
     """(chunk, mask of the cells to compute) for every chunk holding a pending cell — or, with
     ``retry_failed``, a failed one. A pending chunk is computed whole (chunks are written whole)."""
     shape, chunks = layout(group)
-    status = group["status"][...]
+    status = read_status(group)[0]
     out = []
     for r in regions(shape, chunks):
         st = status[r]
@@ -148,15 +195,31 @@ def write_batch(group: zarr.Group, region: tuple[slice, ...], results: dict[str,
     partial = mask is not None and not np.all(mask)
     for name in [n for n in RESULTS if n != "status"] + ["status"]:
         values = results[name]
+        arr = group[name].with_config({"write_empty_chunks": True})  # on disk even when all fill (EVERY_CHUNK)
         if partial:
-            values = group[name][region]
+            values = arr[region]
             values[mask] = results[name][mask]
-        group[name][region] = values
+        arr[region] = values
 
 
-def failures(group: zarr.Group) -> list[dict]:
-    """The errors recorded for failed cells: [{"cell": {axis: value}, "error": text}, …]."""
-    return json.loads(group.attrs.get("failures", "[]"))
+def failures(group: zarr.Group, path=None) -> list[dict]:
+    """The errors recorded for failed cells: [{"cell": {axis: value}, "error": text}, …]
+    (StoreDamaged when the attribute is not that)."""
+    text = group.attrs.get("failures", "[]")
+    try:
+        out = json.loads(text) if isinstance(text, str) else None
+        names = list(group["status"].metadata.dimension_names or ())
+        ok = isinstance(out, list) and all(
+            isinstance(f, dict) and isinstance(f.get("cell"), dict) and set(names) <= set(f["cell"])
+            and isinstance(f.get("error"), str) for f in out)
+    except ValueError as exc:
+        out, ok = None, False
+        text = _first_line(exc)
+    if not ok:
+        where = path if path is not None else group.store
+        shape = '[{"cell": {axis: value}, "error": text}, …]'
+        raise StoreDamaged(where, f'its "failures" attribute is not a JSON list {shape} ({str(text)[:80]!r})')
+    return out
 
 
 def record_failures(group: zarr.Group, region, mask, errors: list[tuple[dict, str]]) -> None:
@@ -181,7 +244,7 @@ MAX_FAILURES = 1000
 
 def counts(group_or_path) -> dict[str, int]:
     group = group_or_path if isinstance(group_or_path, zarr.Group) else open_group(group_or_path)
-    status = group["status"][...]
+    status = read_status(group)[0]
     return {name: int(np.sum(status == code)) for code, name in enumerate(STATUS_NAMES)}
 
 
@@ -189,3 +252,189 @@ def open_results(path: str | Path):
     """The results dataset of a store (lazy, as ``xr.open_zarr`` gives it), checked to be linflow's."""
     open_group(path)
     return xr.open_zarr(str(path))
+
+
+# ── lost and torn chunks ──────────────────────────────────────────────────────────────────────────
+# A partial copy (cp, rsync) or a torn file can lose a chunk; Zarr reads a lost chunk as fill values,
+# so a done cell would silently read as NaN. Stores made with EVERY_CHUNK set hold every chunk of
+# every computed batch (even one of fill values only): there a lost chunk of a done cell is always
+# detectable by a directory listing. Older stores skipped all-fill chunks; there a chunk must exist
+# only where a done cell of these statuses holds a value other than the fill.
+EVERY_CHUNK = "every_chunk_written"
+_DONE = (kernel.CONVERGED, kernel.UNCONVERGED, kernel.DIVERGED)
+_NEEDED_BEFORE_EVERY_CHUNK = {"loss": _DONE, "excess_loss": _DONE, "w_init": _DONE, "imbalance": _DONE,
+                              "time_to_eps": (kernel.CONVERGED,)}
+SUSPICIOUS_BYTES = 64  # a chunk file smaller than this, or than a quarter of its variable's median, is decoded
+
+
+@dataclass
+class Damage:
+    """The lost or unreadable chunks of a store and the cells they take with them."""
+
+    path: str
+    chunks: list = field(default_factory=list)  # (key, "missing" | "unreadable", cells lost), key "loss/c/0/0/1/0"
+    regions: dict = field(default_factory=dict)  # chunk index (corner // chunk shape) → (its region, its cells lost)
+    fixed: list = field(default_factory=list)  # unreadable arrays written at creation (target, x, …): not recomputable
+    status: np.ndarray | None = None  # the status grid, unreadable status chunks read as pending
+
+    def __bool__(self):
+        return bool(self.chunks or self.fixed)
+
+    @property
+    def cells(self) -> int:
+        return sum(n for _, n in self.regions.values())
+
+    def variables(self) -> list[str]:
+        names = {key.split("/", 1)[0] for key, _, _ in self.chunks}
+        return [n for n in RESULTS if n in names]
+
+    def summary(self) -> str:
+        """'12 cells had missing or unreadable chunks (loss, w_final)'."""
+        unknown = sum(n for key, _, n in self.chunks if key.startswith("status/"))
+        text = f"{self.cells} cells had missing or unreadable chunks ({', '.join(self.variables())})"
+        return text + (f", {unknown} of them an unreadable or lost status (read as pending)" if unknown else "")
+
+    def first(self) -> str:
+        """The first damaged chunk, by name: 'chunk loss/c/0/0/1/0 is missing (4 done cells)'."""
+        if self.fixed:
+            return (f"{', '.join(self.fixed)} cannot be read; written when the store was made, it cannot be "
+                    "recomputed — run the sweep into a new store")
+        key, what, n = self.chunks[0]
+        text = f"chunk {key} is {what} ({n} {'cells of unknown status' if key.startswith('status/') else 'done cells'})"
+        if len(self.chunks) > 1:
+            text += f", and {len(self.chunks) - 1} more chunks ({self.cells} cells in all)"
+        return text
+
+
+def inspect(group: zarr.Group, path: str | Path, verify: bool = False) -> Damage:
+    """Find the chunks that done cells need and that are missing (a listing of the store's folders)
+    or unreadable (decoded: every chunk with ``verify``, else only files of suspicious size). The
+    status grid itself is always decoded: its unreadable chunks make their cells unknown (pending)."""
+    root = Path(path)
+    shape, chunks = layout(group)
+    status, bad_status = read_status(group)
+    damage = Damage(str(path), status=status)
+    every = bool(group.attrs.get(EVERY_CHUNK))
+    grid = regions(shape, chunks)
+    corners = [tuple(s.start // c for s, c in zip(r, chunks)) for r in grid]
+    done = [int(np.count_nonzero(status[r])) for r in grid]  # PENDING is 0
+    present, keys = {}, {}
+    for name in RESULTS:
+        arr = group[name]
+        files = present[name] = _chunk_files(root / arr.path)
+        keys[name] = _keys(arr, corners)
+        if name == "status":
+            continue
+        median = float(np.median(list(files.values()))) if files else 0.0
+        for i, (r, key) in enumerate(zip(grid, keys[name])):
+            size = files.get(key)
+            if size is None:
+                if done[i] and (every or np.isin(status[r], _NEEDED_BEFORE_EVERY_CHUNK.get(name, ())).any()):
+                    damage.chunks.append((f"{arr.path}/{key}", "missing", done[i]))
+                    damage.regions[corners[i]] = (r, done[i])
+            elif (verify or size < max(SUSPICIOUS_BYTES, median / 4)) and not _decodes(arr, root / arr.path / key, r):
+                damage.chunks.append((f"{arr.path}/{key}", "unreadable", done[i]))
+                damage.regions[corners[i]] = (r, done[i])
+    bad_status = {tuple(s.start for s in r) for r in bad_status}
+    for i, (r, key) in enumerate(zip(grid, keys["status"])):
+        unreadable = tuple(s.start for s in r) in bad_status
+        lost = unreadable
+        if not lost and every and key not in present["status"]:  # results on disk, no status: lost (or a write cut short)
+            lost = all(keys[n][i] in present[n] for n in RESULTS if n != "status")
+        if lost:
+            n = int(np.prod([s.stop - s.start for s in r]))
+            damage.chunks.append((f"status/{key}", "unreadable" if unreadable else "missing", n))
+            damage.regions[corners[i]] = (r, n)
+    if verify:
+        for name in sorted(set(group.array_keys()) - set(RESULTS)):
+            try:
+                group[name][...]
+            except Exception:
+                damage.fixed.append(name)
+    return damage
+
+
+def mark_pending(group: zarr.Group, damage: Damage) -> None:
+    """Make the cells of every damaged chunk pending, as a batch never written is: ``status`` first,
+    then the chunks of every variable there are deleted (they read as fill values), and their
+    recorded failures dropped. A rerun recomputes them whole."""
+    root = Path(damage.path)
+    for corner, (r, _) in damage.regions.items():
+        for name in ["status"] + [n for n in RESULTS if n != "status"]:
+            arr = group[name]
+            (root / arr.path / _keys(arr, [corner])[0]).unlink(missing_ok=True)
+        if "failures" in group.attrs:
+            record_failures(group, r, np.ones([s.stop - s.start for s in r], bool), [])
+    damage.status = read_status(group)[0]
+
+
+def recheck(group: zarr.Group, path: str | Path) -> Damage:
+    """On resume, cheaply (a listing, and decoding only files of suspicious size): mark the cells of
+    lost or torn chunks pending, and say how many (one line on stderr)."""
+    damage = inspect(group, path)
+    if damage:
+        mark_pending(group, damage)
+    if damage.cells:
+        print(f"linflow: warning: {damage.summary()}; marked pending — they will be recomputed", file=sys.stderr)
+    return damage
+
+
+def load_results(group: zarr.Group, path: str | Path) -> xr.Dataset:
+    """The whole results dataset in memory, or StoreDamaged naming the first lost or torn chunk — never
+    NaN numbers standing for results that were lost. Checked cheaply first; decoded in full only
+    when loading fails."""
+    damage = inspect(group, path)
+    if damage:
+        raise StoreDamaged(path, damage.first(), repairable=not damage.fixed)
+    try:
+        return xr.open_zarr(str(path)).load()
+    except Exception:
+        damage = inspect(group, path, verify=True)
+        if damage:
+            raise StoreDamaged(path, damage.first(), repairable=not damage.fixed) from None
+        raise
+
+
+def _keys(arr: zarr.Array, corners: list[tuple[int, ...]]) -> list[str]:
+    """Chunk keys (relative to the array's folder) of the grid chunks at ``corners`` (whole trailing dims)."""
+    tail = (0,) * (arr.ndim - len(corners[0])) if corners else ()
+    encode = arr.metadata.chunk_key_encoding.encode_chunk_key
+    return [encode(c + tail) for c in corners]
+
+
+def _chunk_files(folder: Path) -> dict[str, int]:
+    """Chunk key → file size of every chunk file under an array's folder."""
+    out = {}
+    top = str(folder)
+    stack = [top]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                stack.append(e.path)
+            elif not (d == top and e.name == "zarr.json"):
+                out[e.path[len(top) + 1:].replace(os.sep, "/")] = e.stat().st_size
+    return out
+
+
+def _decodes(arr: zarr.Array, file: Path, region: tuple[slice, ...]) -> bool:
+    """Whether a chunk file decodes to a whole chunk: zstd directly for the store's own codecs
+    (bytes + zstd, microseconds a chunk), else through Zarr."""
+    names = [type(c).__name__ for c in arr.metadata.codecs]
+    if names == ["BytesCodec", "ZstdCodec"]:
+        from numcodecs import zstd
+
+        try:
+            raw = zstd.decompress(file.read_bytes())
+        except Exception:
+            return False
+        return len(raw) == int(np.prod(arr.chunks)) * arr.dtype.itemsize
+    try:
+        arr[region]
+        return True
+    except Exception:
+        return False
