@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-KERNEL_VERSION = "1"
+KERNEL_VERSION = "2"  # 2: induced flow projected onto rank r on narrow networks; its error weights in the layers' scale
 
 PENDING, CONVERGED, UNCONVERGED, DIVERGED, FAILED = 0, 1, 2, 3, 4
 STATUS_MEANINGS = "pending converged unconverged diverged failed"
@@ -215,7 +215,13 @@ class Induced:
 
     ``rank`` (the narrowest layer of the network it stands for) sets s_k = 0 for k > rank: the exact
     flow keeps rank(W) ≤ rank, but for N = 2 the directions beyond it are unstable (strict saddles)
-    and round-off alone would otherwise grow a rank the network cannot have."""
+    and round-off alone would otherwise grow a rank the network cannot have. On those directions the
+    flow is zero, so nothing would damp what a Runge–Kutta step leaves there (about the tolerance),
+    and the excess loss depends on it to first order: :meth:`project` keeps the state on the rank-r
+    set, and the stepper calls it on every state it reports.
+
+    :meth:`error_scale` measures the error of W in the scale of the layers it stands for, so that a
+    tolerance means what it means for :class:`Layerwise` also where W is small."""
 
     def __init__(self, depth: int, target: np.ndarray, tail: float = 0.0, rank: int | None = None):
         self.depth = int(depth)
@@ -224,12 +230,43 @@ class Induced:
         self.dy, self.dx = self.target.shape
         self.size = self.dy * self.dx
         self.tail = float(tail)
+        self.narrow = rank is not None and rank < min(self.dy, self.dx)
 
     def product(self, y: np.ndarray) -> np.ndarray:
         return y.reshape(y.shape[0], self.dy, self.dx)
 
     def excess(self, y: np.ndarray) -> np.ndarray:
         return _half_sq(self.target - self.product(y)) - self.tail
+
+    def project(self, y: np.ndarray) -> np.ndarray:
+        """Replace each W in ``y`` (in place) by its best rank-r approximation U_r S_r V_rᵀ (Eckart–Young);
+        nothing to do unless the network is narrower than min(dx, dy). Non-finite states are left alone."""
+        if not self.narrow:
+            return y
+        w = self.product(y)
+        ok = np.flatnonzero(np.all(np.isfinite(y), axis=1))
+        if len(ok) == len(y):
+            ok = slice(None)
+        u, s, vt = np.linalg.svd(w[ok], full_matrices=False)
+        r = self.rank
+        w[ok] = (u[:, :, :r] * s[:, None, :r]) @ vt[:, :r, :]
+        return y
+
+    def error_scale(self, y: np.ndarray, y_new: np.ndarray, rtol: float, atol: float, out: np.ndarray):
+        """Error weights rtol·max(|W|, |W_new|) + atol·N·λ^{N−1} with λ = max(‖W‖_F^{1/N}, atol) the size of
+        the N balanced layers: a layer error δ moves W by about N·λ^{N−1}·δ, so atol bounds the layers'
+        error as it does for :class:`Layerwise` (where atol alone would allow relative errors of
+        atol/‖W‖ once W is small, on the plateau near W = 0)."""
+        np.maximum(np.abs(y), np.abs(y_new), out=out)
+        out *= rtol
+        n = self.depth
+        if n == 1:
+            out += atol
+            return out
+        size = np.sqrt(np.maximum(np.sum(y * y, axis=1), np.sum(y_new * y_new, axis=1)))
+        layer = np.maximum(size ** (1.0 / n), atol)
+        out += (atol * n * layer ** (n - 1))[:, None]
+        return out
 
     def rhs(self, y: np.ndarray, out: np.ndarray) -> np.ndarray:
         w = self.product(y)
@@ -239,6 +276,20 @@ class Induced:
         if n == 1:
             np.negative(diff, out=self.product(out))
             return excess
+        finite = np.isfinite(excess)
+        if not finite.all():  # LAPACK may not return on non-finite input: such states have no flow
+            out[~finite] = np.nan
+            if finite.any():
+                good = np.flatnonzero(finite)
+                sub = np.empty((len(good), y.shape[1]))
+                self._flow(w[good], diff[good], sub)
+                out[good] = sub
+            return excess
+        self._flow(w, diff, out)
+        return excess
+
+    def _flow(self, w, diff, out):
+        n = self.depth
         u, s, vt = np.linalg.svd(w, full_matrices=True)
         s = s.copy()
         cutoff = max(self.dy, self.dx) * np.finfo(float).eps * s[:, :1]
@@ -258,7 +309,6 @@ class Induced:
         m = u.transpose(0, 2, 1) @ diff @ vt.transpose(0, 2, 1)
         np.matmul(u, (m * kmat) @ vt, out=self.product(out))
         np.negative(out, out=out)
-        return excess
 
 
 # --------------------------------------------------------------------------------------------------
@@ -306,6 +356,12 @@ def integrate(
     Checkpoints and the first crossing of ``excess = eps`` are read from the step's interpolant
     (the method's dense output, else cubic Hermite), never snapped to step ends.
 
+    Two optional model hooks: ``model.project(y)`` (in place) maps a state onto the set the model's
+    flow lives on; it is applied to the start, to each step's result before its FSAL evaluation and
+    to every interpolated state, so that each reported state and excess loss is a projected one.
+    ``model.error_scale(y, y_new, rtol, atol, out)`` gives the weights of the error norm; without it
+    they are rtol·max(|y|, |y_new|) + atol.
+
     Large batches are integrated in blocks of about BLOCK_BYTES of state each, so that the working
     set stays in cache; trajectories are independent, so blocking never changes a number."""
     y0 = np.ascontiguousarray(y0, dtype=float)
@@ -347,7 +403,7 @@ def _integrate_block(model, y0, *, method, horizon, checkpoints, eps, stop_at_ep
 
     # active-set state (compacted as trajectories finish); k[0] = f(y), k[1…s−1] stages, k[s] = f(y_new)
     idx = np.arange(nb)
-    y = y0.copy()
+    y = _project(model, y0.copy())
     k = [np.empty((nb, size)) for _ in range(nk)]
     exc = model.rhs(y, k[0])
     evals = np.ones(nb, dtype=np.int64)
@@ -365,7 +421,8 @@ def _integrate_block(model, y0, *, method, horizon, checkpoints, eps, stop_at_ep
     status[(status == PENDING) & found & stop_at_eps] = CONVERGED
 
     if adaptive:
-        h = _initial_step(model, y, k[0], horizon, method.error_order, rtol, atol)
+        weights = getattr(model, "error_scale", _error_scale)
+        h = _initial_step(model, y, k[0], horizon, method.error_order, weights(y, y, rtol, atol, np.empty_like(y)))
         evals += 1
         rejected = np.zeros(nb, dtype=bool)
     else:
@@ -403,15 +460,13 @@ def _integrate_block(model, y0, *, method, horizon, checkpoints, eps, stop_at_ep
             model.rhs(ytmp, k[i])
         _combine(y_new, y, hh, b, k, scratch)
         with np.errstate(all="ignore"):
-            exc_new = model.rhs(y_new, k[s])
+            exc_new = model.rhs(_project(model, y_new), k[s])
         evals += s
 
         if adaptive:
             err = _combine(ytmp, None, hh, method.e, k, scratch)
             with np.errstate(all="ignore"):
-                np.maximum(np.abs(y), np.abs(y_new), out=scratch)
-                scratch *= rtol
-                scratch += atol
+                weights(y, y_new, rtol, atol, scratch)
                 enorm = _rms(np.divide(err, scratch, out=err))
             accept = enorm < 1.0
             bad = ~np.isfinite(enorm)
@@ -467,7 +522,7 @@ def _integrate_block(model, y0, *, method, horizon, checkpoints, eps, stop_at_ep
                 mid = ~at_end
                 if mid.any():
                     sub = hi[mid]
-                    yi = _interpolate(method, ya[sub], yn[sub], ka[sub], tn[sub] - ta[sub], theta[mid])
+                    yi = _state_at(model, method, ya[sub], yn[sub], ka[sub], tn[sub] - ta[sub], theta[mid])
                     with np.errstate(all="ignore"):
                         e_c[mid] = model.excess(yi)
                 out.excess[idx[pos], na[hi]] = e_c
@@ -476,7 +531,7 @@ def _integrate_block(model, y0, *, method, horizon, checkpoints, eps, stop_at_ep
 
             if stop_at_eps and cross.any():  # the trajectory ends exactly at the crossing
                 theta = (t_stop[ci] - ta[ci]) / (tn[ci] - ta[ci])
-                y_new[gi] = _interpolate(method, ya[ci], yn[ci], ka[ci], tn[ci] - ta[ci], theta)
+                y_new[gi] = _state_at(model, method, ya[ci], yn[ci], ka[ci], tn[ci] - ta[ci], theta)
                 t_new[gi] = t_stop[ci]
 
             if whole:  # swap buffers instead of copying
@@ -500,6 +555,20 @@ def _integrate_block(model, y0, *, method, horizon, checkpoints, eps, stop_at_ep
 
         if adaptive:
             status[(status == PENDING) & (steps >= max_steps)] = FAILED
+    return out
+
+
+def _project(model, y):
+    """``model.project(y)`` (in place) where the model has one; returns y."""
+    project = getattr(model, "project", None)
+    return y if project is None else project(y)
+
+
+def _error_scale(y, y_new, rtol, atol, out):
+    """The plain error weights rtol·max(|y|, |y_new|) + atol, into ``out``."""
+    np.maximum(np.abs(y), np.abs(y_new), out=out)
+    out *= rtol
+    out += atol
     return out
 
 
@@ -554,6 +623,12 @@ def _interpolate(method: Tableau, y0, y1, k, h, theta):
     return h00 * y0 + h10 * hh * f0 + h01 * y1 + h11 * hh * f1
 
 
+def _state_at(model, method, y0, y1, k, h, theta):
+    """The interpolated state at t + θh, projected by the model (see :func:`integrate`)."""
+    with np.errstate(all="ignore"):
+        return _project(model, _interpolate(method, y0, y1, k, h, theta))
+
+
 def _locate(model, method, y0, y1, k, h, eps, iters: int = 60):
     """θ ∈ (0, 1] where the interpolated excess loss first equals eps (bracketed bisection on the
     interpolant, ~machine precision in θ)."""
@@ -562,7 +637,7 @@ def _locate(model, method, y0, y1, k, h, eps, iters: int = 60):
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
         with np.errstate(all="ignore"):
-            em = model.excess(_interpolate(method, y0, y1, k, h, mid))
+            em = model.excess(_state_at(model, method, y0, y1, k, h, mid))
         below = em <= eps
         hi = np.where(below, mid, hi)
         lo = np.where(below, lo, mid)
@@ -571,9 +646,9 @@ def _locate(model, method, y0, y1, k, h, eps, iters: int = 60):
     return hi
 
 
-def _initial_step(model, y0, f0, horizon, order, rtol, atol):
-    """Per-trajectory initial step (Hairer–Nørsett–Wanner II.4, as scipy's select_initial_step)."""
-    scale = atol + np.abs(y0) * rtol
+def _initial_step(model, y0, f0, horizon, order, scale):
+    """Per-trajectory initial step (Hairer–Nørsett–Wanner II.4, as scipy's select_initial_step);
+    ``scale``: the error weights at y0."""
     d0 = _rms(y0 / scale)
     d1 = _rms(f0 / scale)
     with np.errstate(all="ignore"):
