@@ -6,7 +6,7 @@ returns the excess loss of the state it was evaluated at, so loss monitoring cos
 
 A method is a :class:`Tableau` (data); :func:`integrate` is the only stepper. Each trajectory keeps
 its own time, step size, counters and status; finished trajectories leave the active set.
-The mathematics is in ``shared/theory.md`` (§2 for the flows).
+The mathematics is in ``docs/theory.md`` (§2 for the flows).
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ class Layerwise:
 
 
 class Induced:
-    """The end-to-end flow of balanced networks (theory.md §2, the paper's (17)):
+    """The end-to-end flow of balanced networks (docs/theory.md §2, the paper's (17)):
     dW/dt = −U[(Uᵀ(W − Z)V) ∘ K]Vᵀ, K_ab = Σ_i s_a^{2(N−i)/N} s_b^{2(i−1)/N}, from the full SVD of W,
     with numerically-zero singular values set to exactly 0 and 0⁰ = 1.
 

@@ -41,7 +41,7 @@ def run(model, y0, method=kernel.DOPRI5, tc=None, horizon=1.0, eps=1e-6, **kw):
 
 
 def polar_excess(target, w0, depth, times):
-    """Scalar-output polar form (theory.md §2), integrated by scipy."""
+    """Scalar-output polar form (docs/theory.md §2), integrated by scipy."""
     z, w = target.ravel(), w0.ravel()
     zeta, r0 = np.linalg.norm(z), np.linalg.norm(w)
     th0 = np.arccos(np.clip(w @ z / (r0 * zeta), -1, 1))
@@ -114,7 +114,7 @@ def test_fixed_step_orders_of_accuracy():
 
 
 def test_depth_two_aligned_start_is_logistic():
-    # theory.md §7: on the ray of Z, s(t) = σ / (1 + (σ/s0 − 1) e^{−2σt}) for N = 2
+    # docs/theory.md §7: on the ray of Z, s(t) = σ / (1 + (σ/s0 − 1) e^{−2σt}) for N = 2
     z = paper_problem()
     sigma = np.linalg.norm(z)
     s0 = 0.05 * sigma
@@ -141,7 +141,7 @@ def test_vector_output_dy3_layerwise_balanced_equals_induced():
 
 
 def test_width_one_layer_follows_the_rank_one_form():
-    # theory.md §2: W = σ u vᵀ with dσ/dt = −Nσ^p(σ − uᵀZv), du/dt = σ^{p−1}(I − uuᵀ)Zv, dv/dt = σ^{p−1}(I − vvᵀ)Zᵀu
+    # docs/theory.md §2: W = σ u vᵀ with dσ/dt = −Nσ^p(σ − uᵀZv), du/dt = σ^{p−1}(I − uuᵀ)Zv, dv/dt = σ^{p−1}(I − vvᵀ)Zᵀu
     z = paper_problem(dy=3)
     rng = np.random.default_rng(7)
     u0, v0 = rng.standard_normal(3), rng.standard_normal(5)
@@ -246,7 +246,7 @@ def test_results_do_not_depend_on_batch_companions():
 
 
 def test_exact_model_agrees_with_dopri5():
-    # model: exact (closed form of theory.md §4 by quadrature) against the integrated induced flow
+    # model: exact (closed form of docs/theory.md §4 by quadrature) against the integrated induced flow
     from reference import compute
 
     raw = {"axes": {"depth": [1, 2, 3, 5], "width": [5], "init_norm": [0.3, 1.0, 10.0], "seed": [0, 1]},
