@@ -12,6 +12,7 @@ import logging
 import os
 import resource
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,16 +169,19 @@ def run(spec: Spec, out: str | Path, *, address=None, workers=None, progress=Non
     started = time.perf_counter()
     problem, fingerprint, exists = prepare(spec, out)
     check_address(address)
-    lock = StoreLock(out)
+    where = Path(out).resolve()  # a store is one store under any of its names (symlinks): one lock
+    lock = StoreLock(where)
     try:
-        Path(out).resolve().parent.mkdir(parents=True, exist_ok=True)
+        where.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except OSError as exc:
         raise SpecError("--out", f"cannot create {out}: {exc.strerror or exc}") from None
+    if lock.taken_over is not None:
+        print(f"linflow: warning: {lock.takeover_message()}", file=sys.stderr)
     try:
         if not exists:
             try:
-                store.create(out, spec, problem, fingerprint)
+                store.create(where, spec, problem, fingerprint)
             except OSError as exc:
                 raise SpecError("--out", f"cannot create {out}: {exc.strerror or exc}") from None
         group = store.open_group(out, mode="r+")

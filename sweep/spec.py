@@ -70,9 +70,11 @@ class Spec:
 
     def fingerprint(self, data_digest: str = "") -> str:
         """Hash of what determines the numbers: the spec without execution settings (``batch``),
-        the kernel version and a digest of the data."""
+        the kernel version and a digest of the data. Where a data file lies is not part of it (the
+        digest says what it holds), so a store resumes after its folder moved."""
         d = self.to_dict()
         d.pop("batch")
+        d["problem"].pop("data", None)
         text = yaml.safe_dump(d, sort_keys=True) + KERNEL_VERSION + data_digest
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
