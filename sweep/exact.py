@@ -27,8 +27,15 @@ LOG_RTOL = np.log(1e-12)  # tanh–sinh relative tolerance (as a log)
 ROOT_TOL = {"xatol": 1e-300, "xrtol": 4 * np.finfo(float).eps, "fatol": 0.0, "frtol": 0.0}
 
 
+def _cos_sin(theta0):
+    """cos θ0, sin θ0 with the float nearest π standing for π itself (sin = 0: the anti-aligned ray)."""
+    theta0 = np.asarray(theta0, dtype=float)
+    return np.where(theta0 >= np.pi, -1.0, np.cos(theta0)), np.where(theta0 >= np.pi, 0.0, np.sin(theta0))
+
+
 def _excess0(r0, zeta, theta0):
-    return 0.5 * ((r0 - zeta * np.cos(theta0)) ** 2 + (zeta * np.sin(theta0)) ** 2)
+    cos0, sin0 = _cos_sin(theta0)
+    return 0.5 * ((r0 - zeta * cos0) ** 2 + (zeta * sin0) ** 2)
 
 
 def _log_phi(c, s):
@@ -64,9 +71,11 @@ class _Flows:
 
     def __init__(self, n, r0, zeta, theta0):
         self.n, self.r0, self.zeta = (np.asarray(v, dtype=float) for v in (n, r0, zeta))
-        half = 0.5 * np.asarray(theta0, dtype=float)
-        with np.errstate(divide="ignore"):
-            self.log_a, self.log_b = 2 * np.log(np.cos(half)), 2 * np.log(np.sin(half))
+        theta0 = np.asarray(theta0, dtype=float)
+        half = 0.5 * theta0
+        with np.errstate(divide="ignore"):  # float π (π − 1.2e-16) is π: cos²(θ0/2) = 0, the anti-aligned ray
+            self.log_a = np.where(theta0 >= np.pi, -np.inf, 2 * np.log(np.cos(half)))
+            self.log_b = 2 * np.log(np.sin(half))
         # ζ/r0 − cos θ0 without cancellation: (ζ − r0)/r0 + 2 sin²(θ0/2)
         self.gap0 = (self.zeta - self.r0) / self.r0 + 2 * np.sin(half) ** 2
 
@@ -91,9 +100,12 @@ class _Flows:
         """(r, cos θ, sin θ, log excess) at s ≥ 0.
 
         r − ζ cos θ = r[sin²θ (1 − (N−1) cos θ J_{N−2}) − cos θ (ζ/r0 − cos θ0) R^{−N}] (integration
-        by parts of J_N): no cancellation when θ is small, where this difference is all the excess."""
+        by parts of J_N): no cancellation when θ is small, where this difference is all the excess.
+        r R^{−N} = 1/(1/r0 + (N/ζ) I(s)), I(s) = ∫_0^s R^N from the binomial sum in θ0's weights: it stays
+        O(1) on the anti-aligned ray, where this term is all of r − ζ cos θ → ζ."""
         lt, la, lb = cls.angle(s, log_a, log_b)
-        lu, lrr = cls.log_u(s, n, r0, zeta, log_a, log_b, la, lb)
+        lu, _ = cls.log_u(s, n, r0, zeta, log_a, log_b, la, lb)
+        log_i = _log_j(n, s, log_b, log_a)  # log I(s): Σ_k C(N,k) a^k b^{N−k} φ(2k − N, s)
         lr = -lu
         cos = -np.tanh(lt)
         log_sin = np.log(2.0) + 0.5 * (la + lb)
@@ -101,7 +113,7 @@ class _Flows:
         with np.errstate(over="ignore", invalid="ignore"):
             a1 = np.exp(lr + 2 * log_sin)
             a2 = np.where(n >= 2, (n - 1) * cos * np.exp(lr + 2 * log_sin + lj2), 0.0)
-            a3 = cos * gap0 * np.exp(lr - n * lrr)
+            a3 = cos * gap0 * np.exp(-np.logaddexp(-np.log(r0), np.log(n) - np.log(zeta) + log_i))
         delta = a1 - a2 - a3
         with np.errstate(divide="ignore"):
             log_excess = np.log(0.5) + np.logaddexp(2 * np.log(np.abs(delta)), 2 * (np.log(zeta) + log_sin))
@@ -165,16 +177,18 @@ def _s_at_excess(flows, eps):
     args = np.broadcast_arrays(np.asarray(eps, dtype=float), *flows.args())
     log_eps, rest = np.log(args[0]), args[1:]
     g = lambda s, le, *a: np.maximum(flows.state(s, *a)[3], le - 50.0) - le
-    hi = np.maximum(0.5 * (rest[4] - rest[3]), 0.0) + 1.0  # past the angle's turn, log tan(θ0/2)
+    turn = 0.5 * (rest[4] - rest[3])  # s where θ = π/2: log tan(θ0/2) (+∞ on the anti-aligned ray)
+    hi = np.where(np.isfinite(turn), np.maximum(turn, 0.0), 0.0) + 1.0
     out = np.full(log_eps.shape, np.inf)
-    open_ = g(hi, log_eps, *rest) > 0
-    for _ in range(64):  # the excess falls at least like e^{−2s} once the angle has turned (a > 0)
+    # the anti-aligned ray's excess falls only to its limit ½ζ² (W → 0): below that, never
+    never = np.isneginf(rest[3]) & (log_eps <= np.log(0.5) + 2 * np.log(rest[2]))
+    open_ = ~never & (g(hi, log_eps, *rest) > 0)
+    for _ in range(60):  # elsewhere the excess falls at least like e^{−2s} once the angle has turned
         if not open_.any():
             break
         hi = np.where(open_, 2 * hi, hi)
         open_ &= g(hi, log_eps, *rest) > 0
-        open_ &= hi < 1e18
-    ok = ~open_
+    ok = ~never & ~open_
     if ok.any():
         res = find_root(g, (np.zeros(ok.sum()), hi[ok]), args=(log_eps[ok], *(v[ok] for v in rest)),
                         tolerances=ROOT_TOL)
@@ -260,8 +274,9 @@ def _curves(n, r0, zeta, theta0, t):
     one = n == 1  # W(t) = Z + (W0 − Z) e^{−t}, in the plane's coordinates
     if one.any():
         e = np.exp(-t[one])
-        a = zeta[one, None] * (1 - e) + (r0 * np.cos(theta0))[one, None] * e
-        b = (r0 * np.sin(theta0))[one, None] * e
+        cos0, sin0 = _cos_sin(theta0)
+        a = zeta[one, None] * (1 - e) + (r0 * cos0)[one, None] * e
+        b = (r0 * sin0)[one, None] * e
         r[one] = np.hypot(a, b)
         with np.errstate(invalid="ignore", divide="ignore"):
             cos[one], sin[one] = np.where(r[one] > 0, a / r[one], 1.0), np.where(r[one] > 0, b / r[one], 0.0)

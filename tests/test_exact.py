@@ -1,4 +1,4 @@
-"""sweep.exact (the balanced scalar-output closed form, theory.md §4) against an independent oracle
+"""sweep.exact (the balanced scalar-output closed form, docs/theory.md §4) against an independent oracle
 (issue 8 item 1).
 
 The oracle integrates the polar form dr/dt = N r^p (ζ cos θ − r), dθ/dt = −ζ r^{p−1} sin θ with
@@ -308,7 +308,7 @@ def radial2_excess(r0, zeta):
 
 def radial4_time(r0, zeta, eps):
     """N = 4, θ0 = 0: dr/dt = 4 r^{3/2}(ζ − r), t = F(r) − F(r0) with
-    F(s) = (1/ζ)[−1/(2√s) + ln|(√ζ + √s)/(√ζ − √s)|/(4√ζ)] (theory.md §7, both sides of ζ)."""
+    F(s) = (1/ζ)[−1/(2√s) + ln|(√ζ + √s)/(√ζ − √s)|/(4√ζ)] (docs/theory.md §7, both sides of ζ)."""
     with localcontext() as ctx:
         ctx.prec = PREC
         r0, zeta, eps = Decimal(r0), Decimal(zeta), Decimal(eps)
