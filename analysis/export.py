@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import xarray as xr
 
 from . import complexity, convergence
@@ -39,3 +43,23 @@ def cell_table(ds: xr.Dataset, with_theory: bool = False):
         classes = convergence.CLASS_MEANINGS.split()
         df["limit_class"] = [classes[int(i)] for i in df["limit_class"]]
     return df
+
+
+def write_table(df, out: str | Path, fmt: str = "csv") -> None:
+    """Write ``df`` to ``out`` as CSV or Parquet all at once: into a temporary file beside it, then
+    renamed over it, so a full disk or a crash never leaves a truncated table (OSError, nothing
+    written)."""
+    out = Path(out)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if fmt == "csv":
+                df.to_csv(f, index=False)
+            else:
+                df.to_parquet(f, index=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

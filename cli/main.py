@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -219,10 +220,15 @@ def report(
     from analysis.report import write_report
 
     group = _open_store(path)
+    _new_folder(out)
     counts = store.counts(group)
     if counts["pending"] == sum(counts.values()):
         _fail(f"{path}: every cell is still pending — run it first")
-    written = write_report(_load(group, path), out)
+    ds = _load(group, path)
+    try:
+        written = write_report(ds, out)
+    except OSError as exc:
+        _fail(f"--out: cannot write the report in {out}: {exc.strerror or exc}")
     typer.echo(f"wrote {written}")
 
 
@@ -242,6 +248,7 @@ def reproduce(
         _fail(f"name: unknown study {name!r} (available: eftekhari2020)")
     if workers is not None and workers < 1:
         _fail(f"--workers: must be ≥ 1, got {workers}")
+    _new_folder(out)
 
     def progress(sweep, done, total):
         if not quiet:
@@ -253,6 +260,8 @@ def reproduce(
         _fail(f"{out} holds every finished batch — rerun the same command to finish it", 130, "interrupted; ")
     except SpecError as exc:
         _fail(str(exc))
+    except OSError as exc:
+        _fail(f"--out: cannot write in {out}: {exc.strerror or exc}")
     typer.echo(f"wrote {written}")
 
 
@@ -264,7 +273,7 @@ def export(
     with_theory: bool = typer.Option(False, "--theory", help="Add the theory columns (analysis.theory.annotate) and the observed limit class."),
 ):
     """Write one row per cell (axes, status, time_to_eps, final losses, …) as CSV or Parquet."""
-    from analysis.export import cell_table
+    from analysis.export import cell_table, write_table
 
     if fmt not in ("csv", "parquet"):
         _fail(f"--format: must be csv or parquet, got {fmt!r}")
@@ -274,22 +283,62 @@ def export(
         except ImportError:
             _fail("--format parquet needs pyarrow (python3 -m pip install pyarrow); or use --format csv")
     group = _open_store(path)
-    out = out or path.with_suffix("." + fmt)
+    named = path if path.name not in ("", ".", "..") else path.resolve()  # `export .` inside a store
+    out = out or named.with_suffix("." + fmt)
+    _new_file(out)
     df = cell_table(_load(group, path), with_theory)
-    df.to_csv(out, index=False) if fmt == "csv" else df.to_parquet(out, index=False)
+    try:
+        write_table(df, out, fmt)
+    except OSError as exc:
+        _fail(f"--out: cannot write {out}: {exc.strerror or exc} (nothing written)")
     typer.echo(f"wrote {out} ({len(df)} rows)")
 
 
 def _open_store(path: Path, mode: str = "r"):
-    """The store's Zarr group, or one line and exit 2 when ``path`` is not a (readable) linflow store."""
+    """The store's Zarr group, or one line naming the argument and exit 2 when ``path`` is not a
+    (readable) linflow store."""
     if not path.exists():
-        _fail(f"{path}: no such store")
+        _fail(f"PATH: no such store: {path}")
+    if not path.is_dir():
+        _fail(f"PATH: {path} is a file, not a linflow store")
     try:
         return store.open_group(path, mode)
     except store.StoreDamaged as exc:
         _fail(exc.problem)
     except SpecError as exc:
-        _fail(str(exc))
+        _fail(f"PATH: {exc.problem}")
+    except OSError as exc:
+        _fail(f"PATH: cannot read {path}: {exc.strerror or exc}")
+
+
+def _new_folder(out: Path, flag: str = "--out") -> None:
+    """Fail (one line) unless ``out`` is a folder, or can be made one, where we may write."""
+    if out.exists() and not out.is_dir():
+        _fail(f"{flag}: {out} is a file, not a folder")
+    parent = out.resolve()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        _fail(f"{flag}: cannot create {out}: {parent} is a file, not a folder")
+    inside = next((p for p in (parent, *parent.parents) if store.is_store(p)), None)
+    if inside is not None:
+        _fail(f"{flag}: cannot write {out} inside the store {inside}; choose a folder outside it")
+    if not os.access(parent, os.W_OK):
+        _fail(f"{flag}: cannot write in {parent}: not writable")
+
+
+def _new_file(out: Path, flag: str = "--out") -> None:
+    """Fail (one line) unless ``out`` names a file we may write (a new one, or one to replace)."""
+    if out.is_dir():
+        _fail(f"{flag}: {out} is a folder; give a file name")
+    if not out.parent.is_dir():
+        what = "is a file, not a folder" if out.parent.exists() else "does not exist"
+        _fail(f"{flag}: cannot write {out}: the folder {out.parent} {what}")
+    inside = next((p for p in out.resolve().parents if store.is_store(p)), None)
+    if inside is not None:
+        _fail(f"{flag}: cannot write {out} inside the store {inside}; choose a folder outside it")
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        _fail(f"{flag}: cannot write {out}: not writable")
 
 
 def _load(group, path: Path):

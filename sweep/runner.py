@@ -9,6 +9,7 @@ error recorded in the store's attrs), and the sweep goes on.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import resource
 import socket
@@ -73,6 +74,9 @@ def prepare(spec: Spec, out: str | Path) -> tuple[Problem, str, bool]:
     parent = path.resolve().parent
     while not parent.exists():
         parent = parent.parent
+    inside = next((p for p in (parent, *parent.parents) if store.is_store(p)), None)
+    if inside is not None:
+        raise SpecError("--out", f"cannot create {path} inside the store {inside}; choose a folder outside it")
     if not parent.is_dir():
         raise SpecError("--out", f"cannot create {path}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK):
@@ -85,24 +89,49 @@ MEMORY_LIMIT = 2 * 2**30  # bytes: the driver's store template, and one task's w
 
 def check_memory(spec: Spec, problem: Problem) -> None:
     """Refuse grids whose store template, or batches whose working set, would not fit in memory
-    (Ray retries a task killed for memory forever)."""
+    (Ray retries a task killed for memory forever). A task holds the cells of one chunk
+    (≤ ``batch``, and never more than the grid has at one depth and width): their results, the
+    integrator's stages, and the layers of every start — built even for the induced model, whose
+    balanced starts factor W0 through width×width layers."""
+    from .batch import chunk_shape
     from .init import parameter_count
 
     count = spec.checkpoints["count"]
     per_cell = 8 * (2 * count + 2 * problem.dy * problem.dx + 6)
-    cells = int(np.prod(spec.shape))
+    cells = math.prod(spec.shape)
+    if per_cell > MEMORY_LIMIT:
+        raise SpecError("checkpoints.count", f"one cell's {count:,} checkpoints need {per_cell / 2**30:.1f} GiB "
+                                             f"(limit {MEMORY_LIMIT / 2**30:.0f} GiB); use fewer checkpoints")
     if cells * per_cell > MEMORY_LIMIT:
+        advice = " or use fewer checkpoints" if 2 * count > 2 * problem.dy * problem.dx + 6 else ""
         raise SpecError("axes", f"the grid has {cells:,} cells: its results need {cells * per_cell / 2**30:.1f} GiB "
-                                f"(limit {MEMORY_LIMIT / 2**30:.0f} GiB); split the sweep into several stores")
+                                f"(limit {MEMORY_LIMIT / 2**30:.0f} GiB); split the sweep into several stores{advice}")
     method = kernel.METHODS[spec.integrator["method"]]
-    for depth in spec.axes["depth"]:
-        for width in spec.axes["width"]:
-            layerwise = spec.model == "layerwise"
-            state = parameter_count(problem.dx, problem.dy, depth, width) if layerwise else problem.dx * problem.dy
-            need = spec.batch * 8 * ((method.stages + 5) * state + per_cell // 8)
-            if need > MEMORY_LIMIT:
-                raise SpecError("batch", f"{spec.batch} cells per task need {need / 2**30:.1f} GiB at depth {depth}, "
-                                         f"width {width} (limit {MEMORY_LIMIT / 2**30:.0f} GiB); use a smaller batch")
+    per_task = math.prod(chunk_shape(spec.shape, tuple(spec.axes), spec.batch))
+    depth, width = max(spec.axes["depth"]), max(spec.axes["width"])  # the parameters grow with both
+    layers = parameter_count(problem.dx, problem.dy, depth, width)
+    if spec.model == "layerwise":  # state and stages are the layers; the starts are packed into it
+        per_state = 8 * ((method.stages + 6) * layers)
+    elif spec.model == "induced":  # state W (dy×dx); the starts' layers are built, then multiplied out
+        per_state = 8 * ((method.stages + 5) * problem.dx * problem.dy + layers)
+    else:  # exact: closed form of W0 only
+        per_state = 8 * 4 * problem.dx * problem.dy
+    transient = 8 * layers if spec.model != "exact" else 0  # one start being factored
+    need = per_task * (per_state + per_cell) + transient
+    if need <= MEMORY_LIMIT:
+        return
+    where = f"at depth {depth}, width {width}"
+    one = per_state + per_cell + transient
+    gib = MEMORY_LIMIT / 2**30
+    if one <= MEMORY_LIMIT:
+        fits = (MEMORY_LIMIT - transient) // (per_state + per_cell)
+        raise SpecError("batch", f"{per_task} cells per task need {need / 2**30:.1f} GiB {where} (limit {gib:.0f} GiB); "
+                                 f"use --batch {fits} or less")
+    if per_cell >= per_state:
+        raise SpecError("checkpoints.count", f"one cell needs {one / 2**30:.1f} GiB {where}, mostly its {count:,} "
+                                             f"checkpoints (limit {gib:.0f} GiB); use fewer checkpoints")
+    raise SpecError("axes.width", f"one cell needs {one / 2**30:.1f} GiB {where}: its layers hold {layers:,} numbers "
+                                  f"(limit {gib:.0f} GiB); use a smaller width or depth")
 
 
 def runtime_env(address: str | None) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,14 @@ DEFAULTS = {
 TOP_KEYS = tuple(DEFAULTS)
 MAX_STEPS = 1_000_000
 MAX_BATCH = 65_536
+# bounds on what a spec may ask for, checked before anything is built (bounded time and memory)
+MAX_CELLS = 10_000_000  # grid cells (the results of even 2 checkpoints a cell would pass 2 GiB near 2e7)
+MAX_DEPTH = 10_000
+MAX_INT = 2**63 - 1  # every integer must fit int64 (the store's coordinates)
+MAX_DATA_BYTES = 2**28  # the problem's X, Y and target as float64: (m·dx + m·dy + dy·dx)·8 bytes
+MAX_SPEC_BYTES = 2**20  # a YAML spec file
+MAX_YAML_DEPTH = 50  # nesting of a YAML spec
+MAX_YAML_NODES = 100_000  # nodes of a YAML spec with its aliases expanded (alias bombs)
 
 
 class SpecError(ValueError):
@@ -105,12 +114,18 @@ def _mapping(value, field, allowed):
     return value
 
 
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxstring, _repr.maxother, _repr.maxlong = 2, 40, 40, 40
+
+
 def _show(value) -> str:
-    text = repr(value)
+    """A short repr: bounded in time and length whatever ``value`` holds (never the whole of a huge
+    or deeply nested value)."""
+    text = _repr.repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _int(value, field, lo=None):
+def _int(value, field, lo=None, hi=MAX_INT):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
@@ -118,7 +133,9 @@ def _int(value, field, lo=None):
             raise SpecError(field, f"expected an integer, got {_show(value)}")
     value = int(value)
     if lo is not None and value < lo:
-        raise SpecError(field, f"must be ≥ {lo}, got {value}")
+        raise SpecError(field, f"must be ≥ {lo}, got {_show(value)}")
+    if hi is not None and value > hi:
+        raise SpecError(field, f"must be ≤ {hi}, got {_show(value)}")
     return value
 
 
@@ -143,30 +160,55 @@ def _choice(value, field, choices):
     return value
 
 
+def _range(value, field) -> range:
+    _mapping(value, field, ("start", "stop", "step"))
+    if "start" not in value or "stop" not in value:
+        raise SpecError(field, "a range needs start and stop (stop excluded)")
+    start = _int(value["start"], f"{field}.start", lo=-MAX_INT)
+    stop = _int(value["stop"], f"{field}.stop", lo=-MAX_INT)
+    step = _int(value.get("step", 1), f"{field}.step", lo=1)
+    return range(start, stop, step)
+
+
+def _count(r: range) -> int:
+    """len(r), also beyond what ``len`` can return (2**63 values and more)."""
+    if r.step > 0:
+        return max(0, -((r.start - r.stop) // r.step))
+    return max(0, -((r.stop - r.start) // -r.step))
+
+
+def _axis_length(name, value) -> int:
+    """How many values the axis will have, without building it (a range's length is arithmetic)."""
+    if isinstance(value, dict):
+        return _count(_range(value, f"axes.{name}"))
+    if isinstance(value, range):
+        return _count(value)
+    return len(value) if isinstance(value, (list, tuple)) else 1
+
+
 def _axis(name, value):
     field = f"axes.{name}"
     if isinstance(value, dict):
-        _mapping(value, field, ("start", "stop", "step"))
-        if "start" not in value or "stop" not in value:
-            raise SpecError(field, "a range needs start and stop (stop excluded)")
-        start = _int(value["start"], f"{field}.start")
-        stop = _int(value["stop"], f"{field}.stop")
-        step = _int(value.get("step", 1), f"{field}.step", lo=1)
-        value = list(range(start, stop, step))
-    elif not isinstance(value, (list, tuple)):
+        value = _range(value, field)
+    elif not isinstance(value, (list, tuple, range)):
         value = [value]
     if len(value) == 0:
         raise SpecError(field, "is empty: give at least one value")
     check = {
-        "depth": lambda v, f: _int(v, f, lo=1),
+        "depth": lambda v, f: _int(v, f, lo=1, hi=MAX_DEPTH),
         "width": lambda v, f: _int(v, f, lo=1),
         "seed": lambda v, f: _int(v, f, lo=0),
         "init_norm": lambda v, f: _float(v, f, positive=True),
         "init_angle": lambda v, f: _float(v, f, lo=0.0, hi=math.pi),
     }[name]
+    if isinstance(value, range):  # whole numbers already: check the ends only
+        for i in (0, len(value) - 1):
+            check(value[i], f"{field}[{i}]")
+        return tuple(value)
     out = tuple(check(v, f"{field}[{i}]") for i, v in enumerate(value))
     if len(set(out)) != len(out):
-        dup = next(v for v in out if out.count(v) > 1)
+        seen = set()
+        dup = next(v for v in out if v in seen or seen.add(v))
         raise SpecError(field, f"value {dup} appears twice (grid coordinates must be unique)")
     return out
 
@@ -191,7 +233,17 @@ def _problem(value, base: Path | None):
     }
     if out["m"] < out["dx"]:
         raise SpecError("problem.m", f"needs m ≥ dx to whiten the data (X Xᵀ = I), got m = {out['m']} < dx = {out['dx']}")
+    size = data_bytes(out["m"], out["dx"], out["dy"])
+    if size > MAX_DATA_BYTES:
+        field = "problem." + max(("m", "dx", "dy"), key=lambda k: out[k])  # the largest is the one to cut
+        raise SpecError(field, f"the data (m = {out['m']:,}, dx = {out['dx']:,}, dy = {out['dy']:,}) would take "
+                               f"{size / 2**20:,.0f} MiB (limit {MAX_DATA_BYTES / 2**20:.0f} MiB); use fewer samples or dimensions")
     return out
+
+
+def data_bytes(m: int, dx: int, dy: int) -> int:
+    """Bytes of a problem's X (dx×m), Y (dy×m) and target (dy×dx) as float64."""
+    return 8 * (m * dx + m * dy + dy * dx)
 
 
 def _integrator(value):
@@ -231,6 +283,11 @@ def parse(raw: dict | None, base: Path | None = None) -> Spec:
     axes_raw = _mapping(d["axes"], "axes", AXES)
     if "axes" in raw:  # a spec's own axes replace the defaults, but missing required axes default
         axes_raw = {**{k: DEFAULTS["axes"][k] for k in REQUIRED_AXES if k not in axes_raw}, **axes_raw}
+    lengths = {name: _axis_length(name, axes_raw[name]) for name in AXES if name in axes_raw}
+    cells = math.prod(lengths.values())
+    if cells > MAX_CELLS:
+        raise SpecError("axes", f"the grid has {cells:,} cells (" + " × ".join(f"{n} {k:,}" for n, k in lengths.items())
+                        + f"); at most {MAX_CELLS:,} cells per store: split the sweep into several stores")
     axes = {name: _axis(name, axes_raw[name]) for name in AXES if name in axes_raw}
 
     integrator = _integrator(d["integrator"])
@@ -267,6 +324,75 @@ def parse(raw: dict | None, base: Path | None = None) -> Spec:
     return Spec(problem, model, init, axes, integrator, horizon, eps, d["stop_at_eps"], checkpoints, batch)
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with bounded nesting (its composer recurses: 20,000 levels raise
+    RecursionError) and a bounded size with aliases expanded (a few hundred bytes of nested aliases
+    stand for billions of nodes)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            return super().compose_node(parent, index)
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            mark = self.peek_event().start_mark
+            raise SpecError("spec", f"nested deeper than {MAX_YAML_DEPTH} levels at line {mark.line + 1}, column {mark.column + 1}")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self):
+        node = super().compose_document()
+        sizes: dict[int, int] = {}  # expanded node count of each distinct node (aliases share nodes)
+
+        def size(n):  # nesting is bounded above, so recursion is shallow
+            if id(n) not in sizes:
+                sizes[id(n)] = 1  # a cycle (an alias to an enclosing node) counts once
+                if isinstance(n, yaml.SequenceNode):
+                    sizes[id(n)] = 1 + sum(size(c) for c in n.value)
+                elif isinstance(n, yaml.MappingNode):
+                    sizes[id(n)] = 1 + sum(size(k) + size(v) for k, v in n.value)
+            return sizes[id(n)]
+
+        # a spec written out in full is bounded by the file's size; aliases must not expand it further
+        if node is not None and size(node) > max(MAX_YAML_NODES, len(sizes)):
+            raise SpecError("spec", f"expands to more than {MAX_YAML_NODES:,} values through its aliases (*name); "
+                                    "write the values out or use fewer aliases")
+        return node
+
+
+def read_yaml(p: Path):
+    """The YAML document in file ``p``, checked to be bounded (size, nesting, aliases) and UTF-8."""
+    if p.is_dir():
+        raise SpecError("spec", f"{p} is a folder, not a YAML file")
+    if not p.is_file():
+        raise SpecError("spec", f"no such file: {p}" if not p.exists() else f"{p} is not a regular file")
+    try:
+        with p.open("rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        raise SpecError("spec", f"cannot read {p}: {exc.strerror or exc}") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError("spec", f"{p} is larger than {MAX_SPEC_BYTES // 2**10} KiB: not a sweep spec")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError("spec", f"{p} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 — a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "cannot be parsed"
+        raise SpecError("spec", f"malformed YAML in {p}{where}: {problem}") from None
+    except RecursionError:  # pragma: no cover — nesting is bounded above
+        raise SpecError("spec", f"{p} is nested too deeply") from None
+
+
 def load(path: str | Path | None, overrides: dict | None = None) -> Spec:
     """Read a YAML spec (or none: the defaults) and apply flag overrides (a nested mapping merged
     key by key, see :func:`merge`)."""
@@ -274,15 +400,7 @@ def load(path: str | Path | None, overrides: dict | None = None) -> Spec:
     base = None
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise SpecError("spec", f"no such file: {p}")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or "cannot be parsed"
-            raise SpecError("spec", f"malformed YAML in {p}{where}: {problem}") from None
+        raw = read_yaml(p) or {}
         if not isinstance(raw, dict):
             raise SpecError("spec", f"{p} must hold a mapping of keys (problem, model, axes, …)")
         base = p.parent
@@ -308,15 +426,20 @@ def merge(raw: dict, overrides: dict) -> dict:
 
 
 def parse_list(text: str, flag: str, kind=float) -> list:
-    """'0.1,1,10' → [0.1, 1.0, 10.0]; for integers also 'a:b' (b excluded) and 'a:b:s'."""
+    """'0.1,1,10' → [0.1, 1.0, 10.0]; for integers also 'a:b' (b excluded) and 'a:b:s' (a ``range``
+    when it is long, so that :func:`parse` checks the grid's size before building it)."""
     text = text.strip()
+    what = "integers like 2,3,4 or a range 0:100" if kind is int else "numbers like 0.1,1,10"
     try:
         if kind is int and ":" in text:
             parts = [int(p) for p in text.split(":")]
             if len(parts) not in (2, 3):
                 raise ValueError
-            return list(range(*parts))
-        return [kind(p) for p in text.split(",") if p.strip()]
+            values = range(*parts)
+        else:
+            return [kind(p) for p in text.split(",") if p.strip()]
     except ValueError:
-        what = "integers like 2,3,4 or a range 0:100" if kind is int else "numbers like 0.1,1,10"
-        raise SpecError(flag, f"expected {what}, got {text!r}") from None
+        raise SpecError(flag, f"expected {what}, got {_show(text)}") from None
+    if _count(values) > MAX_CELLS:  # before building it
+        raise SpecError(flag, f"the range {_show(text)} has {_count(values):,} values (a grid has at most {MAX_CELLS:,} cells)")
+    return list(values) if len(values) <= 100_000 else values  # a long range is built once the grid's size is checked

@@ -44,3 +44,55 @@ def test_bad_data_files_name_the_problem(tmp_path, arrays, words):
 def test_missing_data_file(tmp_path):
     with pytest.raises(SpecError, match="no such file"):
         from_file(str(tmp_path / "nope.npz"))
+
+
+def _header_only(path, shapes, descr="<f8"):
+    import zipfile
+
+    from numpy.lib import format as npformat
+
+    with zipfile.ZipFile(path, "w") as z:
+        for key, shape in shapes.items():
+            with z.open(f"{key}.npy", "w") as f:
+                npformat.write_array_header_1_0(f, {"descr": descr, "fortran_order": False, "shape": shape})
+
+
+def test_sizes_are_read_from_the_headers_before_any_array_is_loaded(tmp_path, monkeypatch):
+    import sweep.problem as problem
+
+    _header_only(tmp_path / "bomb.npz", {"X": (20000, 20000), "Y": (1, 20000)})
+    monkeypatch.setattr(problem.np, "load", lambda *a, **k: pytest.fail("loaded an array before checking its size"))
+    with pytest.raises(SpecError, match=r"X \(20,000×20,000\) and Y \(1×20,000\) would take 3,052 MiB") as info:
+        from_file(str(tmp_path / "bomb.npz"))
+    assert info.value.field == "problem.data"
+
+
+def test_only_x_and_y_are_read(tmp_path):
+    """Other members of the file (however large they claim to be) are never decompressed."""
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "d.npz", X=rng.standard_normal((2, 10)), Y=rng.standard_normal((1, 10)), notes=np.zeros(3))
+    assert from_file(str(tmp_path / "d.npz")).m == 10
+
+
+@pytest.mark.parametrize("arrays, words", [
+    ({"X": np.ones((0, 5)), "Y": np.ones((1, 5))}, "X is empty"),
+    ({"X": np.eye(2, 20), "Y": np.ones((0, 20))}, "Y is empty"),
+    ({"X": np.eye(2, 20) * (1 + 1j), "Y": np.ones((1, 20))}, "X is complex"),
+    ({"X": np.eye(2, 20), "Y": np.ones((1, 20)) * 1j}, "Y is complex"),
+    ({"X": np.eye(2, 20) > 0, "Y": np.ones((1, 20))}, "2-D real numeric"),
+    ({"X": np.eye(2, 20) * 1e200 + 1e199, "Y": np.ones((1, 20))}, "overflow X Xᵀ"),
+    ({"X": np.eye(2, 20), "Y": np.ones((1, 20)) * 1e200}, "overflow the loss"),
+])
+def test_odd_arrays_are_refused_by_name(tmp_path, arrays, words):
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(SpecError, match=words) as info:
+        from_file(str(tmp_path / "d.npz"))
+    assert info.value.field == "problem.data"
+
+
+def test_a_plain_npy_or_a_folder_is_named(tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((2, 10)))
+    with pytest.raises(SpecError, match="single .npy array"):
+        from_file(str(tmp_path / "x.npy"))
+    with pytest.raises(SpecError, match="is a folder"):
+        from_file(str(tmp_path))
