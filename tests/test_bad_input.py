@@ -92,6 +92,8 @@ CORPUS = [
     ("spec alias bomb", 'a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\ng: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\nh: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]\ni: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]\n', [], "spec: expands to more than 100,000 values through its aliases"),
     ("spec alias bomb under axes", 'a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\ng: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\nh: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]\ni: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]\n' + "axes: {seed: *i}\n", [], "spec: expands to more than 100,000"),
     ("spec alias bomb as a key", 'a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\ng: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\nh: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]\ni: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]\n' + "? *i\n: 1\n", [], "spec: expands to more than 100,000"),
+    ("spec alias bomb in a valid key", "horizon:\n  - &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"  - &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")), [], "spec: expands to more than"),
     ("spec alias to itself", "horizon: &h [*h]\n", [], "horizon: expected a number"),
     ("spec alias undefined", "horizon: *nowhere\n", [], "spec: malformed YAML"),
     ("spec python tag", "horizon: !!python/object/apply:os.system [ls]\n", [], "spec: malformed YAML"),
@@ -359,11 +361,16 @@ def zip_bomb(path: Path, n: int = 12000):
 
 
 ALIAS_BOMB = next(c[1] for c in CORPUS if c[0] == "spec alias bomb")
+# the same nine levels inside one valid key (before the fix: its error message repr()'d 9⁹ values — 54 s, 2.6 GB
+# and a MemoryError under a 4 GiB cap; one more level needs ~60 GB)
+ALIAS_BOMB_IN_A_KEY = "horizon:\n  - &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"  - &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
 
 # (id, spec text or None, flags, words)
 BLOWUPS = [
     ("yaml alias bomb", ALIAS_BOMB, [], "spec: expands to more than"),
     ("yaml alias bomb under axes", ALIAS_BOMB + "axes: {seed: *i}\n", [], "spec: expands to more than"),
+    ("yaml alias bomb in a valid key", ALIAS_BOMB_IN_A_KEY, [], "spec: expands to more than"),
     ("yaml nested 20,000 deep", "a: " + "[" * 20000 + "]" * 20000 + "\n", [], "spec: nested deeper than"),
     ("npz zip bomb", None, ["--data", "bomb.npz"], "problem.data: X (12,000×12,000) and Y (1×12,000) would take"),
     ("npz X·1e200", None, ["--data", "huge_x.npz"], "problem.data: X's entries"),
