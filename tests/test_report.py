@@ -117,8 +117,10 @@ def report(path, out):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         r = cli("report", path, "--out", out)
+    # ResourceWarning comes from the garbage collector closing files of earlier code (Ray, other tests)
+    # whenever it happens to run; Python never shows it to a user by default
     leaked = [f"{w.category.__name__}: {w.message}" for w in caught
-              if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning))]
+              if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, ResourceWarning))]
     text = (out / "report.md").read_text() if (out / "report.md").exists() else ""
     return r, text, leaked
 
