@@ -44,7 +44,7 @@ def regions(shape: tuple[int, ...], chunks: tuple[int, ...]) -> list[tuple[slice
 
 def cells(spec: Spec, region: tuple[slice, ...]) -> dict[str, np.ndarray]:
     """Coordinates of the cells of a region, flattened in C order: name → (n,) array."""
-    values = [np.asarray(v)[s] for v, s in zip(spec.axes.values(), region)]
+    values = [spec.values(name, s) for name, s in zip(spec.axes, region)]  # a range's slice only
     mesh = np.meshgrid(*values, indexing="ij")
     return {name: m.ravel() for name, m in zip(spec.axes, mesh)}
 

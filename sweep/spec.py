@@ -61,7 +61,7 @@ class Spec:
     problem: dict  # {m, dx, dy, seed} or {data: path}
     model: str
     init: dict
-    axes: dict  # name -> tuple of values, in AXES order
+    axes: dict  # name -> tuple of values, or a range (integer axes given as one), in AXES order
     integrator: dict
     horizon: float
     eps: float
@@ -70,9 +70,11 @@ class Spec:
     batch: int
 
     def to_dict(self) -> dict:
-        d = {k: copy.deepcopy(getattr(self, k)) for k in TOP_KEYS}
-        d["axes"] = {k: list(v) for k, v in self.axes.items()}
-        return d
+        """The spec as plain data (what :func:`parse` reads): an axis given as a range stays a range
+        ``{start, stop, step}``, so that a million seeds take three numbers, not a million."""
+        d = {k: copy.deepcopy(getattr(self, k)) for k in TOP_KEYS if k != "axes"}
+        d["axes"] = {k: _range_dict(v) if isinstance(v, range) else list(v) for k, v in self.axes.items()}
+        return {k: d[k] for k in TOP_KEYS}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -84,12 +86,17 @@ class Spec:
         d = self.to_dict()
         d.pop("batch")
         d["problem"].pop("data", None)
+        d["axes"] = {k: _canonical(v) for k, v in self.axes.items()}  # the values, however they were given
         text = yaml.safe_dump(d, sort_keys=True) + KERNEL_VERSION + data_digest
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(len(v) for v in self.axes.values())
+
+    def values(self, name: str, where: slice = slice(None)) -> np.ndarray:
+        """The values of axis ``name`` (or of a slice of it) as an array: a range's only here."""
+        return axis_values(self.axes[name], where)
 
     def checkpoint_times(self) -> np.ndarray:
         c = self.checkpoints
@@ -190,6 +197,8 @@ def _axis(name, value):
     field = f"axes.{name}"
     if isinstance(value, dict):
         value = _range(value, field)
+    elif isinstance(value, range) and value.step < 0:  # a decreasing range (a flag 9:0:-1): a list of its values
+        value = tuple(value)
     elif not isinstance(value, (list, tuple, range)):
         value = [value]
     if len(value) == 0:
@@ -201,16 +210,54 @@ def _axis(name, value):
         "init_norm": lambda v, f: _float(v, f, positive=True),
         "init_angle": lambda v, f: _float(v, f, lo=0.0, hi=math.pi),
     }[name]
-    if isinstance(value, range):  # whole numbers already: check the ends only
+    if isinstance(value, range):  # whole numbers, unique and increasing (step ≥ 1): check the ends only
         for i in (0, len(value) - 1):
             check(value[i], f"{field}[{i}]")
-        return tuple(value)
+        if name in FLOAT_AXES:
+            return tuple(float(v) for v in value)
+        return value  # kept compact: its values are built only where needed (axis_values)
     out = tuple(check(v, f"{field}[{i}]") for i, v in enumerate(value))
     if len(set(out)) != len(out):
         seen = set()
         dup = next(v for v in out if v in seen or seen.add(v))
         raise SpecError(field, f"value {dup} appears twice (grid coordinates must be unique)")
     return out
+
+
+FLOAT_AXES = ("init_norm", "init_angle")
+# an arithmetic progression of more values than this has the form {start, stop, step} in the fingerprint
+# (of fewer, the list of its values, as fingerprints were before ranges stayed ranges)
+COMPACT_FROM = 10_000
+
+
+def _range_dict(r: range) -> dict:
+    return {"start": r.start, "stop": r.stop, **({"step": r.step} if r.step != 1 else {})}
+
+
+def axis_values(axis, where: slice = slice(None)) -> np.ndarray:
+    """The values of an axis of :attr:`Spec.axes` (a tuple, or a range), or of a slice of it, as an
+    array — built from a range's start and step, never through a list of Python ints."""
+    if isinstance(axis, range):
+        r = axis[where]
+        return np.arange(r.start, r.stop, r.step, dtype=np.int64)
+    return np.asarray(axis)[where]
+
+
+def _canonical(axis):
+    """An axis as the fingerprint sees it: a function of its values alone, however they were given
+    (the list [0, 1, …, 7] and the range 0:8 are the same cells). Long increasing arithmetic
+    progressions take the range form {start, stop, step} (stop = last + step), the rest a list."""
+    n = len(axis)
+    if n <= COMPACT_FROM:
+        return list(axis)
+    if isinstance(axis, range):
+        return {"start": axis.start, "stop": axis[-1] + axis.step, "step": axis.step}
+    if all(isinstance(v, int) for v in axis):
+        a = np.asarray(axis, dtype=np.int64)  # in int64: checked by _int
+        step = int(a[1] - a[0])
+        if step >= 1 and np.all(np.diff(a) == step):
+            return _canonical(range(int(a[0]), int(a[-1]) + step, step))
+    return list(axis)
 
 
 def _problem(value, base: Path | None):
@@ -426,8 +473,8 @@ def merge(raw: dict, overrides: dict) -> dict:
 
 
 def parse_list(text: str, flag: str, kind=float) -> list:
-    """'0.1,1,10' → [0.1, 1.0, 10.0]; for integers also 'a:b' (b excluded) and 'a:b:s' (a ``range``
-    when it is long, so that :func:`parse` checks the grid's size before building it)."""
+    """'0.1,1,10' → [0.1, 1.0, 10.0]; for integers also 'a:b' (b excluded) and 'a:b:s', a ``range``
+    (kept one in the spec: a million seeds are three numbers)."""
     text = text.strip()
     what = "integers like 2,3,4 or a range 0:100" if kind is int else "numbers like 0.1,1,10"
     try:
@@ -442,4 +489,4 @@ def parse_list(text: str, flag: str, kind=float) -> list:
         raise SpecError(flag, f"expected {what}, got {_show(text)}") from None
     if _count(values) > MAX_CELLS:  # before building it
         raise SpecError(flag, f"the range {_show(text)} has {_count(values):,} values (a grid has at most {MAX_CELLS:,} cells)")
-    return list(values) if len(values) <= 100_000 else values  # a long range is built once the grid's size is checked
+    return values  # a range stays one (its values are built only where needed)

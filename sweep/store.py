@@ -9,6 +9,7 @@ fill values only, so that a chunk lost later (a partial copy) or torn is found a
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -73,7 +74,7 @@ def template(spec: Spec, problem: Problem, fingerprint: str) -> tuple[xr.Dataset
     data_vars["target"] = (("out", "in"), problem.target, {"long_name": "target Z = Y Xᵀ"})
     data_vars["x"] = (("in", "sample"), problem.x, {"long_name": "inputs X (whitened, X Xᵀ = I)"})
     data_vars["y"] = (("out", "sample"), problem.y, {"long_name": "outputs Y"})
-    coords = {name: (name, np.asarray(values), AXIS_ATTRS[name]) for name, values in spec.axes.items()}
+    coords = {name: (name, spec.values(name), AXIS_ATTRS[name]) for name in spec.axes}
     coords["checkpoint"] = ("checkpoint", np.arange(extra["checkpoint"]), {"long_name": "checkpoint index"})
     coords["time"] = ("checkpoint", spec.checkpoint_times(), {"long_name": "flow time", "units": "flow time"})
     attrs = {
@@ -91,7 +92,12 @@ def template(spec: Spec, problem: Problem, fingerprint: str) -> tuple[xr.Dataset
 
 def create(path: str | Path, spec: Spec, problem: Problem, fingerprint: str) -> None:
     """Lay out the template in a temporary folder beside ``path`` and rename it into place, so a
-    crash or a full disk never leaves a half-written store that looks valid."""
+    crash or a full disk never leaves a half-written store that looks valid.
+
+    Only metadata and the fixed arrays (coordinates, data) are written: xarray writes the dataset
+    without the results, then each result variable is declared as the Zarr array xarray would have
+    made of it (same metadata: :func:`_declare`), with no chunk — a missing chunk reads as its fill
+    value, which is what a pending cell holds. Time and memory grow with the axes, not the cells."""
     path = Path(path)
     ds, encoding = template(spec, problem, fingerprint)
     for stale in path.parent.glob(f".{path.name}.creating-*"):  # left by a killed run
@@ -100,10 +106,33 @@ def create(path: str | Path, spec: Spec, problem: Problem, fingerprint: str) -> 
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-            ds.to_zarr(str(tmp), mode="w", encoding=encoding, zarr_format=3, consolidated=True)
+            fixed = ds.drop_vars(list(RESULTS))
+            fixed.to_zarr(str(tmp), mode="w", zarr_format=3, consolidated=False)
+            group = zarr.open_group(str(tmp), mode="r+")
+            group.attrs.pop("coordinates", None)  # "time" is named by the results that use it (below)
+            for name in RESULTS:
+                _declare(group, ds[name], encoding[name])
+            zarr.consolidate_metadata(str(tmp), zarr_format=3)
         os.rename(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _declare(group: zarr.Group, var: xr.DataArray, encoding: dict) -> None:
+    """Create the Zarr array of a result variable of the template, without writing a chunk: the
+    metadata xarray writes for it (dimension names, attrs, its fill value — for floats also as the
+    ``_FillValue`` attr, base64 as xarray encodes it — and ``coordinates`` naming the non-dimension
+    coordinates along its dims)."""
+    dtype = var.dtype
+    attrs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in var.attrs.items()}
+    coords = [c for c in var.coords if c not in var.dims]
+    if coords:
+        attrs["coordinates"] = " ".join(coords)
+    fill = var.data.flat[0]  # the template holds its fill value everywhere
+    if encoding.get("_FillValue", "default") is not None:  # floats: NaN, masked on reading
+        attrs["_FillValue"] = base64.standard_b64encode(np.asarray(fill, dtype=dtype).tobytes()).decode()
+    group.create_array(var.name, shape=var.shape, chunks=encoding["chunks"], dtype=dtype, fill_value=fill,
+                       dimension_names=var.dims, attributes=attrs)
 
 
 def is_store(path: str | Path) -> bool:
