@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -112,7 +115,7 @@ def run(
     data: Path | None = typer.Option(None, help=".npz file with X (dx×m) and Y (dy×m) instead of synthetic data."),
     batch: int | None = typer.Option(None, help="At most this many cells per Ray task."),
     workers: int | None = typer.Option(None, help="CPUs of the local Ray instance (default: all), or tasks in flight ×½ on a cluster."),
-    address: str | None = typer.Option(None, help="Ray cluster to use (default: RAY_ADDRESS, else a local instance)."),
+    address: str | None = typer.Option(None, help="Ray cluster: ray://HOST:10001 (Ray Client) or HOST:6379 (its GCS) [default: RAY_ADDRESS, else a local instance]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the final report as JSON."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Also recompute the cells that failed."),
@@ -132,27 +135,85 @@ def run(
     # anything; the progress bar appears with the first stored batch, so such errors print alone
     bar = None if quiet or as_json else _ProgressBar()
     kw = {"address": address, "workers": workers, "retry_failed": retry_failed}
-    try:
-        report = runner.run(s, out, progress=bar.update if bar else None, **kw)
-    except KeyboardInterrupt:
-        _fail(f"{out} holds every finished batch — rerun the same command to finish it", 130, "interrupted; ")
-    except (SpecError, LockError) as exc:
-        _fail(str(exc))
-    except runner.StoreWriteError as exc:
-        _fail(str(exc), 1)
-    finally:
-        if bar:
-            bar.stop()
-    for error in report.errors[:10]:
-        typer.echo(f"linflow: warning: cell failed: {error}", err=True)
+    resume = f"{out} holds every finished batch — rerun the same command to finish it"
+    # each way a run ends says so in one line, and leaves no lock (runner.run releases it on the way out)
+    with _stopped_by_signals() as stopped, _ray_logs_off_stderr():
+        try:
+            report = runner.run(s, out, progress=bar.update if bar else None, **kw)
+        except KeyboardInterrupt:  # Ray's calls turn any KeyboardInterrupt into a plain one: `stopped` says which
+            signum = stopped[0] if stopped else signal.SIGINT
+            _fail(resume, 128 + signum, "interrupted; " if signum == signal.SIGINT else "terminated (SIGTERM); ")
+        except (SpecError, LockError) as exc:
+            _fail(str(exc))
+        except runner.StoreWriteError as exc:
+            _fail(str(exc), 1)
+        except runner.RayGone as exc:
+            _fail(f"{exc}; {resume}", 1)
+        finally:
+            if bar:
+                bar.stop()
     if as_json:
         typer.echo(json.dumps(report.__dict__))
     else:
         typer.echo(f"{out}: {report.cells_run} cells computed in {report.seconds:.1f} s")
         _print_counts(report.counts)
     if report.counts["failed"]:
-        _fail(f"{report.counts['failed']} cells failed (errors: linflow status {out}); "
-              f"rerun with --retry-failed to compute only those", 1)
+        first = f"; first: {report.errors[0]}" if report.errors else ""
+        _fail(f"{report.counts['failed']} cells failed (errors: linflow status {out}; rerun with --retry-failed "
+              f"to compute only those){first}", 1)
+
+
+@contextmanager
+def _stopped_by_signals():
+    """SIGTERM (Slurm, systemd, docker stop, timeout) stops a run as SIGINT (Ctrl-C) does: the first
+    of them raises KeyboardInterrupt in the main thread and is listed in the list yielded (exit code
+    128 + its number, as a shell reports); the ones after it are ignored, so that stopping (Ray's
+    shutdown, the lock's release) is not cut short when a whole process group is signalled."""
+    stopping = []
+    if threading.current_thread() is not threading.main_thread():
+        yield stopping
+        return
+
+    def stop(signum, frame):
+        if not stopping:
+            stopping.append(signum)
+            raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stopping
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextmanager
+def _ray_logs_off_stderr():
+    """Ray's C++ core, in this process, writes its errors to file descriptor 2 as well as to its session's
+    log files (python-core-driver-*.log): point descriptor 2 at /dev/null while Ray runs, and keep
+    sys.stderr (our one-line messages, the progress bar) on the real stderr through a copy of it.
+    Only when sys.stderr is descriptor 2 (not under a test runner that captures it)."""
+    try:
+        ours = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        ours = False
+    if not ours:
+        yield
+        return
+    sys.stderr.flush()
+    real = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)
+    previous = sys.stderr
+    sys.stderr = copy = open(real, "w", buffering=1, encoding=previous.encoding, errors=previous.errors, closefd=False)
+    try:
+        yield
+    finally:
+        copy.close()
+        sys.stderr = previous
+        os.dup2(real, 2)
+        os.close(real)
 
 
 @app.command()

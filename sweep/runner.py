@@ -12,8 +12,10 @@ import logging
 import math
 import os
 import resource
+import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,48 +148,158 @@ def runtime_env(address: str | None) -> dict:
     return env
 
 
+ADDRESS_SECONDS = 5.0  # answering --address: connecting, and a Ray server's first gRPC frame
+
+# an HTTP/2 server (gRPC: Ray's GCS and its Ray Client server) sends a SETTINGS frame first (RFC 9113 §3.4)
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
 def check_address(address: str | None) -> None:
-    """Fail fast (SpecError) when a named cluster's port does not answer: ray.init would otherwise
-    retry for minutes. ``auto`` and unnamed (local) are not checked."""
+    """Check a named cluster's address before anything is created, in seconds (SpecError naming
+    ``--address``): its form (``HOST:PORT``, the GCS, or ``ray://HOST:PORT``, Ray Client), that Ray
+    Client is installed for ``ray://``, and that the port answers as a Ray server does (gRPC) —
+    ray.init would otherwise retry for minutes, or wait forever on a port that is not Ray's.
+    ``auto``, ``local`` and unnamed (a local instance) are not checked."""
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if not address or address == "auto":
+    if not address or address in ("auto", "local"):
         return
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise SpecError("--address", f"expected HOST:PORT or ray://HOST:PORT, got {address!r}")
+    scheme, _, hostport = address.rpartition("://")
+    host, _, port = hostport.rstrip("/").rpartition(":")
+    if scheme in ("http", "https"):
+        raise SpecError("--address", f"{address} is the job-submission (dashboard) address: submit the run "
+                                     f"with `ray job submit --address {address} -- linflow run …`, or drive the "
+                                     f"cluster from here with ray://{host or 'HOST'}:10001 (Ray Client) or "
+                                     f"{host or 'HOST'}:6379 (the GCS)")
+    if scheme not in ("", "ray") or not host or not port.isdigit() or "/" in host:
+        raise SpecError("--address", f"expected HOST:PORT (the GCS, e.g. 10.0.0.1:6379) or ray://HOST:PORT "
+                                     f"(Ray Client, e.g. ray://10.0.0.1:10001), got {address!r}")
+    if scheme == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("grpc") is None:
+            raise SpecError("--address", "ray:// (Ray Client) needs grpcio: python3 -m pip install 'ray[client]'")
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        conn = socket.create_connection((host, int(port)), timeout=ADDRESS_SECONDS)
     except OSError as exc:
         raise SpecError("--address", f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); is it up?") from None
+    with conn:
+        if os.environ.get("RAY_USE_TLS", "0").lower() not in ("0", "false", ""):
+            return  # TLS: no cleartext gRPC to probe
+        try:
+            conn.sendall(_H2_PREFACE)
+            head = b""
+            while len(head) < 9 and (more := conn.recv(9 - len(head))):
+                head += more
+        except OSError:
+            head = b""
+    if len(head) < 9 or head[3] != 4:  # no answer in time, or no SETTINGS frame
+        raise SpecError("--address", f"{address} is open but does not answer as Ray does (gRPC) within "
+                                     f"{ADDRESS_SECONDS:.0f} s; is it the GCS port (6379) or the Ray Client port (10001)?")
 
 
 def connect(address: str | None = None, workers: int | None = None) -> bool:
     """Attach to the Ray cluster at ``address`` (or RAY_ADDRESS), else start a local instance with
-    ``workers`` CPUs (default: all). Returns True when this call started Ray (and should stop it)."""
+    ``workers`` CPUs (default: all). Returns True when this call started Ray (and should stop it).
+
+    The caller's SIGTERM and SIGINT handlers stay in force (ray.init replaces SIGTERM's with its own
+    ``sys.exit``, and its core adds a stack dump). Interrupted or failed half-way — a signal while Ray
+    starts — it stops whatever it had started before it re-raises."""
     import ray
 
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
-    quiet = {"logging_level": logging.ERROR, "configure_logging": True}
-    if address:
-        ray.init(address=address, runtime_env=runtime_env(address), **quiet)
-        return True
-    # a local instance inherits the driver's environment: set it for the Ray processes started here,
-    # so the workers Ray starts ahead of time (default environment) serve the tasks without a cold start
-    env_vars = runtime_env(None)["env_vars"]
+    # log_to_driver off: the workers' and raylet's logs stay in Ray's session folder, not on our stderr
+    quiet = {"logging_level": logging.ERROR, "configure_logging": True, "log_to_driver": False}
+    handlers = _signal_handlers()
+    ours = {p.pid for p in _ray_descendants()}
+    # the driver's core would add a handler that dumps a stack on SIGTERM, then ends the process
+    # before the caller's handler can release anything (RAY_DISABLE_FAILURE_SIGNAL_HANDLER, read by
+    # ray.init; a local instance's processes inherit it, and Ray still reports their deaths)
+    env_vars = {"RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1"}
+    if not address:
+        # a local instance inherits the driver's environment: set it for the Ray processes started here, so
+        # the workers Ray starts ahead of time (default environment) serve the tasks without a cold start
+        env_vars.update(runtime_env(None)["env_vars"])
     saved = {k: os.environ.get(k) for k in env_vars}
     os.environ.update(env_vars)
     try:
-        ray.init(num_cpus=workers, include_dashboard=False, **quiet)
+        if address:
+            ray.init(address=address, runtime_env=runtime_env(address), **quiet)
+        else:
+            # "local": a new instance, never a cluster that another process announced in Ray's temp folder
+            ray.init(address="local", num_cpus=workers, include_dashboard=False, **quiet)
+        return True
+    except BaseException as exc:
+        _stop_ray(keep=ours)
+        _restore(handlers)
+        caller = handlers.get(signal.SIGTERM)
+        if isinstance(exc, SystemExit) and exc.code == signal.SIGTERM and callable(caller):
+            caller(signal.SIGTERM, None)  # ray.init's own SIGTERM handler (sys.exit) ran: the caller's decides
+        raise
     finally:
+        _restore(handlers)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    return True
+
+
+def _signal_handlers() -> dict:
+    """The Python handlers of SIGTERM and SIGINT (only the main thread has them)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore(handlers: dict) -> None:
+    for sig, handler in handlers.items():
+        if callable(handler):  # the caller's own (a default or ignore setting came from outside Python)
+            signal.signal(sig, handler)
+
+
+_RAY_PROCESS = ("ray::", "/ray/core/src/", "/ray/_private/", "/ray/dashboard/", "/ray/autoscaler/")
+
+
+def _ray_descendants() -> list:
+    """This process's descendants that are Ray's (raylet, GCS, agents, workers, monitors)."""
+    import psutil
+
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(p.cmdline())
+        except psutil.Error:
+            continue
+        if any(k in cmdline for k in _RAY_PROCESS):
+            found.append(p)
+    return found
+
+
+def _stop_ray(keep=frozenset(), grace: float = 3.0) -> None:
+    """ray.shutdown, then end the Ray processes this process started that are still alive (those of an
+    interrupted start, which Ray does not know yet; agents whose raylet is gone): SIGTERM, then SIGKILL."""
+    import psutil
+    import ray
+
+    left = [p for p in _ray_descendants() if p.pid not in keep]  # before the raylet goes, taking the tree
+    try:
+        ray.shutdown()
+    except Exception:  # noqa: BLE001 — Ray half-started or already gone: its processes are ended below
+        pass
+    left = list({p.pid: p for p in left + _ray_descendants() if p.pid not in keep and p.is_running()}.values())
+    for p in left:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(left, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
 
 
 def run(spec: Spec, out: str | Path, *, address=None, workers=None, progress=None, retry_failed=False) -> Report:
@@ -239,32 +351,64 @@ def _cost(spec, problem, region, mask) -> float:
     return float(mask.sum()) * parameter_count(problem.dx, problem.dy, depth, width)
 
 
+class RayGone(RuntimeError):
+    """Ray itself did not start, or stopped mid-run (its raylet or GCS died, the cluster went away):
+    every batch written before is intact."""
+
+
+BATCH_ATTEMPTS = 2  # submissions of a batch whose task Ray loses (each after Ray's own max_retries)
+WAIT_SECONDS = 1.0  # between checks that Ray is still there (its core ends the driver some 15 s after the raylet)
+
+
 def _dispatch(spec, problem, group, work, report, lock, address, workers, progress):
     import ray
+    from ray import exceptions as rx
 
     started = time.perf_counter()
-    owner = connect(address, workers)
-    report.startup_seconds = time.perf_counter() - started
+    owner = done = False
+    others = {p.pid for p in _ray_descendants()}  # Ray processes of this process that are not this run's
     try:
+        try:
+            owner = connect(address, workers)
+        except (SpecError, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 — Ray did not start, or the cluster refused this driver
+            raise RayGone(f"Ray did not start ({_one_line(exc)})") from None
+        report.startup_seconds = time.perf_counter() - started
         task = ray.remote(num_cpus=1, max_retries=3)(run_task)
         payload = ray.put((spec, problem))
         limit = 2 * max(1, int(workers or ray.cluster_resources().get("CPU", 1)))
         # longest first (cells × parameters per cell), so that no long batch is left for the end alone
-        queue = sorted(work, key=lambda w: _cost(spec, problem, *w))
-        running = []
+        queue = [(region, mask, 1) for region, mask in sorted(work, key=lambda w: _cost(spec, problem, *w))]
+        running = {}  # object ref → (region, mask, attempt)
         nodes = set()
         last_beat = time.monotonic()
         while queue or running:
-            while queue and len(running) < limit:
-                region, mask = queue.pop()
-                running.append(task.remote(payload, region, mask))
-            ready, running = ray.wait(running, num_returns=1, timeout=HEARTBEAT_SECONDS)
+            try:
+                while queue and len(running) < limit:
+                    region, mask, attempt = queue.pop()
+                    running[task.remote(payload, region, mask)] = (region, mask, attempt)
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=WAIT_SECONDS)
+            except (rx.RaySystemError, rx.LocalRayletDiedError, ConnectionError) as exc:
+                raise RayGone(f"Ray stopped mid-run ({_one_line(exc)})") from None
+            if owner and not address:
+                _check_local_ray()
             if time.monotonic() - last_beat > HEARTBEAT_SECONDS / 2:
                 lock.beat()
                 last_beat = time.monotonic()
             if not ready:
                 continue
-            region, mask, results, errors, node, seconds = ray.get(ready[0])
+            region, mask, attempt = running.pop(ready[0])
+            try:
+                region, mask, results, errors, node, seconds = ray.get(ready[0])
+            except (rx.RaySystemError, rx.LocalRayletDiedError, ConnectionError) as exc:
+                raise RayGone(f"Ray stopped mid-run ({_one_line(exc)})") from None
+            except rx.RayError as exc:  # the task was lost (its worker died each time, its result was lost, …)
+                if attempt < BATCH_ATTEMPTS:
+                    queue.append((region, mask, attempt + 1))
+                    continue
+                results, node, seconds = _lost_batch(spec, problem, region, mask), None, 0.0
+                errors = _cell_errors(spec, region, mask, f"{_one_line(exc)} (after {attempt} attempts)")
             report.kernel_seconds += seconds
             try:
                 store.write_batch(group, region, results, mask)
@@ -275,12 +419,52 @@ def _dispatch(spec, problem, group, work, report, lock, address, workers, progre
                     f"writing {report.path} failed ({exc.strerror or exc}); every batch written before "
                     "is intact — fix the cause and rerun the same command to finish") from None
             report.errors += [f"{cell}: {error}" for cell, error in errors]
-            nodes.add(node)
+            if node:
+                nodes.add(node)
             report.batches_run += 1
             report.cells_run += int(mask.sum())
             if progress:
                 progress(report.cells_run)
         report.nodes = sorted(nodes)
+        done = True
     finally:
+        if not done:  # stopped by a signal or a failure: the driver writes no more, so the store is free
+            lock.release()  # before Ray's stop, however long that takes (run releases it again: a no-op)
         if owner:
-            ray.shutdown()
+            _stop_ray(keep=others)
+
+
+def _check_local_ray() -> None:
+    """RayGone when the raylet or the GCS of the local instance this process started has died."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    for kind in ("raylet", "gcs_server"):
+        for info in getattr(node, "all_processes", {}).get(kind, []):
+            code = info.process.poll()
+            if code is not None:
+                raise RayGone(f"Ray stopped mid-run: its {kind} (pid {info.process.pid}) died (exit code {code})")
+
+
+def _lost_batch(spec, problem, region, mask) -> dict:
+    """The results of a batch Ray could not compute: its cells ``failed``, the rest pending."""
+    from .batch import empty_results
+
+    results = empty_results(spec, problem, tuple(s.stop - s.start for s in region))
+    results["status"][mask] = kernel.FAILED
+    return results
+
+
+def _cell_errors(spec, region, mask, error: str) -> list:
+    """(cell coordinates, error) for each cell of ``mask`` in ``region``."""
+    names = list(spec.axes)
+    return [({n: np.asarray(spec.axes[n])[s.start + i].item() for n, s, i in zip(names, region, idx)}, error)
+            for idx in zip(*np.nonzero(mask))]
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line: its type, and the first line of its message."""
+    cause = getattr(exc, "cause", None)  # RayTaskError: what the task raised
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    name = type(cause).__name__ if isinstance(cause, BaseException) else type(exc).__name__
+    return f"{name}: {text[:300]}" if text else name
