@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import shutil
 import sys
@@ -21,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 import zarr
+from numcodecs import zstd
 
 from . import __version__, kernel
 from .batch import FILL, chunk_shape, regions
 from .problem import Problem
-from .spec import Spec, SpecError
+from .spec import Spec, SpecError, axis_values
 
 STATUS_NAMES = kernel.STATUS_MEANINGS.split()
 
@@ -51,8 +53,10 @@ AXIS_ATTRS = {
 }
 
 
-def template(spec: Spec, problem: Problem, fingerprint: str) -> tuple[xr.Dataset, dict]:
-    """The dataset with every cell pending, and the Zarr encoding (chunks aligned to batches)."""
+def template(spec: Spec, problem: Problem, fingerprint: str, range_coords: bool = True) -> tuple[xr.Dataset, dict]:
+    """The dataset with every cell pending, and the Zarr encoding (chunks aligned to batches).
+    ``range_coords=False`` leaves out the coordinates of the axes given as ranges (:func:`create`
+    writes them piece by piece)."""
     axes = tuple(spec.axes)
     shape = spec.shape
     chunks = chunk_shape(shape, axes, spec.batch)
@@ -74,7 +78,8 @@ def template(spec: Spec, problem: Problem, fingerprint: str) -> tuple[xr.Dataset
     data_vars["target"] = (("out", "in"), problem.target, {"long_name": "target Z = Y Xᵀ"})
     data_vars["x"] = (("in", "sample"), problem.x, {"long_name": "inputs X (whitened, X Xᵀ = I)"})
     data_vars["y"] = (("out", "sample"), problem.y, {"long_name": "outputs Y"})
-    coords = {name: (name, spec.values(name), AXIS_ATTRS[name]) for name in spec.axes}
+    coords = {name: (name, spec.values(name), AXIS_ATTRS[name]) for name, values in spec.axes.items()
+              if range_coords or not isinstance(values, range)}
     coords["checkpoint"] = ("checkpoint", np.arange(extra["checkpoint"]), {"long_name": "checkpoint index"})
     coords["time"] = ("checkpoint", spec.checkpoint_times(), {"long_name": "flow time", "units": "flow time"})
     attrs = {
@@ -99,7 +104,7 @@ def create(path: str | Path, spec: Spec, problem: Problem, fingerprint: str) -> 
     made of it (same metadata: :func:`_declare`), with no chunk — a missing chunk reads as its fill
     value, which is what a pending cell holds. Time and memory grow with the axes, not the cells."""
     path = Path(path)
-    ds, encoding = template(spec, problem, fingerprint)
+    ds, encoding = template(spec, problem, fingerprint, range_coords=False)
     for stale in path.parent.glob(f".{path.name}.creating-*"):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
     tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
@@ -110,12 +115,25 @@ def create(path: str | Path, spec: Spec, problem: Problem, fingerprint: str) -> 
             fixed.to_zarr(str(tmp), mode="w", zarr_format=3, consolidated=False)
             group = zarr.open_group(str(tmp), mode="r+")
             group.attrs.pop("coordinates", None)  # "time" is named by the results that use it (below)
+            for name, values in spec.axes.items():
+                if isinstance(values, range):
+                    _write_range(group, name, values)
             for name in RESULTS:
                 _declare(group, ds[name], encoding[name])
             zarr.consolidate_metadata(str(tmp), zarr_format=3)
         os.rename(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_range(group: zarr.Group, name: str, values: range) -> None:
+    """The coordinate of an axis given as a range, as xarray writes it (Zarr's chunks for it),
+    written a chunk at a time from the range: never all of its values at once."""
+    arr = group.create_array(name, shape=(len(values),), chunks="auto", dtype=np.int64, fill_value=0,
+                             dimension_names=(name,), attributes=AXIS_ATTRS[name])
+    step = arr.chunks[0]
+    for start in range(0, len(values), step):
+        arr[start:start + step] = axis_values(values, slice(start, start + step))
 
 
 def _declare(group: zarr.Group, var: xr.DataArray, encoding: dict) -> None:
@@ -180,13 +198,18 @@ def layout(group: zarr.Group) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 
 def read_status(group: zarr.Group) -> tuple[np.ndarray, list[tuple[slice, ...]]]:
-    """The status grid, and the chunks of it that cannot be read (their cells read as pending)."""
+    """The status grid, and the chunks of it that cannot be read (their cells read as pending).
+    A store on disk with the default codecs is read chunk file by chunk file (:func:`_read_direct`:
+    one file and one zstd call a chunk, in time and memory proportional to the chunks)."""
     arr = group["status"]
+    shape, chunks = layout(group)
+    folder = _folder(group, arr)
+    if folder is not None and _zstd_only(arr):
+        return _read_direct(arr, folder, shape, chunks)
     try:
         return arr[...], []
     except Exception:  # a torn chunk: find which, chunk by chunk
         pass
-    shape, chunks = layout(group)
     status = np.full(shape, kernel.PENDING, dtype=np.int8)
     bad = []
     for r in regions(shape, chunks):
@@ -195,6 +218,54 @@ def read_status(group: zarr.Group) -> tuple[np.ndarray, list[tuple[slice, ...]]]
         except Exception:
             bad.append(r)
     return status, bad
+
+
+def _read_direct(arr: zarr.Array, folder: str, shape, chunks) -> tuple[np.ndarray, list[tuple[slice, ...]]]:
+    """The status grid read from its chunk files as Zarr reads them: a missing file is the fill
+    value; a file that does not decode to a whole chunk is unreadable (its cells read as pending)."""
+    status = np.full(shape, arr.fill_value, dtype=np.int8)
+    bad = []
+    grid = regions(shape, chunks)
+    corners = [tuple(s.start // c for s, c in zip(r, chunks)) for r in grid]
+    for r, key in zip(grid, _keys(arr, corners)):
+        try:
+            with open(f"{folder}/{key}", "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            bad.append(r)
+            status[r] = kernel.PENDING
+            continue
+        raw = _zstd_chunk(data, status.itemsize * math.prod(chunks))
+        if raw is None:
+            bad.append(r)
+            status[r] = kernel.PENDING
+            continue
+        status[r] = np.frombuffer(raw, dtype=np.int8).reshape(chunks)[tuple(slice(0, s.stop - s.start) for s in r)]
+    return status, bad
+
+
+def _folder(group: zarr.Group, arr: zarr.Array) -> str | None:
+    """The folder of an array of a store on the local disk (None for other stores)."""
+    root = getattr(group.store, "root", None)
+    if not isinstance(group.store, zarr.storage.LocalStore) or root is None:
+        return None
+    return os.path.join(str(root), group.path, arr.path) if group.path else os.path.join(str(root), arr.path)
+
+
+def _zstd_only(arr: zarr.Array) -> bool:
+    """The store's own codecs (bytes + zstd): a chunk file is one zstd frame of the chunk's bytes."""
+    return [type(c).__name__ for c in arr.metadata.codecs] == ["BytesCodec", "ZstdCodec"]
+
+
+def _zstd_chunk(data: bytes, nbytes: int) -> bytes | None:
+    """The bytes of a chunk file of bytes + zstd codecs, or None when it does not decode to ``nbytes``."""
+    try:
+        raw = zstd.decompress(data)
+    except Exception:
+        return None
+    return raw if len(raw) == nbytes else None
 
 
 def todo(group: zarr.Group, retry_failed: bool = False) -> list[tuple[tuple[slice, ...], np.ndarray]]:
@@ -347,13 +418,17 @@ def inspect(group: zarr.Group, path: str | Path, verify: bool = False) -> Damage
     grid = regions(shape, chunks)
     corners = [tuple(s.start // c for s, c in zip(r, chunks)) for r in grid]
     done = [int(np.count_nonzero(status[r])) for r in grid]  # PENDING is 0
-    present, keys = {}, {}
+    present, keys, by_tail = {}, {}, {}
     for name in RESULTS:
         arr = group[name]
-        files = present[name] = _chunk_files(root / arr.path)
-        keys[name] = _keys(arr, corners)
+        if arr.ndim not in by_tail:  # the chunk keys of arrays with as many trailing dims are the same
+            by_tail[arr.ndim] = _keys(arr, corners)
+        keys[name] = by_tail[arr.ndim]
+        folder = str(root / arr.path)
+        files = present[name] = _chunk_sizes(folder, keys[name])
         if name == "status":
             continue
+        decodes = _decoder(arr)
         median = float(np.median(list(files.values()))) if files else 0.0
         for i, (r, key) in enumerate(zip(grid, keys[name])):
             size = files.get(key)
@@ -361,7 +436,7 @@ def inspect(group: zarr.Group, path: str | Path, verify: bool = False) -> Damage
                 if done[i] and (every or np.isin(status[r], _NEEDED_BEFORE_EVERY_CHUNK.get(name, ())).any()):
                     damage.chunks.append((f"{arr.path}/{key}", "missing", done[i]))
                     damage.regions[corners[i]] = (r, done[i])
-            elif (verify or size < max(SUSPICIOUS_BYTES, median / 4)) and not _decodes(arr, root / arr.path / key, r):
+            elif (verify or size < max(SUSPICIOUS_BYTES, median / 4)) and not decodes(f"{folder}/{key}", r):
                 damage.chunks.append((f"{arr.path}/{key}", "unreadable", done[i]))
                 damage.regions[corners[i]] = (r, done[i])
     bad_status = {tuple(s.start for s in r) for r in bad_status}
@@ -431,39 +506,39 @@ def _keys(arr: zarr.Array, corners: list[tuple[int, ...]]) -> list[str]:
     return [encode(c + tail) for c in corners]
 
 
-def _chunk_files(folder: Path) -> dict[str, int]:
-    """Chunk key → file size of every chunk file under an array's folder."""
+def _chunk_sizes(folder: str, keys: list[str]) -> dict[str, int]:
+    """Chunk key → file size of the chunks ``keys`` (relative to an array's folder) that are on
+    disk: one stat a chunk, no walk through the folders Zarr makes for trailing dims."""
     out = {}
-    top = str(folder)
-    stack = [top]
-    while stack:
-        d = stack.pop()
+    for key in keys:
         try:
-            entries = list(os.scandir(d))
-        except OSError:
-            continue
-        for e in entries:
-            if e.is_dir(follow_symlinks=False):
-                stack.append(e.path)
-            elif not (d == top and e.name == "zarr.json"):
-                out[e.path[len(top) + 1:].replace(os.sep, "/")] = e.stat().st_size
+            out[key] = os.stat(f"{folder}/{key}").st_size
+        except OSError:  # missing (or its folder unreadable): not there
+            pass
     return out
 
 
-def _decodes(arr: zarr.Array, file: Path, region: tuple[slice, ...]) -> bool:
-    """Whether a chunk file decodes to a whole chunk: zstd directly for the store's own codecs
-    (bytes + zstd, microseconds a chunk), else through Zarr."""
-    names = [type(c).__name__ for c in arr.metadata.codecs]
-    if names == ["BytesCodec", "ZstdCodec"]:
-        from numcodecs import zstd
+def _decoder(arr: zarr.Array):
+    """``decodes(file, region)``: whether a chunk file of ``arr`` decodes to a whole chunk — zstd
+    directly for the store's own codecs (bytes + zstd, microseconds a chunk), else through Zarr."""
+    if _zstd_only(arr):
+        nbytes = math.prod(arr.chunks) * arr.dtype.itemsize
 
+        def decodes(file: str, region) -> bool:
+            try:
+                with open(file, "rb") as f:
+                    data = f.read()
+            except OSError:
+                return False
+            return _zstd_chunk(data, nbytes) is not None
+
+        return decodes
+
+    def decodes_by_zarr(file: str, region) -> bool:
         try:
-            raw = zstd.decompress(file.read_bytes())
+            arr[region]
+            return True
         except Exception:
             return False
-        return len(raw) == int(np.prod(arr.chunks)) * arr.dtype.itemsize
-    try:
-        arr[region]
-        return True
-    except Exception:
-        return False
+
+    return decodes_by_zarr
