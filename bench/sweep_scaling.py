@@ -1,8 +1,8 @@
 """Target 3 — sweep scaling on Ray: the same sweep with 1 and 2 workers (local Ray instance), the
 overhead beyond kernel time (scheduling, transfer, store writes) at the default batch size, and the
-driver's peak memory for 10^4 against 10^5 cells.
+driver's peak memory for 10^4, 10^5 and 10^6 cells (the last takes 2–3 minutes on 2 cores).
 
-    python bench/sweep_scaling.py [--repeats 3]
+    python bench/sweep_scaling.py [--repeats 3] [--memory-only] [--keep FOLDER]
 """
 
 from __future__ import annotations
@@ -40,25 +40,42 @@ def run(spec: dict, workers: int, folder: Path) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--memory-only", action="store_true", help="Only the driver's peak memory (10^4–10^6 cells).")
+    ap.add_argument("--keep", type=Path, help="Write the stores here and keep them (default: a temporary folder).")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        walls, kernels = {}, {}
-        for workers in (1, 2):
-            reports = [run(SWEEP, workers, folder) for _ in range(args.repeats)]
-            walls[workers] = statistics.median(r["seconds"] - r["startup_seconds"] for r in reports)
-            kernels[workers] = statistics.median(r["kernel_seconds"] for r in reports)
-            ideal = kernels[workers] / workers
-            print(f"{workers} worker(s): wall {walls[workers]:.2f} s (run, after Ray start), kernel {kernels[workers]:.2f} s "
-                  f"summed over {reports[0]['batches_run']} tasks; overhead (wall − kernel/workers) / (kernel/workers) = "
-                  f"{100 * (walls[workers] - ideal) / ideal:.1f}%  (target ≤ 10%)")
-        print(f"speed-up 1 → 2 workers: {walls[1] / walls[2]:.2f}x  (target ≥ 1.8x; {os.cpu_count()} cores, the driver shares them)\n")
+        folder = Path(tmp) if args.keep is None else args.keep
+        folder.mkdir(parents=True, exist_ok=True)
+        if not args.memory_only:
+            scaling(folder, args.repeats)
+        memory(folder)
 
-        cheap = {"axes": {"depth": [1], "width": [5], "init_norm": [1.0]}, "horizon": 0.01,
-                 "checkpoints": {"count": 2, "spacing": "linear"}}
-        for n in (10_000, 100_000):
-            r = run({**cheap, "axes": {**cheap["axes"], "seed": {"start": 0, "stop": n}}}, 2, folder)
-            print(f"{n:>7} cells: driver peak RSS {r['driver_peak_rss_mb']:.0f} MB ({r['batches_run']} batches, {r['seconds']:.1f} s)")
+
+def scaling(folder: Path, repeats: int) -> None:
+    """1 and 2 workers on the same sweep: wall time against the kernel time, and the speed-up."""
+    walls, kernels = {}, {}
+    for workers in (1, 2):
+        reports = [run(SWEEP, workers, folder) for _ in range(repeats)]
+        walls[workers] = statistics.median(r["seconds"] - r["startup_seconds"] for r in reports)
+        kernels[workers] = statistics.median(r["kernel_seconds"] for r in reports)
+        ideal = kernels[workers] / workers
+        print(f"{workers} worker(s): wall {walls[workers]:.2f} s (run, after Ray start), kernel {kernels[workers]:.2f} s "
+              f"summed over {reports[0]['batches_run']} tasks; overhead (wall − kernel/workers) / (kernel/workers) = "
+              f"{100 * (walls[workers] - ideal) / ideal:.1f}%  (target ≤ 10%)")
+    print(f"speed-up 1 → 2 workers: {walls[1] / walls[2]:.2f}x  (target ≥ 1.8x; {os.cpu_count()} cores, the driver shares them)\n")
+
+
+def memory(folder: Path) -> None:
+    """The driver's peak RSS (the `linflow run` process) against the number of cells: flat is the target."""
+    cheap = {"axes": {"depth": [1], "width": [5], "init_norm": [1.0]}, "horizon": 0.01,
+             "checkpoints": {"count": 2, "spacing": "linear"}}
+    rss = {}
+    for n in (10_000, 100_000, 1_000_000):
+        r = run({**cheap, "axes": {**cheap["axes"], "seed": {"start": 0, "stop": n}}}, 2, folder)
+        rss[n] = r["driver_peak_rss_mb"]
+        print(f"{n:>7} cells: driver peak RSS {rss[n]:.0f} MB ({r['batches_run']} batches, {r['seconds']:.1f} s)", flush=True)
+    growth = rss[1_000_000] / rss[100_000] - 1
+    print(f"10^5 → 10^6 cells: driver peak RSS {100 * growth:+.1f}%  (target within ±10%)")
 
 
 if __name__ == "__main__":
