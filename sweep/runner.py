@@ -458,8 +458,12 @@ def _lost_batch(spec, problem, region, mask) -> dict:
 def _cell_errors(spec, region, mask, error: str) -> list:
     """(cell coordinates, error) for each cell of ``mask`` in ``region``."""
     names = list(spec.axes)
-    return [({n: np.asarray(spec.axes[n])[s.start + i].item() for n, s, i in zip(names, region, idx)}, error)
+    return [({n: _plain(spec.axes[n][s.start + i]) for n, s, i in zip(names, region, idx)}, error)
             for idx in zip(*np.nonzero(mask))]
+
+
+def _plain(v):
+    return v.item() if hasattr(v, "item") else v
 
 
 def _one_line(exc: BaseException) -> str:
