@@ -271,11 +271,27 @@ def test_corpus_is_large():
     assert len({c[0] for c in CORPUS}) == len(CORPUS)
 
 
+CASE_MEMORY = 128 * 2**20  # Python and NumPy allocations of one refusal (the blow-up cases below run under RLIMIT_AS)
+CASE_SECONDS = 20.0
+
+
 @pytest.mark.parametrize("name, text, flags, words", CORPUS, ids=[c[0] for c in CORPUS])
 def test_bad_input_creates_nothing(workdir, data_root, name, text, flags, words):
+    import time
+    import tracemalloc
+
     out = workdir / "new.zarr"
     before = digest(workdir)
-    check_refused(invoke(workdir, text, flags, out), words)
+    tracemalloc.start()  # NumPy reports its buffers to tracemalloc: every case is bounded in memory too
+    started = time.perf_counter()
+    try:
+        result = invoke(workdir, text, flags, out)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    check_refused(result, words)
+    assert peak < CASE_MEMORY, f"{name}: {peak / 2**20:.0f} MiB allocated before refusing"
+    assert time.perf_counter() - started < CASE_SECONDS, name
     assert not out.exists() and not Path(str(out) + ".lock").exists()
     if text is not None:
         (workdir / "bad.yaml").unlink()
