@@ -218,6 +218,7 @@ def connect(address: str | None = None, workers: int | None = None) -> bool:
     # ray.init; a local instance's processes inherit it, and Ray still reports their deaths)
     env_vars = {"RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1"}
     if not address:
+        env_vars[OWNER_VAR] = str(os.getpid())  # marks the local instance's processes as this driver's
         # a local instance inherits the driver's environment: set it for the Ray processes started here, so
         # the workers Ray starts ahead of time (default environment) serve the tasks without a cold start
         env_vars.update(runtime_env(None)["env_vars"])
@@ -262,19 +263,29 @@ def _restore(handlers: dict) -> None:
 _RAY_PROCESS = ("ray::", "/ray/core/src/", "/ray/_private/", "/ray/dashboard/", "/ray/autoscaler/")
 
 
+OWNER_VAR = "LINFLOW_RAY_OWNER"  # in the environment of a local Ray instance's processes: the driver's pid
+
+
 def _ray_descendants() -> list:
-    """This process's descendants that are Ray's (raylet, GCS, agents, workers, monitors)."""
+    """Ray's processes that this process started (raylet, GCS, agents, workers, monitors): its
+    descendants, and those a signal to the whole group orphaned (their environment names this driver)."""
     import psutil
 
-    found = []
+    me = str(os.getpid())
+    found = {}
     for p in psutil.Process().children(recursive=True):
         try:
-            cmdline = " ".join(p.cmdline())
+            if any(k in " ".join(p.cmdline()) for k in _RAY_PROCESS):
+                found[p.pid] = p
         except psutil.Error:
             continue
-        if any(k in cmdline for k in _RAY_PROCESS):
-            found.append(p)
-    return found
+    for p in psutil.process_iter():
+        try:
+            if p.pid not in found and p.ppid() == 1 and p.environ().get(OWNER_VAR) == me:
+                found[p.pid] = p
+        except psutil.Error:
+            continue
+    return list(found.values())
 
 
 def _stop_ray(keep=frozenset(), grace: float = 3.0) -> None:
@@ -288,18 +299,22 @@ def _stop_ray(keep=frozenset(), grace: float = 3.0) -> None:
         ray.shutdown()
     except Exception:  # noqa: BLE001 — Ray half-started or already gone: its processes are ended below
         pass
-    left = list({p.pid: p for p in left + _ray_descendants() if p.pid not in keep and p.is_running()}.values())
-    for p in left:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(left, timeout=grace)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
+    for _ in range(3):  # a raylet ended mid-start may have spawned agents after the last look: look again
+        left = list({p.pid: p for p in left + _ray_descendants() if p.pid not in keep and p.is_running()}.values())
+        if not left:
+            break
+        for p in left:
+            try:
+                p.terminate()
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(left, timeout=grace)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        left = []
 
 
 def run(spec: Spec, out: str | Path, *, address=None, workers=None, progress=None, retry_failed=False) -> Report:
