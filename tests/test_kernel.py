@@ -40,8 +40,8 @@ def run(model, y0, method=kernel.DOPRI5, tc=None, horizon=1.0, eps=1e-6, **kw):
     return kernel.integrate(model, np.atleast_2d(y0), method, horizon=horizon, checkpoints=tc, eps=eps, **kw)
 
 
-def polar_excess(target, w0, depth, times):
-    """Scalar-output polar form (docs/theory.md §2), integrated by scipy."""
+def polar_form(target, w0, depth):
+    """Scalar-output polar form (docs/theory.md §2): (right-hand side, [r0, θ0], ζ)."""
     z, w = target.ravel(), w0.ravel()
     zeta, r0 = np.linalg.norm(z), np.linalg.norm(w)
     th0 = np.arccos(np.clip(w @ z / (r0 * zeta), -1, 1))
@@ -51,28 +51,27 @@ def polar_excess(target, w0, depth, times):
         r, th = s
         return [depth * r**p * (zeta * np.cos(th) - r), -zeta * r ** (p - 1) * np.sin(th)]
 
-    sol = solve_ivp(f, (0, times[-1]), [r0, th0], t_eval=times, **TIGHT)
+    return f, [r0, th0], zeta
+
+
+def polar_excess(target, w0, depth, times):
+    """The excess loss of the polar form at ``times``, integrated by scipy."""
+    f, start, zeta = polar_form(target, w0, depth)
+    sol = solve_ivp(f, (0, times[-1]), start, t_eval=times, **TIGHT)
     r, th = sol.y
     return 0.5 * ((r - zeta * np.cos(th)) ** 2 + zeta**2 * np.sin(th) ** 2)
 
 
 def polar_time_to_eps(target, w0, depth, eps, horizon=1e7):
     """Scalar-output T_ε: an event on the polar form's excess ½[(r − ζcos θ)² + ζ² sin² θ] = eps."""
-    z, w = target.ravel(), w0.ravel()
-    zeta, r0 = np.linalg.norm(z), np.linalg.norm(w)
-    th0 = np.arccos(np.clip(w @ z / (r0 * zeta), -1, 1))
-    p = 2 - 2 / depth
-
-    def f(t, s):
-        r, th = s
-        return [depth * r**p * (zeta * np.cos(th) - r), -zeta * r ** (p - 1) * np.sin(th)]
+    f, start, zeta = polar_form(target, w0, depth)
 
     def hit(t, s):
         r, th = s
         return 0.5 * ((r - zeta * np.cos(th)) ** 2 + zeta**2 * np.sin(th) ** 2) - eps
 
     hit.terminal = True
-    sol = solve_ivp(f, (0, horizon), [r0, th0], events=hit, **{**TIGHT, "atol": 1e-20})  # r falls to ~1e-7
+    sol = solve_ivp(f, (0, horizon), start, events=hit, **{**TIGHT, "atol": 1e-20})  # r falls to ~1e-7
     return sol.t_events[0][0]
 
 
