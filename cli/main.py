@@ -137,12 +137,20 @@ def run(
     kw = {"address": address, "workers": workers, "retry_failed": retry_failed}
     resume = f"{out} holds every finished batch — rerun the same command to finish it"
     # each way a run ends says so in one line, and leaves no lock (runner.run releases it on the way out)
+    alone = _stderr_is_fd2()  # a process of its own (not a test runner calling this function)
     with _stopped_by_signals() as stopped, _ray_logs_off_stderr():
         try:
             report = runner.run(s, out, progress=bar.update if bar else None, **kw)
         except KeyboardInterrupt:  # Ray's calls turn any KeyboardInterrupt into a plain one: `stopped` says which
             signum = stopped[0] if stopped else signal.SIGINT
-            _fail(resume, 128 + signum, "interrupted; " if signum == signal.SIGINT else "terminated (SIGTERM); ")
+            kind = "interrupted; " if signum == signal.SIGINT else "terminated (SIGTERM); "
+            if alone:  # the store is safe and the lock released: skip the exit handlers of a Ray whose
+                # start was cut short (its core can abort there, turning exit 143 into −6)
+                typer.echo(f"linflow: {kind}{resume}", err=True)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(128 + signum)
+            _fail(resume, 128 + signum, kind)
         except (SpecError, LockError) as exc:
             _fail(str(exc))
         except runner.StoreWriteError as exc:
@@ -187,17 +195,20 @@ def _stopped_by_signals():
             signal.signal(s, handler)
 
 
+def _stderr_is_fd2() -> bool:
+    try:
+        return sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 @contextmanager
 def _ray_logs_off_stderr():
     """Ray's C++ core, in this process, writes its errors to file descriptor 2 as well as to its session's
     log files (python-core-driver-*.log): point descriptor 2 at /dev/null while Ray runs, and keep
     sys.stderr (our one-line messages, the progress bar) on the real stderr through a copy of it.
     Only when sys.stderr is descriptor 2 (not under a test runner that captures it)."""
-    try:
-        ours = sys.stderr.fileno() == 2
-    except (AttributeError, OSError, ValueError):
-        ours = False
-    if not ours:
+    if not _stderr_is_fd2():
         yield
         return
     sys.stderr.flush()
