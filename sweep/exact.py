@@ -126,10 +126,6 @@ class _Flows:
         lu, _ = cls.log_u(s, n, r0, zeta, log_a, log_b, la, lb)
         return (n - 2) / n * lu - np.log(zeta)
 
-    def log_time(self, s):
-        """log t(s) for every cell (s broadcasts with the cells)."""
-        return _log_time(s, *self.args())
-
 
 # fixed panel ends for the quadrature of t(s): geometric, plus a few around the turn of the angle
 # (s = log tan(θ0/2), where θ = π/2): inside a panel the integrand is smooth, so tanh–sinh converges fast

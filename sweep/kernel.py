@@ -257,11 +257,9 @@ class Induced:
         the N balanced layers: a layer error δ moves W by about N·λ^{N−1}·δ, so atol bounds the layers'
         error as it does for :class:`Layerwise` (where atol alone would allow relative errors of
         atol/‖W‖ once W is small, on the plateau near W = 0)."""
-        np.maximum(np.abs(y), np.abs(y_new), out=out)
-        out *= rtol
         n = self.depth
+        _error_scale(y, y_new, rtol, atol if n == 1 else 0.0, out)
         if n == 1:
-            out += atol
             return out
         size = np.sqrt(np.maximum(np.sum(y * y, axis=1), np.sum(y_new * y_new, axis=1)))
         layer = np.maximum(size ** (1.0 / n), atol)
