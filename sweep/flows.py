@@ -1,0 +1,251 @@
+"""The flows' right-hand sides, compiled, on batch-last blocks of trajectories (docs/theory.md §2).
+
+A block is an array ``(P, BW)``: parameter index first, trajectory last, so that every loop's innermost
+level runs over trajectories and the compiler vectorizes it; only the first ``m`` columns are live.
+A model reaches compiled code as a :class:`Geometry` — shapes, offsets and the target are data, so one
+compilation serves every depth and width. The Python classes that build geometries are in
+:mod:`sweep.kernel`.
+
+Each function treats a trajectory alone: sums run over the parameters in a fixed order, never across
+trajectories, and nothing is contracted to fused multiply-adds (no ``fastmath``), so a trajectory's
+numbers do not depend on its column or its companions.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numba
+import numpy as np
+
+LAYERWISE, INDUCED = 0, 1
+
+jit = numba.njit(cache=True, error_model="numpy")  # IEEE arithmetic: 1/0 = inf, never an exception
+
+
+class Geometry(NamedTuple):
+    """What compiled code knows of a model.
+
+    Layerwise: ``dims`` are the oriented widths D_0 … D_N (the network transposed when dx < dy, so that
+    r = D_N ≤ D_0); oriented layer i (D_{i+1} × D_i) has element (a, c) in row
+    ``off[i] + a·rs[i] + c·cs[i]`` of the state; ``target`` is the oriented Z (r × D_0); ``s_off``,
+    ``e_off`` and ``v_off`` place the products S_i, the residual E and V_i in the work array.
+    Induced: the state is W (dy × dx) row-major, ``dims = (dx, dy)``, ``target`` is Z."""
+
+    kind: int
+    depth: int
+    rank: int  # induced: the rank of the network it stands for (narrow when < min(dx, dy))
+    dims: np.ndarray
+    off: np.ndarray
+    rs: np.ndarray
+    cs: np.ndarray
+    target: np.ndarray
+    tail: float  # ½ Σ_{k>r} s_k², subtracted so that the excess loss tends to 0
+    half_z2: float  # ½‖Z‖²
+    s_off: np.ndarray
+    e_off: int
+    v_off: np.ndarray
+    work_rows: int
+
+
+@jit
+def rhs(g, y, out, m, exc, work):
+    """The flow of the first ``m`` trajectories of ``y`` into ``out``; their excess loss into ``exc``."""
+    if g.kind == LAYERWISE:
+        _layerwise(g, y, out, m, exc, work, True)
+    else:
+        for b in range(m):
+            exc[b] = _induced_column(g, y, out, b, True)
+
+
+@jit
+def excess(g, y, m, exc, work):
+    """The excess loss ½‖W − Z‖² − tail of the first ``m`` trajectories (no flow)."""
+    if g.kind == LAYERWISE:
+        _layerwise(g, y, y, m, exc, work, False)
+    else:
+        for b in range(m):
+            exc[b] = _induced_column(g, y, y, b, False)
+
+
+@jit
+def project(g, y, m):
+    """Induced flow of a network narrower than min(dx, dy): replace each W by its best rank-r
+    approximation (Eckart–Young), so that round-off cannot grow a rank the network cannot have.
+    Nothing to do for other models; non-finite states are left alone."""
+    dx, dy = g.dims[0], g.dims[1]
+    if g.kind != INDUCED or g.rank >= min(dx, dy):
+        return
+    w = np.empty((dy, dx))
+    for b in range(m):
+        for i in range(dy * dx):
+            w.ravel()[i] = y[i, b]
+        if not np.all(np.isfinite(w)):
+            continue
+        u, s, vt = np.linalg.svd(w, full_matrices=False)
+        for i in range(dy):
+            for j in range(dx):
+                acc = 0.0
+                for k in range(g.rank):
+                    acc += u[i, k] * s[k] * vt[k, j]
+                y[i * dx + j, b] = acc
+
+
+@jit
+def weight_floor(g, y, y_new, atol, m, floor):
+    """The additive part of each trajectory's error weights rtol·max(|y|, |y_new|) + floor.
+
+    atol, except for the induced flow with N > 1: atol·N·λ^{N−1} with λ = max(‖W‖_F^{1/N}, atol) the
+    size of the N balanced layers W stands for — a layer error δ moves W by about N·λ^{N−1}·δ, so atol
+    bounds the layers' error as it does for the layerwise flow, also on the plateau near W = 0."""
+    n = g.depth
+    if g.kind != INDUCED or n == 1:
+        floor[:m] = atol
+        return
+    sy = np.zeros(m)
+    sn = np.zeros(m)
+    for p in range(y.shape[0]):
+        for b in range(m):
+            sy[b] += y[p, b] * y[p, b]
+            sn[b] += y_new[p, b] * y_new[p, b]
+    for b in range(m):
+        layer = max(np.sqrt(max(sy[b], sn[b])) ** (1.0 / n), atol)
+        floor[b] = atol * n * layer ** (n - 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Layerwise: dW_j/dt = (W_N⋯W_{j+1})ᵀ (Z − W) (W_{j−1}⋯W_1)ᵀ, products from the narrow end
+# --------------------------------------------------------------------------------------------------
+
+
+@jit
+def _matmul(out, x, z, rows, inner, cols, m):
+    """out = x·z (rows × inner times inner × cols) for the first m trajectories. Each operand is a view
+    (array, first row, row stride, column stride) of a batch-last array, so transposes cost nothing."""
+    oa, o0, ors, ocs = out
+    xa, x0, xrs, xcs = x
+    za, z0, zrs, zcs = z
+    for i in range(rows):
+        for j in range(cols):
+            o = o0 + i * ors + j * ocs
+            xr, zr = x0 + i * xrs, z0 + j * zcs
+            for b in range(m):
+                oa[o, b] = xa[xr, b] * za[zr, b]
+            for k in range(1, inner):
+                xr, zr = x0 + i * xrs + k * xcs, z0 + k * zrs + j * zcs
+                for b in range(m):
+                    oa[o, b] += xa[xr, b] * za[zr, b]
+
+
+@jit
+def _layerwise(g, y, out, m, exc, work, flow):
+    """With S_i = L_{N−1}⋯L_{i+1}·L_i's left neighbours (S_{N−1} = L_{N−1}, S_0 = W; r × D_i), the
+    residual E = Z − W and V_i = L_{i−1}⋯L_0 Eᵀ (D_i × r), the flow of layer i is S_{i+1}ᵀ V_iᵀ (and
+    V_{N−1}ᵀ for the last layer): three products of r·D_{i+1}·D_i per layer."""
+    n, d = g.depth, g.dims
+    r = d[n]
+
+    def layer(i):
+        return (y, g.off[i], g.rs[i], g.cs[i])
+
+    def s_view(i):  # S_i, r × D_i
+        return layer(n - 1) if i == n - 1 else (work, g.s_off[i], d[i], 1)
+
+    for i in range(n - 2, -1, -1):
+        _matmul(s_view(i), s_view(i + 1), layer(i), r, d[i + 1], d[i], m)
+    wa, w0, wrs, wcs = s_view(0)
+    e0 = g.e_off
+    for b in range(m):
+        exc[b] = 0.0
+    for a in range(r):
+        for c in range(d[0]):
+            z, row, w = g.target[a, c], e0 + a * d[0] + c, w0 + a * wrs + c * wcs
+            for b in range(m):
+                e = z - wa[w, b]
+                work[row, b] = e
+                exc[b] += e * e
+    for b in range(m):
+        exc[b] = 0.5 * exc[b] - g.tail
+    if not flow:
+        return
+
+    def v_view(i):  # V_i, D_i × r; V_0 = Eᵀ
+        return (work, e0, 1, d[0]) if i == 0 else (work, g.v_off[i], r, 1)
+
+    for i in range(1, n):
+        _matmul(v_view(i), layer(i - 1), v_view(i - 1), d[i], d[i - 1], r, m)
+    for i in range(n - 1):
+        sa, s0, srs, scs = s_view(i + 1)
+        va, v0, vrs, vcs = v_view(i)
+        _matmul((out, g.off[i], g.rs[i], g.cs[i]), (sa, s0, scs, srs), (va, v0, vcs, vrs), d[i + 1], r, d[i], m)
+    va, v0, vrs, vcs = v_view(n - 1)
+    for a in range(d[n]):
+        for c in range(d[n - 1]):
+            o, v = g.off[n - 1] + a * g.rs[n - 1] + c * g.cs[n - 1], v0 + c * vrs + a * vcs
+            for b in range(m):
+                out[o, b] = va[v, b]
+
+
+# --------------------------------------------------------------------------------------------------
+# Induced: dW/dt = −U[(Uᵀ(W − Z)V) ∘ K]Vᵀ, K_ab = Σ_i s_a^{2(N−i)/N} s_b^{2(i−1)/N}, one trajectory at a time
+# --------------------------------------------------------------------------------------------------
+
+
+@jit
+def _induced_column(g, y, out, b, flow):
+    """Excess loss of trajectory b; with ``flow`` its flow into out[:, b]. Numerically zero singular
+    values are set to exactly 0 (0⁰ = 1), and those beyond the rank to 0. When dy = 1 or dx = 1 the
+    SVD is explicit: the flow is −s^{2−2/N}[D + (N−1)(D·v)v] with s = ‖W‖, v = W/s, D = W − Z."""
+    dx, dy, n = g.dims[0], g.dims[1], g.depth
+    size = dx * dy
+    d = np.empty(size)
+    z = g.target.ravel()
+    half = 0.0
+    for i in range(size):
+        d[i] = y[i, b] - z[i]
+        half += d[i] * d[i]
+    exc = 0.5 * half - g.tail
+    if not flow:
+        return exc
+    if n == 1:
+        for i in range(size):
+            out[i, b] = -d[i]
+    elif not np.isfinite(exc):  # LAPACK may not return on non-finite input: no flow
+        for i in range(size):
+            out[i, b] = np.nan
+    elif dx == 1 or dy == 1:
+        s2 = 0.0
+        for i in range(size):
+            s2 += y[i, b] * y[i, b]
+        s = np.sqrt(s2)
+        dv = 0.0
+        for i in range(size):
+            dv += d[i] * (y[i, b] / s if s > 0 else 0.0)
+        sp = s ** (2.0 - 2.0 / n)
+        for i in range(size):
+            v = y[i, b] / s if s > 0 else 0.0
+            out[i, b] = -sp * (d[i] + (n - 1) * dv * v)
+    else:
+        w = np.empty((dy, dx))
+        for i in range(size):
+            w.ravel()[i] = y[i, b]
+        u, s, vt = np.linalg.svd(w)
+        cutoff = max(dy, dx) * np.finfo(np.float64).eps * s[0]
+        sa = np.zeros(dy)
+        sb = np.zeros(dx)
+        for k in range(min(len(s), g.rank)):
+            if s[k] > cutoff:
+                sa[k] = s[k]
+                sb[k] = s[k]
+        dm = d.reshape((dy, dx))
+        mk = np.ascontiguousarray(u.T) @ dm @ np.ascontiguousarray(vt.T)
+        for i in range(dy):
+            for j in range(dx):
+                kij = 0.0
+                for q in range(n):
+                    kij += sa[i] ** (2.0 * (n - 1 - q) / n) * sb[j] ** (2.0 * q / n)
+                mk[i, j] *= kij
+        flow_w = u @ mk @ vt
+        for i in range(size):
+            out[i, b] = -flow_w.ravel()[i]
+    return exc
