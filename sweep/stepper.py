@@ -79,7 +79,8 @@ class Block(NamedTuple):
     index: np.ndarray  # (W,) the trajectory in each column
     t: np.ndarray
     t_new: np.ndarray
-    h: np.ndarray
+    h: np.ndarray  # the next step size (adaptive methods)
+    hh: np.ndarray  # this step's size, t_new − t
     exc: np.ndarray
     exc_new: np.ndarray
     exc_stage: np.ndarray
@@ -100,7 +101,7 @@ def block_arrays(size: int, work_rows: int, stages: int, width: int) -> Block:
     return Block(
         ys=f((2, size, width)), k=f((stages + 1, size, width)), kmap=np.arange(stages + 1), tmp=f((size, width)),
         work=f((work_rows, width)), row=f(width), col=f((size, 1)), col_work=f((work_rows, 1)), col_exc=f(1),
-        index=np.zeros(width, i), t=f(width), t_new=f(width), h=f(width), exc=f(width), exc_new=f(width),
+        index=np.zeros(width, i), t=f(width), t_new=f(width), h=f(width), hh=f(width), exc=f(width), exc_new=f(width),
         exc_stage=f(width), bound=f(width), floor=f(width), enorm=f(width), found=np.zeros(width, np.bool_),
         accept=np.zeros(width, np.bool_), rejected=np.zeros(width, np.bool_), nxt=np.zeros(width, i),
         steps=np.zeros(width, i), evals=np.zeros(width, i), status=np.zeros(width, np.int8),
@@ -125,9 +126,7 @@ def _integrate_block(g, meth, opt, y0, tc, out, blk, first, m):
         _step_ends(meth, opt, blk, m)
         _step(g, meth, blk, cur, m)
         every = _control(g, meth, opt, blk, cur, m) if meth.adaptive else True
-        for b in range(m):
-            if blk.accept[b]:
-                _accept(g, meth, opt, tc, out, blk, cur, b)
+        _accept(g, meth, opt, tc, out, blk, cur, m)
         cur = _commit(meth, opt, blk, cur, m, every)
 
 
@@ -196,22 +195,29 @@ def _step_ends(meth, opt, blk, m):
         else:
             n = blk.steps[b] + 1
             blk.t_new[b] = opt.horizon if n >= opt.n_steps else n * opt.step
+        blk.hh[b] = blk.t_new[b] - blk.t[b]
 
 
 @jit
 def _combine(dst, base, blk, coef, count, m):
     """dst = base + h·Σ_{j<count} coef_j k_j for each trajectory (its own h), skipping zero coefficients."""
-    acc = blk.row
+    acc, hh = blk.row, blk.hh
     for p in range(dst.shape[0]):
-        acc[:m] = 0.0
+        first = True
         for j in range(count):
             c = coef[j]
-            if c != 0.0:
-                kj = blk.k[blk.kmap[j]]
+            if c == 0.0:
+                continue
+            kj = blk.k[blk.kmap[j]]
+            if first:
+                for b in range(m):
+                    acc[b] = c * kj[p, b]
+                first = False
+            else:
                 for b in range(m):
                     acc[b] += c * kj[p, b]
         for b in range(m):
-            dst[p, b] = base[p, b] + (blk.t_new[b] - blk.t[b]) * acc[b]
+            dst[p, b] = base[p, b] + hh[b] * acc[b]
 
 
 @jit
@@ -250,12 +256,12 @@ def _control(g, meth, opt, blk, cur, m):
                     blk.row[b] += c * kj[p, b]
         for b in range(m):
             scale = opt.rtol * max(abs(y[p, b]), abs(y_new[p, b])) + blk.floor[b]
-            q = (blk.t_new[b] - blk.t[b]) * blk.row[b] / scale
+            q = blk.hh[b] * blk.row[b] / scale
             blk.enorm[b] += q * q
     every = True
     for b in range(m):
         enorm = np.sqrt(blk.enorm[b] / size)
-        used = blk.t_new[b] - blk.t[b]
+        used = blk.hh[b]
         factor = MAX_FACTOR if enorm == 0.0 else SAFETY * enorm ** (-1.0 / (meth.order + 1))
         if enorm < 1.0:
             grow = min(1.0, factor) if blk.rejected[b] else factor
@@ -274,34 +280,50 @@ def _control(g, meth, opt, blk, cur, m):
 
 
 @jit
-def _accept(g, meth, opt, tc, out, blk, cur, b):
-    """An accepted step of trajectory b: the first ε-crossing inside it, the checkpoints it passes
-    (up to the crossing when the run stops there), its status."""
-    i, t0, t1 = blk.index[b], blk.t[b], blk.t_new[b]
-    h = t1 - t0
-    t_stop = t1
-    stop = False
-    if not blk.found[b] and blk.exc_new[b] <= opt.eps:
-        hit = t0 + _locate(g, meth, opt, blk, cur, b) * h
-        blk.found[b] = True
-        out.time_to_eps[i] = hit
-        if opt.stop_at_eps:
-            t_stop, stop = hit, True
-            blk.status[b] = CONVERGED
+def _accept(g, meth, opt, tc, out, blk, cur, m):
+    """The accepted steps: the first ε-crossing inside each, the checkpoints it passes (up to the
+    crossing when the run stops there), the trajectory's status."""
+    for b in range(m):
+        if not blk.accept[b]:
+            continue
+        t0, t1, e = blk.t[b], blk.t_new[b], blk.exc_new[b]
+        stop = False
+        if not blk.found[b] and e <= opt.eps:
+            blk.found[b] = True
+            hit = _crossing(g, meth, opt, out, blk, cur, b)
+            if opt.stop_at_eps:
+                t1, stop = hit, True
+                blk.status[b] = CONVERGED
+        if blk.nxt[b] < len(tc) and tc[blk.nxt[b]] <= t1:
+            _checkpoints(g, meth, tc, out, blk, cur, b, t1)
+        if stop:  # the trajectory ends exactly at the crossing
+            _dense(g, meth, blk, cur, b, (t1 - t0) / (blk.t_new[b] - t0))
+            blk.ys[1 - cur][:, b] = blk.col[:, 0]
+            blk.t_new[b] = t1
+        if blk.status[b] == PENDING:
+            if not np.isfinite(e) or e > blk.bound[b]:  # a non-finite state has a non-finite excess loss
+                blk.status[b] = DIVERGED
+            elif t1 >= opt.horizon:
+                blk.status[b] = CONVERGED if blk.found[b] else UNCONVERGED
+
+
+@jit
+def _crossing(g, meth, opt, out, blk, cur, b):
+    """Record and return the time of trajectory b's first ε-crossing, inside its current step."""
+    t0 = blk.t[b]
+    hit = t0 + _locate(g, meth, opt, blk, cur, b) * (blk.t_new[b] - t0)
+    out.time_to_eps[blk.index[b]] = hit
+    return hit
+
+
+@jit
+def _checkpoints(g, meth, tc, out, blk, cur, b, t_stop):
+    """The excess loss at the checkpoints in (t, t_stop] of trajectory b's step."""
+    t0, h = blk.t[b], blk.t_new[b] - blk.t[b]
     while blk.nxt[b] < len(tc) and tc[blk.nxt[b]] <= t_stop:
         theta = (tc[blk.nxt[b]] - t0) / h
-        out.excess[i, blk.nxt[b]] = blk.exc_new[b] if theta >= 1.0 else _excess_at(g, meth, blk, cur, b, theta)
+        out.excess[blk.index[b], blk.nxt[b]] = blk.exc_new[b] if theta >= 1.0 else _excess_at(g, meth, blk, cur, b, theta)
         blk.nxt[b] += 1
-    if stop:  # the trajectory ends exactly at the crossing
-        _dense(g, meth, blk, cur, b, (t_stop - t0) / h)
-        blk.ys[1 - cur][:, b] = blk.col[:, 0]
-        blk.t_new[b] = t_stop
-    e = blk.exc_new[b]
-    if blk.status[b] == PENDING:
-        if not np.isfinite(e) or e > blk.bound[b]:  # a non-finite state has a non-finite excess loss
-            blk.status[b] = DIVERGED
-        elif blk.t_new[b] >= opt.horizon:
-            blk.status[b] = CONVERGED if blk.found[b] else UNCONVERGED
 
 
 @jit
