@@ -2,29 +2,386 @@
 
 With x = artanh cos θ = −log tan(θ/2), x grows along the flow (dx/dt = ζ r^{p−1}); we use
 s = x − x0 ≥ 0, so that the aligned and anti-aligned rays (θ0 = 0, π) are limits of the same
-formulas rather than special cases. With α = cos²(θ/2), β = sin²(θ/2) at the current angle,
+formulas rather than special cases. With a = cos²(θ0/2), b = sin²(θ0/2) and α = cos²(θ/2),
+β = sin²(θ/2) at the current angle,
 
-    1/r = R^{−N}/r0 + (N/ζ) J_N(s),   J_m(s) = ∫_0^s (α e^{−v} + β e^{v})^m dv
-                                            = Σ_k C(m,k) α^k β^{m−k} (e^{(m−2k)s} − 1)/(m − 2k),
-    R(s) = cos²(θ0/2) e^s + sin²(θ0/2) e^{−s},  tan(θ/2) = tan(θ0/2) e^{−s},
-    t(s) = (1/ζ) ∫_0^s r^{(2−N)/N} dσ.
+    1/r = R^{−N}/r0 + (N/ζ) J_N(s),   R(s) = a e^s + b e^{−s},   tan(θ/2) = tan(θ0/2) e^{−s},
+    J_m(s) = Σ_k C(m,k) α^k β^{m−k} (e^{(m−2k)s} − 1)/(m − 2k),   t(s) = (1/ζ) ∫_0^s r^{(2−N)/N} dσ.
 
-Every term of J is positive and everything is evaluated in log space, so nothing cancels or
-overflows at any angle or horizon. The excess loss ½[(r − ζ cos θ)² + ζ² sin² θ] decreases in s:
-T_ε = t(s_ε) with s_ε its root (brackets, Chandrupatla); a path inverts t(s) at the asked times.
-Quadratures are tanh–sinh in log space. N = 1 is explicit; N = 2 has t = s/ζ.
-Every function here is vectorized over cells. Used by ``model: exact`` and ``analysis.theory``.
+**The sums.** Every term of J is positive. With ψ_j = (1 − e^{−js})/j ∈ (0, s], the terms with
+m − 2k > 0 are R^{−m} C(m,k) a^k b^{m−k} ψ_{m−2k} and the others C(m,k) α^k β^{m−k} ψ_{2k−m}, so
+J_m = R^{−m} A_m + B_m where A_m (θ0's binomial weights) and B_m (the current angle's) are sums of
+positive terms, each at most s: only R^{−m} can over- or underflow, and it stays a logarithm, as do
+1/r and the excess (nothing overflows at any angle or horizon; a term that underflows is below
+1e-300 of the sum). The ψ_j come from one expm1 (1 − e^{−(j+2)s} = (1 − e^{−js}) + e^{−js}(1 − e^{−2s}),
+all positive), the weights of B from one exp at their mode and exact ratios outward (binomial
+weights are unimodal), so an evaluation costs about ten transcendentals and O(N) flops.
+
+**Time.** t(s) is integrated per cell by marching s forward over panels with NODES-point
+Gauss–Legendre. A panel of length h from s_lo is kept when the Legendre tail of the interpolant p of
+dt/ds at its nodes is below TOL·max(t(s_lo)/h, min dt/ds): that bounds the relative error of t
+anywhere in the panel by TOL. Otherwise it is halved; after an easy panel the next one doubles.
+Inside a panel t(s) = t(s_lo) + (s − s_lo) G(s), G = the mean of p over [s_lo, s], itself a
+polynomial: relative accuracy down to s → s_lo, so tiny times are resolved. Times are inverted by
+safeguarded Newton on that polynomial (its derivative is p). N = 2 has t = s/ζ; N = 1 is explicit.
+
+**T_ε.** The excess decreases in s, so T_ε = t(s_ε) with s_ε the root of log excess(s) = log ε:
+bracketed by doubling, then safeguarded Newton with d excess/ds = −(r/ζ)[2 excess + (N−1)(r − ζ cos θ)²]
+(dL/dt of §4 divided by ds/dt = ζ r^{p−1}). The anti-aligned ray (θ0 = float π) never gets within
+ε ≤ ½ζ² (N ≥ 2): T_ε = ∞.
+
+Compiled with numba, one cell at a time (a cell's numbers do not depend on the rest of the batch);
+the public functions are vectorized over cells. Used by ``model: exact`` and ``analysis.theory``.
 """
 
 from __future__ import annotations
 
-import numpy as np
-from scipy.integrate import tanhsinh
-from scipy.optimize.elementwise import find_root
-from scipy.special import gammaln
+import math
 
-LOG_RTOL = np.log(1e-12)  # tanh–sinh relative tolerance (as a log)
-ROOT_TOL = {"xatol": 1e-300, "xrtol": 4 * np.finfo(float).eps, "fatol": 0.0, "frtol": 0.0}
+import numba
+import numpy as np
+
+NODES = 20  # Gauss–Legendre nodes per panel
+TOL = 1e-13  # relative error of t(s) allowed from a panel's interpolant
+GROW = 0.1  # a panel whose tail is below GROW·TOL·scale is followed by one twice as long
+HMAX = 1.0  # a panel is at most max(HMAX, s_lo) long
+ITERS = 200  # cap on bracketing and Newton steps (never reached in practice)
+ULP = 2.0**-52
+
+jit = numba.njit(cache=True, error_model="numpy")  # IEEE arithmetic (1/0 = inf); never fastmath
+
+
+def _panel_matrices(n):
+    """Gauss–Legendre nodes and weights on [−1, 1]; LEG maps values at the nodes to the Legendre
+    coefficients of their interpolant p, MEAN to those of G(x) = ∫_{−1}^x p / (x + 1), a polynomial
+    of the same degree (built in long double: (P_{k+1} − P_{k−1})/(x + 1) cancels near x = −1)."""
+    x, w = np.polynomial.legendre.leggauss(n)
+    xl, wl = x.astype(np.longdouble), w.astype(np.longdouble)
+    p = np.zeros((n, n + 1), dtype=np.longdouble)  # P_k(x_j), k ≤ n
+    p[:, 0], p[:, 1] = 1, xl
+    for k in range(1, n):
+        p[:, k + 1] = ((2 * k + 1) * xl * p[:, k] - k * p[:, k - 1]) / (k + 1)
+    k = np.arange(n)
+    leg = ((2 * k + 1) / np.longdouble(2))[:, None] * (wl[:, None] * p[:, :n]).T
+    mean = np.ones((n, n), dtype=np.longdouble)  # mean of P_k over [−1, x_j] (k = 0: 1)
+    for kk in range(1, n):
+        mean[:, kk] = (p[:, kk + 1] - p[:, kk - 1]) / ((2 * kk + 1) * (xl + 1))
+    return x, w, leg.astype(float), (leg @ mean @ leg).astype(float)
+
+
+_X, _W, _LEG, _MEAN = _panel_matrices(NODES)
+
+
+# ---------------------------------------------------------------------------------------------
+# one cell: (n, r0, ζ, log a, log b, gap0, log C(N,·), A weights of N, the same of N − 2, ψ work)
+# ---------------------------------------------------------------------------------------------
+
+
+@jit
+def _logaddexp(x, y):
+    top = max(x, y)
+    if top == -np.inf:
+        return top
+    return top + math.log1p(math.exp(min(x, y) - top))
+
+
+@jit
+def _log(x):
+    """log x, −∞ at 0 (also without the compiler)."""
+    return math.log(x) if x > 0 else -np.inf
+
+
+@jit
+def _xlogy(k, log_y):
+    """k log y with 0 · log 0 = 0 (y⁰ = 1 even at y = 0)."""
+    return 0.0 if k == 0 else k * log_y
+
+
+@jit
+def _weights(m, log_a, log_b):
+    """log C(m, k) for k ≤ m, and θ0's weights C(m,k) a^k b^{m−k} of the terms of A (k < m/2)."""
+    log_c = np.empty(m + 1)
+    c = 1.0
+    for k in range(m + 1):
+        if m <= 1000:  # C(m, k) by its product (a few ulps; no overflow below m = 1030)
+            log_c[k] = math.log(c)
+            c = c * (m - k) / (k + 1)
+        else:
+            log_c[k] = math.lgamma(m + 1) - math.lgamma(k + 1) - math.lgamma(m - k + 1)
+    w = np.empty((m + 1) // 2)
+    for k in range(len(w)):
+        w[k] = math.exp(log_c[k] + _xlogy(k, log_a) + _xlogy(m - k, log_b))
+    return log_c, w
+
+
+@jit
+def _cell(n, r0, zeta, log_a, log_b, gap0):
+    log_c, w = _weights(n, log_a, log_b)
+    log_c2, w2 = _weights(n - 2, log_a, log_b)
+    return n, r0, zeta, log_a, log_b, gap0, log_c, w, log_c2, w2, np.empty(n + 1)
+
+
+@jit
+def _fill_psi(m, s, psi):
+    """psi[j] = (1 − e^{−js})/j for j ≤ m, j ≡ m (mod 2); psi[0] = s."""
+    d1 = -math.expm1(-s)
+    q = 1.0 - d1  # e^{−s}: only products with d2 use it, so its rounding near 0 does not matter
+    d2 = d1 * (2.0 - d1)  # 1 − e^{−2s}
+    psi[0] = s
+    j, d, qj = 0, 0.0, 1.0
+    if m % 2 == 1:
+        j, d, qj = 1, d1, q
+        psi[1] = d1
+    while j + 2 <= m:
+        d += qj * d2
+        qj *= q * q
+        j += 2
+        psi[j] = d / j
+
+
+@jit
+def _sums(m, log_alpha, log_beta, log_c, w, psi):
+    """(A_m, B_m), J_m = R^{−m} A_m + B_m: A from θ0's weights w, B from the current angle's
+    binomial weights C(m,k) α^k β^{m−k} (k ≥ m/2), one exp at their mode and ratios outward."""
+    a_sum = 0.0
+    for k in range(len(w)):
+        a_sum += w[k] * psi[m - 2 * k]
+    k_lo = (m + 1) // 2
+    mode = max(k_lo, min(m, int((m + 1) * math.exp(log_alpha))))
+    top = math.exp(log_c[mode] + _xlogy(mode, log_alpha) + _xlogy(m - mode, log_beta))
+    b_sum = top * psi[2 * mode - m]
+    if top > 0.0:
+        cut = 1e-40 * top  # the weights only fall away from the mode, and ψ varies by far less than 1e20
+        ratio, inverse = math.exp(log_alpha - log_beta), math.exp(log_beta - log_alpha)  # α/β, β/α
+        p = top
+        for k in range(mode, m):
+            p *= (m - k) / (k + 1) * ratio
+            b_sum += p * psi[2 * k + 2 - m]
+            if p < cut:
+                break
+        p = top
+        for k in range(mode, k_lo, -1):
+            p *= k / (m - k + 1) * inverse
+            b_sum += p * psi[2 * k - 2 - m]
+            if p < cut:
+                break
+    return a_sum, b_sum
+
+
+@jit
+def _angle(s, log_a, log_b):
+    """log tan(θ/2), log cos²(θ/2), log sin²(θ/2) at s."""
+    lt = 0.5 * (log_b - log_a) - s
+    if lt < 0:
+        la = -math.log1p(math.exp(2 * lt))
+        return lt, la, 2 * lt + la
+    lb = -math.log1p(math.exp(-2 * lt))
+    return lt, lb - 2 * lt, lb
+
+
+@jit
+def _log_u(cell, s, la, lb):
+    """log 1/r, log(1/r0 + (N/ζ) A_N), log((N/ζ) B_N) and log R at s (ψ filled for s)."""
+    n, r0, zeta, log_a, log_b, _, log_c, w = cell[:8]
+    a_n, b_n = _sums(n, la, lb, log_c, w, cell[10])
+    log_rr = _logaddexp(log_a + s, log_b - s)
+    head = math.log(1.0 / r0 + n / zeta * a_n)
+    tail = _log(b_n) + math.log(n / zeta)
+    return _logaddexp(head - n * log_rr, tail), head, tail, log_rr
+
+
+@jit
+def _dtds(cell, s):
+    """dt/ds = r^{(2−N)/N}/ζ."""
+    n, zeta = cell[0], cell[2]
+    _fill_psi(n, s, cell[10])
+    _, la, lb = _angle(s, cell[3], cell[4])
+    return math.exp((n - 2) / n * _log_u(cell, s, la, lb)[0] - math.log(zeta))
+
+
+@jit
+def _state(cell, s):
+    """(r, cos θ, sin θ, log excess, d log excess/ds) at s ≥ 0.
+
+    r − ζ cos θ = r[sin²θ (1 − (N−1) cos θ J_{N−2}) − cos θ (ζ/r0 − cos θ0) R^{−N}] (integration by
+    parts of J_N, §4): no cancellation when θ is small, where this difference is all the excess.
+    r R^{−N} = 1/(1/r0 + (N/ζ) I), I = R^N J_N = A_N + R^N B_N: O(1) on the anti-aligned ray."""
+    n, r0, zeta, log_a, log_b, gap0 = cell[:6]
+    _fill_psi(n, s, cell[10])
+    lt, la, lb = _angle(s, log_a, log_b)
+    lu, head, tail, log_rr = _log_u(cell, s, la, lb)
+    a2, b2 = _sums(n - 2, la, lb, cell[8], cell[9], cell[10])
+    lj2 = _logaddexp(_log(a2) - (n - 2) * log_rr, _log(b2))  # log J_{N−2}
+    cos = -math.tanh(lt)
+    log_sin = math.log(2.0) + 0.5 * (la + lb)
+    first = math.exp(2 * log_sin - lu)
+    second = (n - 1) * cos * math.exp(2 * log_sin - lu + lj2)
+    third = cos * gap0 * math.exp(-_logaddexp(head, n * log_rr + tail))
+    log_delta2 = 2 * _log(abs(first - second - third))
+    log_excess = math.log(0.5) + _logaddexp(log_delta2, 2 * (math.log(zeta) + log_sin))
+    r = math.exp(-lu)
+    slope = -(r / zeta) * (2.0 + (n - 1) * math.exp(log_delta2 - log_excess))
+    return r, cos, math.exp(log_sin), log_excess, slope
+
+
+# ---------------------------------------------------------------------------------------------
+# t(s) by panels; s_ε
+# ---------------------------------------------------------------------------------------------
+
+
+@jit
+def _series(cg, cf, x):
+    """Σ cg_k P_k(x) and Σ cf_k P_k(x)."""
+    p0, p1 = 1.0, x
+    g, f = cg[0] + cg[1] * x, cf[0] + cf[1] * x
+    for k in range(1, len(cg) - 1):
+        p0, p1 = p1, ((2 * k + 1) * x * p1 - k * p0) / (k + 1)
+        g += cg[k + 1] * p1
+        f += cf[k + 1] * p1
+    return g, f
+
+
+@jit
+def _invert(dt, lo, h, share, cg, cf):
+    """y in [0, h] with y G(y) = dt (the panel from lo, share = its whole increment of t)."""
+    y_lo, y_hi = 0.0, h
+    y = h * min(dt / share, 1.0)
+    for _ in range(ITERS):
+        g, f = _series(cg, cf, 2 * y / h - 1)
+        gap = y * g - dt
+        if gap == 0:
+            return y
+        if gap > 0:
+            y_hi = y
+        else:
+            y_lo = y
+        new = y - gap / f
+        if not y_lo < new < y_hi:
+            new = 0.5 * (y_lo + y_hi)
+        if abs(new - y) <= 2 * ULP * (lo + new) or y_hi - y_lo <= 2 * ULP * (lo + y_hi):
+            return new
+        y = new
+    return y
+
+
+@jit
+def _march(cell, targets, by_time, out):
+    """out[i] = t(s = targets[i]), or s(t = targets[i]) if by_time; targets sorted ascending."""
+    n, r0, zeta, log_a, log_b = cell[:5]
+    count, i = len(targets), 0
+    while i < count and targets[i] <= 0:
+        out[i] = 0.0
+        i += 1
+    f, cf, cg = np.empty(NODES), np.empty(NODES), np.empty(NODES)
+    cos0 = -math.tanh(0.5 * (log_b - log_a))
+    h = min(HMAX, 1.0 / (abs((n - 2) * (r0 / zeta - cos0)) + 1.0))  # dt/ds changes on this scale at 0
+    lo, t_lo = 0.0, 0.0
+    while i < count:
+        h = min(h, max(HMAX, lo))
+        fmin, ok = np.inf, True
+        for j in range(NODES):
+            f[j] = _dtds(cell, lo + 0.5 * h * (_X[j] + 1))
+            fmin = min(fmin, f[j])
+            ok &= np.isfinite(f[j])
+        if not ok:  # t beyond the float range
+            break
+        tail = abs(_LEG[NODES - 1] @ f) + abs(_LEG[NODES - 2] @ f)
+        scale = TOL * max(t_lo / h, fmin)
+        if tail > scale and h > 64 * ULP * lo:
+            h *= 0.5
+            continue
+        share = 0.5 * h * (_W @ f)
+        cf[:], cg[:] = _LEG @ f, _MEAN @ f
+        while i < count and (targets[i] <= t_lo + share if by_time else targets[i] <= lo + h):
+            if by_time:
+                out[i] = lo + _invert(targets[i] - t_lo, lo, h, share, cg, cf)
+            else:
+                y = targets[i] - lo
+                out[i] = t_lo + y * _series(cg, cf, 2 * y / h - 1)[0]
+            i += 1
+        lo, t_lo = lo + h, t_lo + share
+        if tail <= GROW * scale:
+            h *= 2
+    out[i:] = np.nan if by_time else np.inf
+
+
+@jit
+def _gap(cell, s, log_eps):
+    """log excess(s) − log ε (at least −50) and its derivative."""
+    log_excess, slope = _state(cell, s)[3:]
+    if log_excess < log_eps - 50:
+        return -50.0, 0.0
+    return log_excess - log_eps, slope
+
+
+@jit
+def _s_at_excess(cell, log_eps):
+    """s ≥ 0 where the excess equals ε (∞ when the flow never gets there)."""
+    zeta, log_a, log_b = cell[2], cell[3], cell[4]
+    if log_a == -np.inf and log_eps <= math.log(0.5 * zeta * zeta):  # the excess only falls to ½ζ²
+        return np.inf
+    turn = 0.5 * (log_b - log_a)  # s where θ = π/2
+    lo, hi = 0.0, (turn if np.isfinite(turn) and turn > 0 else 0.0) + 1.0
+    gap, slope = _gap(cell, hi, log_eps)
+    for _ in range(ITERS):  # once the angle has turned, the excess falls at least like e^{−2s}
+        if gap <= 0:
+            break
+        lo, hi = hi, 2 * hi
+        gap, slope = _gap(cell, hi, log_eps)
+    if gap > 0:
+        return np.inf
+    s = hi
+    for _ in range(ITERS):
+        new = s - gap / slope if slope < 0 else lo
+        if not lo < new < hi:
+            new = 0.5 * (lo + hi)
+        if abs(new - s) <= 2 * ULP * new:
+            return new
+        s = new
+        gap, slope = _gap(cell, s, log_eps)
+        if gap == 0:
+            return s
+        if gap > 0:
+            lo = s
+        else:
+            hi = s
+        if hi - lo <= 2 * ULP * hi:
+            return s
+    return s
+
+
+@jit
+def _time_to_eps_cells(n, r0, zeta, log_a, log_b, gap0, log_eps, out):
+    one = np.empty(1)
+    for c in range(len(n)):
+        cell = _cell(n[c], r0[c], zeta[c], log_a[c], log_b[c], gap0[c])
+        s = _s_at_excess(cell, log_eps[c])
+        if n[c] == 2 or not np.isfinite(s):
+            out[c] = s / zeta[c]
+        else:
+            one[0] = s
+            _march(cell, one, False, out[c:c + 1])
+
+
+@jit
+def _path_cells(n, r0, zeta, log_a, log_b, gap0, times, r, cos, sin, log_excess):
+    for c in range(len(n)):
+        cell = _cell(n[c], r0[c], zeta[c], log_a[c], log_b[c], gap0[c])
+        order = np.argsort(times[c])
+        t = times[c][order]
+        s = np.empty(len(t))
+        if n[c] == 2:
+            s[:] = zeta[c] * np.maximum(t, 0.0)
+        else:
+            _march(cell, t, True, s)
+        for i in range(len(t)):
+            k = order[i]
+            r[c, k], cos[c, k], sin[c, k], log_excess[c, k] = _state(cell, s[i])[:4]
+
+
+# ---------------------------------------------------------------------------------------------
+# the public functions: vectorized over cells
+# ---------------------------------------------------------------------------------------------
 
 
 def _cos_sin(theta0):
@@ -38,158 +395,15 @@ def _excess0(r0, zeta, theta0):
     return 0.5 * ((r0 - zeta * cos0) ** 2 + (zeta * sin0) ** 2)
 
 
-def _log_phi(c, s):
-    """log of (e^{cs} − 1)/c for s ≥ 0 (the value s at c = 0; −∞ at s = 0)."""
-    size = np.abs(c)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tail = np.log(-np.expm1(-size * s)) - np.log(size) + np.maximum(c, 0.0) * s
-        return np.where(c == 0, np.log(s), tail)
-
-
-def _logsumexp(x):
-    """log Σ exp(x) over the last axis (−∞ when every term is −∞)."""
-    top = np.max(x, axis=-1, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0.0)
-    with np.errstate(divide="ignore"):
-        return np.log(np.sum(np.exp(x - top), axis=-1)) + top[..., 0]
-
-
-def _log_j(m, s, log_alpha, log_beta):
-    """log J_m(s) = log Σ_k C(m,k) α^k β^{m−k} (e^{(m−2k)s} − 1)/(m − 2k) — a sum of positive terms
-    (m ≥ 0 an integer array; the terms are a trailing axis)."""
-    m, s = np.asarray(m, dtype=float)[..., None], np.asarray(s, dtype=float)[..., None]
-    # log 0 = −∞ as a huge finite number, so that 0 · log 0 = 0 (y⁰ = 1 even at y = 0)
-    log_alpha, log_beta = (np.maximum(np.asarray(v, dtype=float)[..., None], -1e300) for v in (log_alpha, log_beta))
-    k = np.arange(int(np.max(m)) + 1, dtype=float)
-    terms = (gammaln(m + 1) - gammaln(k + 1) - gammaln(np.maximum(m - k, 0) + 1)
-             + k * log_alpha + (m - k) * log_beta + _log_phi(m - 2 * k, s))
-    return _logsumexp(np.where(k <= m, terms, -np.inf))
-
-
-class _Flows:
-    """The balanced scalar-output flows of a set of cells (arrays that broadcast together)."""
-
-    def __init__(self, n, r0, zeta, theta0):
-        self.n, self.r0, self.zeta = (np.asarray(v, dtype=float) for v in (n, r0, zeta))
-        theta0 = np.asarray(theta0, dtype=float)
-        half = 0.5 * theta0
-        with np.errstate(divide="ignore"):  # float π (π − 1.2e-16) is π: cos²(θ0/2) = 0, the anti-aligned ray
-            self.log_a = np.where(theta0 >= np.pi, -np.inf, 2 * np.log(np.cos(half)))
-            self.log_b = 2 * np.log(np.sin(half))
-        # ζ/r0 − cos θ0 without cancellation: (ζ − r0)/r0 + 2 sin²(θ0/2)
-        self.gap0 = (self.zeta - self.r0) / self.r0 + 2 * np.sin(half) ** 2
-
-    def args(self):
-        return self.n, self.r0, self.zeta, self.log_a, self.log_b, self.gap0
-
-    @staticmethod
-    def log_u(s, n, r0, zeta, log_a, log_b, log_alpha, log_beta):
-        """log 1/r at s, and log R(s)."""
-        log_r_big = np.logaddexp(log_a + s, log_b - s)  # log R(s)
-        lj = _log_j(n, s, log_alpha, log_beta)
-        return np.logaddexp(-np.log(r0) - n * log_r_big, np.log(n) - np.log(zeta) + lj), log_r_big
-
-    @staticmethod
-    def angle(s, log_a, log_b):
-        """log tan(θ/2), log cos²(θ/2), log sin²(θ/2) at s."""
-        lt = 0.5 * (log_b - log_a) - s
-        return lt, -np.logaddexp(0.0, 2 * lt), -np.logaddexp(0.0, -2 * lt)
-
-    @classmethod
-    def state(cls, s, n, r0, zeta, log_a, log_b, gap0):
-        """(r, cos θ, sin θ, log excess) at s ≥ 0.
-
-        r − ζ cos θ = r[sin²θ (1 − (N−1) cos θ J_{N−2}) − cos θ (ζ/r0 − cos θ0) R^{−N}] (integration
-        by parts of J_N): no cancellation when θ is small, where this difference is all the excess.
-        r R^{−N} = 1/(1/r0 + (N/ζ) I(s)), I(s) = ∫_0^s R^N from the binomial sum in θ0's weights: it stays
-        O(1) on the anti-aligned ray, where this term is all of r − ζ cos θ → ζ."""
-        lt, la, lb = cls.angle(s, log_a, log_b)
-        lu, _ = cls.log_u(s, n, r0, zeta, log_a, log_b, la, lb)
-        log_i = _log_j(n, s, log_b, log_a)  # log I(s): Σ_k C(N,k) a^k b^{N−k} φ(2k − N, s)
-        lr = -lu
-        cos = -np.tanh(lt)
-        log_sin = np.log(2.0) + 0.5 * (la + lb)
-        lj2 = _log_j(np.maximum(n - 2, 0), s, la, lb)
-        with np.errstate(over="ignore", invalid="ignore"):
-            a1 = np.exp(lr + 2 * log_sin)
-            a2 = np.where(n >= 2, (n - 1) * cos * np.exp(lr + 2 * log_sin + lj2), 0.0)
-            a3 = cos * gap0 * np.exp(-np.logaddexp(-np.log(r0), np.log(n) - np.log(zeta) + log_i))
-        delta = a1 - a2 - a3
-        with np.errstate(divide="ignore"):
-            log_excess = np.log(0.5) + np.logaddexp(2 * np.log(np.abs(delta)), 2 * (np.log(zeta) + log_sin))
-        return np.exp(lr), cos, np.exp(log_sin), log_excess
-
-    @classmethod
-    def log_dtds(cls, s, n, r0, zeta, log_a, log_b, gap0):
-        """log dt/ds = log(r^{(2−N)/N} / ζ)."""
-        _, la, lb = cls.angle(s, log_a, log_b)
-        lu, _ = cls.log_u(s, n, r0, zeta, log_a, log_b, la, lb)
-        return (n - 2) / n * lu - np.log(zeta)
-
-
-# fixed panel ends for the quadrature of t(s): geometric, plus a few around the turn of the angle
-# (s = log tan(θ0/2), where θ = π/2): inside a panel the integrand is smooth, so tanh–sinh converges fast
-_GEOMETRIC = 2.0 ** np.arange(-4, 50)
-_TURN = np.array([-4.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 4.0])
-
-
-def _breaks(log_a, log_b):
-    """Panel ends (cells, P), sorted, starting at 0."""
-    turn = 0.5 * (log_b - log_a)[..., None] + _TURN
-    turn = np.where(np.isfinite(turn), np.maximum(np.round(16 * turn) / 16, 0.0), 0.0)  # on the 1/16 grid:
-    # an end never falls a few ulps from another (a sliver panel is where tanh–sinh fails)
-    geo = np.broadcast_to(_GEOMETRIC, turn.shape[:-1] + _GEOMETRIC.shape)
-    return np.sort(np.concatenate([np.zeros(turn.shape[:-1] + (1,)), turn, geo], axis=-1), axis=-1)
-
-
-def _log_integral(lo, hi, cell):
-    """log ∫_lo^hi dt/ds ds per element (lo ≤ hi; cells broadcast with lo, hi)."""
-    res = tanhsinh(_Flows.log_dtds, lo, hi, args=cell, log=True, rtol=LOG_RTOL, maxlevel=12)
-    return res.integral.real
-
-
-def _log_time(s, *cell):
-    """log t(s), t(s) = (1/ζ)∫_0^s r^{(2−N)/N} dσ, by tanh–sinh in log space on fixed panels (N = 2: s/ζ)."""
-    args = np.broadcast_arrays(np.asarray(s, dtype=float), *cell)
-    s, rest = args[0], args[1:]
-    with np.errstate(divide="ignore"):
-        out = np.log(s) - np.log(rest[2])  # N = 2 (and s = 0)
-    quad = (rest[0] != 2) & (s > 0)
-    if quad.any():
-        sub = tuple(v[quad][:, None] for v in rest)
-        ends = _breaks(sub[3][:, 0], sub[4][:, 0])
-        top = s[quad][:, None]
-        lo, hi = np.minimum(ends[:, :-1], top), np.minimum(ends[:, 1:], top)
-        out[quad] = _logsumexp(_log_integral(lo, hi, sub))
-    return out
-
-
-def _time(s, *cell):
-    return np.exp(_log_time(s, *cell))
-
-
-def _s_at_excess(flows, eps):
-    """s ≥ 0 where the excess loss equals eps (∞ when the flow never gets there); cells broadcast."""
-    args = np.broadcast_arrays(np.asarray(eps, dtype=float), *flows.args())
-    log_eps, rest = np.log(args[0]), args[1:]
-    g = lambda s, le, *a: np.maximum(flows.state(s, *a)[3], le - 50.0) - le
-    turn = 0.5 * (rest[4] - rest[3])  # s where θ = π/2: log tan(θ0/2) (+∞ on the anti-aligned ray)
-    hi = np.where(np.isfinite(turn), np.maximum(turn, 0.0), 0.0) + 1.0
-    out = np.full(log_eps.shape, np.inf)
-    # the anti-aligned ray's excess falls only to its limit ½ζ² (W → 0): below that, never
-    never = np.isneginf(rest[3]) & (log_eps <= np.log(0.5) + 2 * np.log(rest[2]))
-    open_ = ~never & (g(hi, log_eps, *rest) > 0)
-    for _ in range(60):  # elsewhere the excess falls at least like e^{−2s} once the angle has turned
-        if not open_.any():
-            break
-        hi = np.where(open_, 2 * hi, hi)
-        open_ &= g(hi, log_eps, *rest) > 0
-    ok = ~never & ~open_
-    if ok.any():
-        res = find_root(g, (np.zeros(ok.sum()), hi[ok]), args=(log_eps[ok], *(v[ok] for v in rest)),
-                        tolerances=ROOT_TOL)
-        out[ok] = res.x
-    return out
+def _cells(n, r0, zeta, theta0):
+    """The compiled code's arguments for cells (1-d arrays): N as int, r0, ζ, log a, log b, and
+    ζ/r0 − cos θ0 without cancellation, (ζ − r0)/r0 + 2 sin²(θ0/2)."""
+    half = 0.5 * theta0
+    with np.errstate(divide="ignore"):  # float π (π − 1.2e-16) is π: cos²(θ0/2) = 0, the anti-aligned ray
+        log_a = np.where(theta0 >= np.pi, -np.inf, 2 * np.log(np.cos(half)))
+        log_b = 2 * np.log(np.sin(half))
+    gap0 = (zeta - r0) / r0 + 2 * np.sin(half) ** 2
+    return np.round(n).astype(np.int64), r0, zeta, log_a, log_b, gap0
 
 
 def _flat(*arrays):
@@ -210,54 +424,11 @@ def exact_time_to_eps(depth, r0, zeta, theta0, eps):
     out[one] = 0.5 * np.log(e0[one] / eps[one])
     deep = ok & (e0 > eps) & (n >= 2)
     if deep.any():
-        flows = _Flows(n[deep], r0[deep], zeta[deep], theta0[deep])
-        s = _s_at_excess(flows, eps[deep])
-        t = np.full(s.shape, np.inf)
-        fin = np.isfinite(s)
-        if fin.any():
-            t[fin] = _time(s[fin], *(v[fin] for v in flows.args()))
+        t = np.empty(deep.sum())
+        _time_to_eps_cells(*_cells(n[deep], r0[deep], zeta[deep], theta0[deep]), np.log(eps[deep]), t)
         out[deep] = t
     out = out.reshape(shape)
     return out[()] if out.ndim == 0 else out
-
-
-def _s_at_time(flows, t):
-    """s with t(s) = t for cells (M,) at times t (M, T), t ≥ 0: log t at the panel ends of each cell
-    (up to where t(s) must have passed max t: dt/ds ≥ max(r0, ζ)^{(2−N)/N}/ζ since r never exceeds
-    max(r0, ζ)), then a bracketed root inside the panel that holds each t."""
-    n, r0, zeta = flows.n, flows.r0, flows.zeta
-    s = np.where((n == 2)[:, None], zeta[:, None] * t, 0.0)
-    cells = np.flatnonzero((n != 2) & np.any(t > 0, axis=-1))
-    if len(cells):
-        sub = tuple(v[cells] for v in flows.args())
-        tt = t[cells]
-        slope = np.maximum(sub[1], sub[2]) ** ((2 - sub[0]) / sub[0]) / sub[2]
-        reach = np.max(tt, axis=-1) / slope * (1 + 1e-9)
-        ends = _breaks(sub[3], sub[4])
-        ends = np.concatenate([np.minimum(ends, reach[:, None]), reach[:, None]], axis=-1)
-        log_panels = _log_integral(ends[:, :-1], ends[:, 1:], tuple(v[:, None] for v in sub))
-        with np.errstate(invalid="ignore"):  # logaddexp(−∞, −∞) = −∞ (empty panels)
-            log_ends = np.logaddexp.accumulate(log_panels, axis=-1)
-        log_ends = np.concatenate([np.full((len(ends), 1), -np.inf), log_ends], axis=-1)
-        with np.errstate(divide="ignore"):
-            log_t = np.log(tt)
-        j = np.sum(log_ends[:, None, :] <= log_t[..., None], axis=-1) - 1  # panel holding t: (M', T)
-        j = np.clip(j, 0, ends.shape[1] - 2)
-        rows = np.arange(len(cells))[:, None]
-        lo, hi, log_lo = ends[rows, j], ends[rows, j + 1], log_ends[rows, j]
-        live = tt > 0
-        cell_args = tuple(np.broadcast_to(v[:, None], tt.shape)[live] for v in sub)
-
-        def g(x, lo, log_lo, log_t, *cell):
-            with np.errstate(invalid="ignore"):
-                return np.logaddexp(log_lo, _log_integral(lo, x, cell)) - log_t
-
-        res = find_root(g, (lo[live], hi[live]), args=(lo[live], log_lo[live], log_t[live], *cell_args),
-                        tolerances=ROOT_TOL)
-        found = np.zeros(tt.shape)
-        found[live] = np.where(np.isfinite(res.x), res.x, hi[live])
-        s[cells] = found
-    return s
 
 
 def _curves(n, r0, zeta, theta0, t):
@@ -277,12 +448,12 @@ def _curves(n, r0, zeta, theta0, t):
         with np.errstate(invalid="ignore", divide="ignore"):
             cos[one], sin[one] = np.where(r[one] > 0, a / r[one], 1.0), np.where(r[one] > 0, b / r[one], 0.0)
         excess[one] = _excess0(r0, zeta, theta0)[one, None] * e**2
-    deep = ~one
+    deep = (n >= 2) & np.isfinite(r0) & np.isfinite(theta0) & np.isfinite(zeta) & (r0 > 0) & (zeta > 0)
     if deep.any():
-        flows = _Flows(n[deep], r0[deep], zeta[deep], theta0[deep])
-        s = _s_at_time(flows, t[deep])
-        r[deep], cos[deep], sin[deep], log_excess = flows.state(s, *(v[:, None] for v in flows.args()))
-        excess[deep] = np.exp(log_excess)
+        cols = [np.empty((deep.sum(), t.shape[1])) for _ in range(4)]
+        _path_cells(*_cells(n[deep], r0[deep], zeta[deep], theta0[deep]), np.ascontiguousarray(t[deep]), *cols)
+        r[deep], cos[deep], sin[deep] = cols[:3]
+        excess[deep] = np.exp(cols[3])
     return tuple(v.reshape(shape + t.shape[-1:]) for v in (r, cos, sin, excess))
 
 
