@@ -171,14 +171,15 @@ class Result:
     t_final: np.ndarray  # (B,)
 
 
-BLOCK_BYTES = 32 * 2**10  # state per block of trajectories (each of the ~s + 5 work arrays); measured in bench/
-MIN_BLOCK, MAX_BLOCK = 8, 512
+BLOCK_BYTES = 160 * 2**10  # state per block (each of the s + 5 work arrays), within the limits below;
+MIN_BLOCK, MAX_BLOCK = 64, 256  # measured in bench/kernel_throughput.py: shorter loops cost more than cache misses
 
 
 def block_width(size: int) -> int:
-    """Trajectories per block for states of ``size`` parameters: about BLOCK_BYTES of state, a multiple
-    of 8 (whole vector registers)."""
-    return int(np.clip(BLOCK_BYTES // (8 * max(1, size)) // 8 * 8, MIN_BLOCK, MAX_BLOCK))
+    """Trajectories per block for states of ``size`` parameters: about BLOCK_BYTES of state, a power of two
+    (whole vector registers)."""
+    width = 2 ** int(np.round(np.log2(max(1.0, BLOCK_BYTES / (8 * max(1, size))))))
+    return int(np.clip(width, MIN_BLOCK, MAX_BLOCK))
 
 
 def integrate(

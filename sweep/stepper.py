@@ -202,6 +202,17 @@ def _step_ends(meth, opt, blk, m):
 def _combine(dst, base, blk, coef, count, m):
     """dst = base + h·Σ_{j<count} coef_j k_j for each trajectory (its own h), skipping zero coefficients."""
     acc, hh = blk.row, blk.hh
+    nonzero = 0
+    for j in range(count):
+        nonzero += coef[j] != 0.0
+    if nonzero == 1:  # one pass (Euler; the same numbers as the general case)
+        for j in range(count):
+            if coef[j] != 0.0:
+                c, kj = coef[j], blk.k[blk.kmap[j]]
+                for p in range(dst.shape[0]):
+                    for b in range(m):
+                        dst[p, b] = base[p, b] + hh[b] * (c * kj[p, b])
+        return
     for p in range(dst.shape[0]):
         first = True
         for j in range(count):

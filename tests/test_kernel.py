@@ -283,7 +283,7 @@ def test_blocked_batches_give_the_same_bits():
     # a batch larger than one cache block is integrated block by block: same numbers as alone
     z = paper_problem()
     model = kernel.Layerwise(layer_dims(5, 1, 8, 16), z)
-    block = kernel.BLOCK_BYTES // (8 * model.size)
+    block = kernel.block_width(model.size)
     rng = np.random.default_rng(0)
     starts = np.stack([layerwise_start(w0_for(z, a, seed=i), 8, 16)[0]
                        for i, a in enumerate(rng.uniform(0.2, 3, block + 7))])
