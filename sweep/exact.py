@@ -73,8 +73,18 @@ _X, _W, _LEG, _MEAN = _panel_matrices(NODES)
 
 
 # ---------------------------------------------------------------------------------------------
-# one cell: (n, r0, ζ, log a, log b, gap0, log C(N,·), A weights of N, the same of N − 2, ψ work)
+# one cell: (N, r0, ζ, log a, log b, gap0, a, b, tan(θ0/2), binomials and A weights of N and of
+# N − 2, ψ work array)
 # ---------------------------------------------------------------------------------------------
+
+LINEAR_M = 500  # up to this m, binomial weights are formed as products (C(m,k) < 1e150), beyond as logs
+RANGE = 1e200  # R^N within [1/RANGE, RANGE]: 1/r is formed in floating point, else as a logarithm
+
+
+@jit
+def _log(x):
+    """log x, −∞ at 0 (also without the compiler)."""
+    return math.log(x) if x > 0 else -np.inf
 
 
 @jit
@@ -86,47 +96,58 @@ def _logaddexp(x, y):
 
 
 @jit
-def _log(x):
-    """log x, −∞ at 0 (also without the compiler)."""
-    return math.log(x) if x > 0 else -np.inf
-
-
-@jit
 def _xlogy(k, log_y):
     """k log y with 0 · log 0 = 0 (y⁰ = 1 even at y = 0)."""
     return 0.0 if k == 0 else k * log_y
 
 
 @jit
-def _weights(m, log_a, log_b):
-    """log C(m, k) for k ≤ m, and θ0's weights C(m,k) a^k b^{m−k} of the terms of A (k < m/2)."""
-    log_c = np.empty(m + 1)
-    c = 1.0
+def _binomial(m, log_a, log_b):
+    """C(m, k) for k ≤ m (log C when m > LINEAR_M), and θ0's weights C(m,k) a^k b^{m−k} of A (k < m/2)."""
+    comb, w = np.empty(m + 1), np.empty((m + 1) // 2)
+    c = 1.0  # C(m, k) by its product: a few ulps, exact below m = 57
     for k in range(m + 1):
-        if m <= 1000:  # C(m, k) by its product (a few ulps; no overflow below m = 1030)
-            log_c[k] = math.log(c)
-            c = c * (m - k) / (k + 1)
-        else:
-            log_c[k] = math.lgamma(m + 1) - math.lgamma(k + 1) - math.lgamma(m - k + 1)
-    w = np.empty((m + 1) // 2)
-    for k in range(len(w)):
-        w[k] = math.exp(log_c[k] + _xlogy(k, log_a) + _xlogy(m - k, log_b))
-    return log_c, w
+        log_c = math.log(c) if m <= 1000 else math.lgamma(m + 1) - math.lgamma(k + 1) - math.lgamma(m - k + 1)
+        comb[k] = c if m <= LINEAR_M else log_c
+        if k < len(w):
+            w[k] = math.exp(log_c + _xlogy(k, log_a) + _xlogy(m - k, log_b))
+        c = c * (m - k) / (k + 1)
+    return comb, w
 
 
 @jit
 def _cell(n, r0, zeta, log_a, log_b, gap0):
-    log_c, w = _weights(n, log_a, log_b)
-    log_c2, w2 = _weights(n - 2, log_a, log_b)
-    return n, r0, zeta, log_a, log_b, gap0, log_c, w, log_c2, w2, np.empty(n + 1)
+    comb, w = _binomial(n, log_a, log_b)
+    comb2, w2 = _binomial(n - 2, log_a, log_b)
+    tan0 = math.exp(0.5 * (log_b - log_a))
+    return n, r0, zeta, log_a, log_b, gap0, math.exp(log_a), math.exp(log_b), tan0, comb, w, comb2, w2, np.empty(n + 1)
 
 
 @jit
-def _fill_psi(m, s, psi):
-    """psi[j] = (1 − e^{−js})/j for j ≤ m, j ≡ m (mod 2); psi[0] = s."""
-    d1 = -math.expm1(-s)
-    q = 1.0 - d1  # e^{−s}: only products with d2 use it, so its rounding near 0 does not matter
-    d2 = d1 * (2.0 - d1)  # 1 − e^{−2s}
+def _angle(s, tan0):
+    """e^{−s}, 1 − e^{−s}, α = cos²(θ/2), β = sin²(θ/2), cos θ, sin θ at s (tan(θ/2) = tan(θ0/2) e^{−s})."""
+    if s < 0.7:
+        d1 = -math.expm1(-s)
+        q = 1.0 - d1
+    else:
+        q = math.exp(-s)
+        d1 = 1.0 - q
+    if tan0 == np.inf:  # the anti-aligned ray
+        return q, d1, 0.0, 1.0, -1.0, 0.0
+    tau = tan0 * q
+    if tau <= 1.0:
+        t2 = tau * tau
+        alpha = 1.0 / (1.0 + t2)
+        return q, d1, alpha, t2 * alpha, (1.0 - t2) * alpha, 2.0 * tau * alpha
+    c2 = 1.0 / (tau * tau)
+    beta = 1.0 / (1.0 + c2)
+    return q, d1, c2 * beta, beta, (c2 - 1.0) * beta, 2.0 / tau * beta
+
+
+@jit
+def _fill_psi(m, s, d1, q, psi):
+    """psi[j] = (1 − e^{−js})/j for j ≤ m, j ≡ m (mod 2), from d1 = 1 − e^{−s}, q = e^{−s}; psi[0] = s."""
+    d2 = d1 * (1.0 + q)  # 1 − e^{−2s}
     psi[0] = s
     j, d, qj = 0, 0.0, 1.0
     if m % 2 == 1:
@@ -140,93 +161,91 @@ def _fill_psi(m, s, psi):
 
 
 @jit
-def _sums(m, log_alpha, log_beta, log_c, w, psi):
+def _sums(m, alpha, beta, comb, w, psi):
     """(A_m, B_m), J_m = R^{−m} A_m + B_m: A from θ0's weights w, B from the current angle's
-    binomial weights C(m,k) α^k β^{m−k} (k ≥ m/2), one exp at their mode and ratios outward."""
+    binomial weights C(m,k) α^k β^{m−k} (k ≥ m/2), formed from their mode outward by products."""
     a_sum = 0.0
     for k in range(len(w)):
         a_sum += w[k] * psi[m - 2 * k]
     k_lo = (m + 1) // 2
-    mode = max(k_lo, min(m, int((m + 1) * math.exp(log_alpha))))
-    top = math.exp(log_c[mode] + _xlogy(mode, log_alpha) + _xlogy(m - mode, log_beta))
+    b_sum = 0.0
+    if m > LINEAR_M:  # each weight from its logarithm
+        la, lb = _log(alpha), _log(beta)
+        for k in range(k_lo, m + 1):
+            b_sum += math.exp(comb[k] + _xlogy(k, la) + _xlogy(m - k, lb)) * psi[2 * k - m]
+        return a_sum, b_sum
+    mode = max(k_lo, min(m, int((m + 1) * alpha)))
+    power = alpha**mode * beta ** (m - mode)
+    top = comb[mode] * power
+    if top == 0.0:  # below 1e-300 of J
+        return a_sum, b_sum
     b_sum = top * psi[2 * mode - m]
-    if top > 0.0:
-        cut = 1e-40 * top  # the weights only fall away from the mode, and ψ varies by far less than 1e20
-        ratio, inverse = math.exp(log_alpha - log_beta), math.exp(log_beta - log_alpha)  # α/β, β/α
-        p = top
-        for k in range(mode, m):
-            p *= (m - k) / (k + 1) * ratio
-            b_sum += p * psi[2 * k + 2 - m]
-            if p < cut:
-                break
-        p = top
-        for k in range(mode, k_lo, -1):
-            p *= k / (m - k + 1) * inverse
-            b_sum += p * psi[2 * k - 2 - m]
-            if p < cut:
-                break
+    cut = 1e-40 * top  # the weights only fall away from the mode, and ψ varies by far less than 1e20
+    x, ratio = power, alpha / beta if beta > 0 else np.inf  # used only when β > 0 (else the mode is m)
+    for k in range(mode + 1, m + 1):
+        x *= ratio
+        p = comb[k] * x
+        b_sum += p * psi[2 * k - m]
+        if p < cut:
+            break
+    x, ratio = power, beta / alpha if alpha > 0 else np.inf  # used only when α > 0 (else top = 0)
+    for k in range(mode - 1, k_lo - 1, -1):
+        x *= ratio
+        p = comb[k] * x
+        b_sum += p * psi[2 * k - m]
+        if p < cut:
+            break
     return a_sum, b_sum
 
 
 @jit
-def _angle(s, log_a, log_b):
-    """log tan(θ/2), log cos²(θ/2), log sin²(θ/2) at s."""
-    lt = 0.5 * (log_b - log_a) - s
-    if lt < 0:
-        la = -math.log1p(math.exp(2 * lt))
-        return lt, la, 2 * lt + la
-    lb = -math.log1p(math.exp(-2 * lt))
-    return lt, lb - 2 * lt, lb
+def _point(cell, s, full):
+    """(dt/ds, r, cos θ, sin θ, excess, d log excess/ds) at s ≥ 0; only dt/ds unless ``full``.
 
-
-@jit
-def _log_u(cell, s, la, lb):
-    """log 1/r, log(1/r0 + (N/ζ) A_N), log((N/ζ) B_N) and log R at s (ψ filled for s)."""
-    n, r0, zeta, log_a, log_b, _, log_c, w = cell[:8]
-    a_n, b_n = _sums(n, la, lb, log_c, w, cell[10])
-    log_rr = _logaddexp(log_a + s, log_b - s)
-    head = math.log(1.0 / r0 + n / zeta * a_n)
-    tail = _log(b_n) + math.log(n / zeta)
-    return _logaddexp(head - n * log_rr, tail), head, tail, log_rr
-
-
-@jit
-def _dtds(cell, s):
-    """dt/ds = r^{(2−N)/N}/ζ."""
-    n, zeta = cell[0], cell[2]
-    _fill_psi(n, s, cell[10])
-    _, la, lb = _angle(s, cell[3], cell[4])
-    return math.exp((n - 2) / n * _log_u(cell, s, la, lb)[0] - math.log(zeta))
-
-
-@jit
-def _state(cell, s):
-    """(r, cos θ, sin θ, log excess, d log excess/ds) at s ≥ 0.
-
+    1/r = u = R^{−N} H + T with H = 1/r0 + (N/ζ) A_N, T = (N/ζ) B_N, in floating point while R^N is
+    in range, else in logs. The excess uses
     r − ζ cos θ = r[sin²θ (1 − (N−1) cos θ J_{N−2}) − cos θ (ζ/r0 − cos θ0) R^{−N}] (integration by
-    parts of J_N, §4): no cancellation when θ is small, where this difference is all the excess.
-    r R^{−N} = 1/(1/r0 + (N/ζ) I), I = R^N J_N = A_N + R^N B_N: O(1) on the anti-aligned ray."""
-    n, r0, zeta, log_a, log_b, gap0 = cell[:6]
-    _fill_psi(n, s, cell[10])
-    lt, la, lb = _angle(s, log_a, log_b)
-    lu, head, tail, log_rr = _log_u(cell, s, la, lb)
-    a2, b2 = _sums(n - 2, la, lb, cell[8], cell[9], cell[10])
-    lj2 = _logaddexp(_log(a2) - (n - 2) * log_rr, _log(b2))  # log J_{N−2}
-    cos = -math.tanh(lt)
-    log_sin = math.log(2.0) + 0.5 * (la + lb)
-    first = math.exp(2 * log_sin - lu)
-    second = (n - 1) * cos * math.exp(2 * log_sin - lu + lj2)
-    third = cos * gap0 * math.exp(-_logaddexp(head, n * log_rr + tail))
-    log_delta2 = 2 * _log(abs(first - second - third))
-    log_excess = math.log(0.5) + _logaddexp(log_delta2, 2 * (math.log(zeta) + log_sin))
-    r = math.exp(-lu)
-    slope = -(r / zeta) * (2.0 + (n - 1) * math.exp(log_delta2 - log_excess))
-    return r, cos, math.exp(log_sin), log_excess, slope
+    parts of J_N, §4): no cancellation when θ is small, where this difference is all the excess;
+    r R^{−N} = 1/(H + T R^N) stays O(1) on the anti-aligned ray."""
+    n, r0, zeta, log_a, log_b, gap0, a, b, tan0, comb, w, comb2, w2, psi = cell
+    q, d1, alpha, beta, cos, sin = _angle(s, tan0)
+    _fill_psi(n, s, d1, q, psi)
+    a_n, b_n = _sums(n, alpha, beta, comb, w, psi)
+    head, tail = 1.0 / r0 + n / zeta * a_n, n / zeta * b_n
+    big_r = a / q + b * q if s < 700 else np.inf
+    rn = big_r**n
+    u = head / rn + tail
+    linear = 1 / RANGE < rn < RANGE and u < RANGE
+    if linear:
+        dtds = u ** ((n - 2) / n) / zeta
+    else:
+        log_rr = _logaddexp(log_a + s, log_b - s)
+        lu = _logaddexp(math.log(head) - n * log_rr, _log(tail))
+        dtds = math.exp((n - 2) / n * lu - math.log(zeta))
+    if not full:
+        return dtds, 0.0, 0.0, 0.0, 0.0, 0.0
+    a2, b2 = _sums(n - 2, alpha, beta, comb2, w2, psi)  # J_{N−2} = R^{2−N} A2 + B2
+    if linear:
+        r = 1.0 / u
+        second = (n - 1) * cos * sin * sin * r * (a2 * big_r * big_r / rn + b2)
+        third = cos * gap0 / (head + tail * rn)
+    else:
+        r = math.exp(-lu)
+        log_j2 = _logaddexp(_log(a2) - (n - 2) * log_rr, _log(b2))
+        second = (n - 1) * cos * math.exp(2 * _log(sin) + log_j2 - lu)
+        third = cos * gap0 * math.exp(-_logaddexp(math.log(head), n * log_rr + _log(tail)))
+    delta = r * sin * sin - second - third
+    excess = 0.5 * (delta * delta + (zeta * sin) ** 2)
+    slope = -(r / zeta) * (2.0 + (n - 1) * delta * delta / excess)  # d excess/ds = −(r/ζ)[2 excess + (N−1)δ²]
+    return dtds, r, cos, sin, excess, slope
 
 
 # ---------------------------------------------------------------------------------------------
 # t(s) by panels; s_ε
 # ---------------------------------------------------------------------------------------------
+
+_UP = np.array([(2 * k + 1) / (k + 1) for k in range(NODES)])  # P_{k+1} = _UP[k] x P_k − _BACK[k] P_{k−1}
+_BACK = np.array([k / (k + 1) for k in range(NODES)])
 
 
 @jit
@@ -234,8 +253,8 @@ def _series(cg, cf, x):
     """Σ cg_k P_k(x) and Σ cf_k P_k(x)."""
     p0, p1 = 1.0, x
     g, f = cg[0] + cg[1] * x, cf[0] + cf[1] * x
-    for k in range(1, len(cg) - 1):
-        p0, p1 = p1, ((2 * k + 1) * x * p1 - k * p0) / (k + 1)
+    for k in range(1, NODES - 1):
+        p0, p1 = p1, _UP[k] * x * p1 - _BACK[k] * p0
         g += cg[k + 1] * p1
         f += cf[k + 1] * p1
     return g, f
@@ -243,7 +262,7 @@ def _series(cg, cf, x):
 
 @jit
 def _invert(dt, lo, h, share, cg, cf):
-    """y in [0, h] with y G(y) = dt (the panel from lo, share = its whole increment of t)."""
+    """y in [0, h] with y G(y) = dt (the panel from lo; share = its whole increment of t)."""
     y_lo, y_hi = 0.0, h
     y = h * min(dt / share, 1.0)
     for _ in range(ITERS):
@@ -265,33 +284,41 @@ def _invert(dt, lo, h, share, cg, cf):
 
 
 @jit
+def _dot(row, f):
+    total = 0.0
+    for j in range(NODES):
+        total += row[j] * f[j]
+    return total
+
+
+@jit
 def _march(cell, targets, by_time, out):
     """out[i] = t(s = targets[i]), or s(t = targets[i]) if by_time; targets sorted ascending."""
-    n, r0, zeta, log_a, log_b = cell[:5]
+    n, r0, zeta, tan0 = cell[0], cell[1], cell[2], cell[8]
     count, i = len(targets), 0
     while i < count and targets[i] <= 0:
         out[i] = 0.0
         i += 1
     f, cf, cg = np.empty(NODES), np.empty(NODES), np.empty(NODES)
-    cos0 = -math.tanh(0.5 * (log_b - log_a))
+    cos0 = _angle(0.0, tan0)[4]
     h = min(HMAX, 1.0 / (abs((n - 2) * (r0 / zeta - cos0)) + 1.0))  # dt/ds changes on this scale at 0
     lo, t_lo = 0.0, 0.0
     while i < count:
         h = min(h, max(HMAX, lo))
-        fmin, ok = np.inf, True
+        fmin = np.inf
         for j in range(NODES):
-            f[j] = _dtds(cell, lo + 0.5 * h * (_X[j] + 1))
+            f[j] = _point(cell, lo + 0.5 * h * (_X[j] + 1), False)[0]
             fmin = min(fmin, f[j])
-            ok &= np.isfinite(f[j])
-        if not ok:  # t beyond the float range
+        share = 0.5 * h * _dot(_W, f)
+        if not np.isfinite(share):  # t beyond the float range
             break
-        tail = abs(_LEG[NODES - 1] @ f) + abs(_LEG[NODES - 2] @ f)
+        tail = abs(_dot(_LEG[NODES - 1], f)) + abs(_dot(_LEG[NODES - 2], f))
         scale = TOL * max(t_lo / h, fmin)
         if tail > scale and h > 64 * ULP * lo:
             h *= 0.5
             continue
-        share = 0.5 * h * (_W @ f)
-        cf[:], cg[:] = _LEG @ f, _MEAN @ f
+        for k in range(NODES):
+            cf[k], cg[k] = _dot(_LEG[k], f), _dot(_MEAN[k], f)
         while i < count and (targets[i] <= t_lo + share if by_time else targets[i] <= lo + h):
             if by_time:
                 out[i] = lo + _invert(targets[i] - t_lo, lo, h, share, cg, cf)
@@ -308,7 +335,8 @@ def _march(cell, targets, by_time, out):
 @jit
 def _gap(cell, s, log_eps):
     """log excess(s) − log ε (at least −50) and its derivative."""
-    log_excess, slope = _state(cell, s)[3:]
+    excess, slope = _point(cell, s, True)[4:]
+    log_excess = _log(excess)
     if log_excess < log_eps - 50:
         return -50.0, 0.0
     return log_excess - log_eps, slope
@@ -364,7 +392,7 @@ def _time_to_eps_cells(n, r0, zeta, log_a, log_b, gap0, log_eps, out):
 
 
 @jit
-def _path_cells(n, r0, zeta, log_a, log_b, gap0, times, r, cos, sin, log_excess):
+def _path_cells(n, r0, zeta, log_a, log_b, gap0, times, r, cos, sin, excess):
     for c in range(len(n)):
         cell = _cell(n[c], r0[c], zeta[c], log_a[c], log_b[c], gap0[c])
         order = np.argsort(times[c])
@@ -376,7 +404,7 @@ def _path_cells(n, r0, zeta, log_a, log_b, gap0, times, r, cos, sin, log_excess)
             _march(cell, t, True, s)
         for i in range(len(t)):
             k = order[i]
-            r[c, k], cos[c, k], sin[c, k], log_excess[c, k] = _state(cell, s[i])[:4]
+            r[c, k], cos[c, k], sin[c, k], excess[c, k] = _point(cell, s[i], True)[1:5]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,8 +480,7 @@ def _curves(n, r0, zeta, theta0, t):
     if deep.any():
         cols = [np.empty((deep.sum(), t.shape[1])) for _ in range(4)]
         _path_cells(*_cells(n[deep], r0[deep], zeta[deep], theta0[deep]), np.ascontiguousarray(t[deep]), *cols)
-        r[deep], cos[deep], sin[deep] = cols[:3]
-        excess[deep] = np.exp(cols[3])
+        r[deep], cos[deep], sin[deep], excess[deep] = cols
     return tuple(v.reshape(shape + t.shape[-1:]) for v in (r, cos, sin, excess))
 
 

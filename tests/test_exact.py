@@ -612,3 +612,37 @@ def test_extreme_inputs_are_finite_bounded_and_monotone():
                 path = [np.asarray(a, dtype=float) for a in exact_path(n, zeta, zeta, th, EXTREME_TIMES)]
             assert all(np.isfinite(a).all() for a in path), (n, th)
             assert (path[0] >= 0).all() and np.allclose(path[1] ** 2 + path[2] ** 2, 1, atol=1e-12), (n, th)
+
+
+# ---------------------------------------------------------------------------------------------
+# each cell on its own
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cells_do_not_depend_on_the_batch():
+    """A cell's numbers are the same, bit for bit, alone or in any batch, and at a time whichever
+    other times are asked with it (in any order)."""
+    rng = np.random.default_rng(8)
+    n = np.array([1, 2, 3, 4, 5, 10, 30, 3, 4, 2, 6])
+    zeta = 2.69
+    r0 = zeta * 10 ** rng.uniform(-3, 3, n.size)
+    theta0 = np.array([0.5, 1.0, 0.0, 3.1, math.pi, 1e-7, 2.0, math.pi - 1e-9, 1.5, 2.5, 1e-16])
+    times = np.concatenate([[0.0], np.logspace(-4, 3, 30)])
+    eps = zeta**2 * np.array([1e-6, 1e-2, 1e-9, 1e-4, 1e-6, 1e-3, 1e-6, 1e-6, 1e-8, 1e-6, 1e-6])
+    with deadline():
+        batch = exact_path(n, r0, zeta, theta0, times)
+        tte = exact_time_to_eps(n, r0, zeta, theta0, eps)
+        perm = rng.permutation(n.size)
+        shuffled = exact_path(n[perm], r0[perm], zeta, theta0[perm], times)
+        tte_shuffled = exact_time_to_eps(n[perm], r0[perm], zeta, theta0[perm], eps[perm])
+    where = np.argsort(perm)  # cell k is row where[k] of the shuffled batch
+    some = rng.permutation(times.size)[:7]
+    for k in range(n.size):
+        with deadline():
+            alone = exact_path(n[k], r0[k], zeta, theta0[k], times)
+            part = exact_path(n[k], r0[k], zeta, theta0[k], times[some])
+            tte_alone = exact_time_to_eps(n[k], r0[k], zeta, theta0[k], eps[k])
+        for b, s, a, p in zip(batch, shuffled, alone, part):
+            assert np.array_equal(b[k], a) and np.array_equal(s[where[k]], a), k
+            assert np.array_equal(p, a[some]), k
+        assert tte[k] == tte_alone == tte_shuffled[where[k]], k
