@@ -261,10 +261,14 @@ def _series(cg, cf, x):
 
 
 @jit
-def _invert(dt, lo, h, share, cg, cf):
-    """y in [0, h] with y G(y) = dt (the panel from lo; share = its whole increment of t)."""
+def _invert(dt, lo, h, share, ends, cg, cf):
+    """y in [0, h] with y G(y) = dt (the panel from lo; share = its whole increment of t, ends = p
+    at its two ends): Newton from a first-order guess at the nearer end, kept inside a shrinking bracket. Newton's error is
+    about (p'/2p)·step² with p'/p of order 1/h, so a step with step² ≤ 1e-17 (lo + y) h is the last."""
     y_lo, y_hi = 0.0, h
-    y = h * min(dt / share, 1.0)
+    y = dt / ends[0] if 2 * dt < share else h - (share - dt) / ends[1]
+    if not 0 <= y <= h:
+        y = h * dt / share
     for _ in range(ITERS):
         g, f = _series(cg, cf, 2 * y / h - 1)
         gap = y * g - dt
@@ -277,6 +281,8 @@ def _invert(dt, lo, h, share, cg, cf):
         new = y - gap / f
         if not y_lo < new < y_hi:
             new = 0.5 * (y_lo + y_hi)
+        elif (new - y) ** 2 <= 1e-17 * (lo + new) * h:
+            return new
         if abs(new - y) <= 2 * ULP * (lo + new) or y_hi - y_lo <= 2 * ULP * (lo + y_hi):
             return new
         y = new
@@ -319,9 +325,10 @@ def _march(cell, targets, by_time, out):
             continue
         for k in range(NODES):
             cf[k], cg[k] = _dot(_LEG[k], f), _dot(_MEAN[k], f)
+        ends = _series(cg, cf, -1.0)[1], _series(cg, cf, 1.0)[1]
         while i < count and (targets[i] <= t_lo + share if by_time else targets[i] <= lo + h):
             if by_time:
-                out[i] = lo + _invert(targets[i] - t_lo, lo, h, share, cg, cf)
+                out[i] = lo + _invert(targets[i] - t_lo, lo, h, share, ends, cg, cf)
             else:
                 y = targets[i] - lo
                 out[i] = t_lo + y * _series(cg, cf, 2 * y / h - 1)[0]
