@@ -1,18 +1,34 @@
-"""Target 2 — time to solution on the paper's example: m = 50, dx = 5, dy = 1, ‖W0‖ = 10‖Z‖,
-depths 1–5, 64 seeds, horizon 0.1, induced and layerwise models.
+"""Target 2 — time to solution on the paper's example at Euler's accuracy: m = 50, dx = 5, dy = 1,
+width 5, balanced starts with ‖W0‖ = 10‖Z‖, horizon 0.1, the layerwise flow; depths 1–5 with a batch of
+B = 4096 trajectories each (seeds 0…4095).
 
-The paper's run (forward Euler, step 1e-6, 1e5 steps) against dopri5 at the loosest tolerance whose
-error in the final excess loss matches or beats Euler's — both measured against the exact closed form
-(docs/theory.md §4, ``model: exact``). Same process, single-threaded, no Ray; wall times are medians.
+1. Reference: the exact closed form (docs/theory.md §4, ``model: exact`` through ``sweep.batch``) for
+   every trajectory.
+2. Euler's accuracy: the paper's run (forward Euler, h = 1e-6, 1e5 steps) on the first --euler-seeds
+   seeds of each depth (it is slow); its max relative error in the final excess loss is the accuracy
+   target.
+3. linflow: ``sweep.kernel.integrate`` with dopri5 (atol = rtol·1e-3) at the loosest rtol in
+   1e-5, 1e-6, … whose max relative error over all 5·B trajectories is ≤ Euler's.
+4. diffrax (when importable): Dopri5 + PIDController, vmap over the batch, jit, one compiled solver per
+   depth, at the same rtol and atol — tightened tenfold while its max error is above Euler's, so both
+   are timed at the measured accuracy. The flow is the same narrow-end formulation as linflow's.
 
-    python bench/time_to_solution.py [--seeds 64] [--repeats 3]
+Times are of the integration alone (the starts are built beforehand, and no store), medians of
+--repeats, summed over the five depths; compile time (linflow's first call, diffrax's jit) is excluded
+and printed. Single-threaded, in-process, no Ray.
+
+    python bench/time_to_solution.py [--seeds 4096] [--euler-seeds 64] [--repeats 3] [--quick]
 """
 
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ["OPENBLAS_NUM_THREADS"] = "1"
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["NUMBA_NUM_THREADS"] = "1"
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+                           " intra_op_parallelism_threads=1").strip()
 
 import argparse
 import statistics
@@ -20,60 +36,117 @@ import time
 
 import numpy as np
 
-from sweep import batch, problem
+from sweep import batch, kernel, problem
 from sweep import spec as specs
-from sweep.init import initial_layers
+from sweep.init import initial_layers, layer_dims, rank_of
+
+DEPTHS = (1, 2, 3, 4, 5)
+WIDTH, INIT_NORM, HORIZON, EPS = 5, 10.0, 0.1, 1e-6
+PROBLEM = {"m": 50, "dx": 5, "dy": 1, "seed": 0}
+RTOLS = (1e-5, 1e-6, 1e-7, 1e-8, 1e-9, 1e-10)
+TARGET = 2.0  # linflow dopri5 ≥ 2x faster than diffrax Dopri5
 
 
-def sweep_final_excess(raw):
-    """(final excess loss of every cell, wall seconds) — the batches a Ray task would run, in-process."""
+def exact_final_excess(seeds):
+    """(depths, seeds) final excess loss from the closed form, and the wall time."""
+    raw = {"problem": PROBLEM, "init": {"scheme": "balanced"}, "model": "exact",
+           "axes": {"depth": list(DEPTHS), "width": [WIDTH], "init_norm": [INIT_NORM],
+                    "seed": {"start": 0, "stop": seeds}},
+           "horizon": HORIZON, "eps": EPS, "checkpoints": {"count": 2, "spacing": "linear"}, "batch": seeds}
     s = specs.parse(raw)
     p = problem.build(s.problem)
-    out = np.empty(s.shape)
     t = time.perf_counter()
-    for region in batch.regions(s.shape, batch.chunk_shape(s.shape, tuple(s.axes), s.batch)):
-        res = batch.run_batch(s, p, region)
-        out[region] = res["excess_loss"][..., -1]
+    out = np.stack([batch.run_batch(s, p, (slice(i, i + 1), slice(0, 1), slice(0, 1), slice(0, seeds)))
+                    ["excess_loss"][0, 0, 0, :, -1] for i in range(len(DEPTHS))])
     return out, time.perf_counter() - t
+
+
+def setups(target, seeds):
+    """Per depth: (model, layers [(B, d_j, d_{j−1})]) for seeds 0…seeds−1 — the starts ``linflow run``
+    builds for these cells (sweep.init, problem seed 0)."""
+    out = []
+    for depth in DEPTHS:
+        dims = layer_dims(PROBLEM["dx"], PROBLEM["dy"], depth, WIDTH)
+        tail = kernel.tail_loss(target, rank_of(PROBLEM["dx"], PROBLEM["dy"], depth, WIDTH))
+        model = kernel.Layerwise(dims, target, tail)
+        starts = [initial_layers("balanced", target, problem_seed=PROBLEM["seed"], seed=seed, depth=depth,
+                                 width=WIDTH, init_norm=INIT_NORM) for seed in range(seeds)]
+        out.append((model, [np.stack(ws) for ws in zip(*starts)]))
+    return out
+
+
+def linflow_run(setup, n, **settings):
+    """Final excess loss (depths, n) of the first n trajectories of each depth, and the wall time."""
+    finals, total = [], 0.0
+    for model, layers in setup:
+        y0 = model.pack([w[:n] for w in layers])
+        t = time.perf_counter()
+        res = kernel.integrate(model, y0, horizon=HORIZON, checkpoints=np.array([0.0, HORIZON]), eps=EPS, **settings)
+        total += time.perf_counter() - t
+        finals.append(res.excess[:, -1])
+    return np.stack(finals), total
+
+
+def rel_error(final, exact):
+    return np.abs(final / exact[:, : final.shape[1]] - 1)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=64)
+    ap.add_argument("--seeds", type=int, default=4096, help="trajectories per depth (B)")
+    ap.add_argument("--euler-seeds", type=int, default=64, help="trajectories per depth for Euler's accuracy")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="256 seeds, Euler on 8 seeds, 1 repeat (for development)")
     args = ap.parse_args()
-    base = {"problem": {"m": 50, "dx": 5, "dy": 1, "seed": 0}, "init": {"scheme": "balanced"},
-            "axes": {"depth": [1, 2, 3, 4, 5], "width": [5], "init_norm": [10.0], "seed": {"start": 0, "stop": args.seeds}},
-            "horizon": 0.1, "eps": 1e-6, "checkpoints": {"count": 2, "spacing": "linear"}, "batch": 256}
-    exact, t_exact = sweep_final_excess({**base, "model": "exact"})
-    results = {}
-    print(f"paper's example: depths 1–5 × {args.seeds} seeds, horizon 0.1; reference: model exact ({t_exact:.2f} s)\n")
-    for model in ("induced", "layerwise"):
-        euler, t_euler = sweep_final_excess({**base, "model": model, "integrator": {"method": "euler", "step": 1e-6}})
-        err_euler = np.abs(euler / exact - 1)
-        print(f"{model}: Euler h = 1e-6 (1e5 steps): {t_euler:.1f} s, final excess rel. error max {err_euler.max():.2e}, "
-              f"median {np.median(err_euler):.2e}")
-        chosen = None
-        for rtol in (1e-5, 1e-6, 1e-7, 1e-8, 1e-9, 1e-10):
-            raw = {**base, "model": model, "integrator": {"method": "dopri5", "rtol": rtol, "atol": rtol * 1e-3}}
-            final, _ = sweep_final_excess(raw)
-            err = np.abs(final / exact - 1)
-            ok = err.max() <= err_euler.max()
-            print(f"  dopri5 rtol {rtol:.0e}: max rel. error {err.max():.2e} {'≤' if ok else '>'} Euler's")
-            if ok:
-                chosen = raw
-                break
-        times = [sweep_final_excess(chosen)[1] for _ in range(args.repeats)]
-        t_dopri = statistics.median(times)
-        print(f"  → dopri5 at rtol {chosen['integrator']['rtol']:.0e}: {t_dopri:.3f} s (median of {args.repeats}); "
-              f"Euler / dopri5 = {t_euler / t_dopri:.0f}x  (target ≥ 100x)\n")
-        results[model] = (chosen, t_dopri)
-    diffrax_comparison(base, results["layerwise"], args.repeats)
+    if args.quick:
+        args.seeds, args.euler_seeds, args.repeats = min(args.seeds, 256), min(args.euler_seeds, 8), 1
+    nb, ne = args.seeds, min(args.euler_seeds, args.seeds)
+    target = problem.build(PROBLEM).target
+
+    exact, t_exact = exact_final_excess(nb)
+    setup = setups(target, nb)
+    print(f"paper's example, layerwise: depths 1–5 × B = {nb} seeds, width 5, ‖W0‖ = 10‖Z‖, t = {HORIZON}; "
+          f"reference: closed form ({t_exact:.2f} s); kernel version {getattr(kernel, 'KERNEL_VERSION', '?')}; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+
+    t = time.perf_counter()
+    linflow_run(setup, 2, method=kernel.EULER, step=1e-3)  # compile (excluded)
+    t_first = time.perf_counter() - t
+    euler, t_euler = linflow_run(setup, ne, method=kernel.EULER, step=1e-6)
+    err_euler = rel_error(euler, exact)
+    goal = err_euler.max()
+    print(f"Euler h = 1e-6 (1e5 steps) on {ne} seeds/depth: {t_euler:.1f} s; final excess rel. error max "
+          f"{goal:.2e}, median {np.median(err_euler):.2e}  → accuracy target {goal:.2e}")
+
+    t = time.perf_counter()
+    linflow_run(setup, 2, method=kernel.DOPRI5, rtol=1e-6, atol=1e-9)
+    t_compile = time.perf_counter() - t
+    print(f"linflow first calls (incl. any compile; excluded below): Euler {t_first:.2f} s, "
+          f"then dopri5 {t_compile:.2f} s")
+    chosen = None
+    for rtol in RTOLS:
+        final, _ = linflow_run(setup, nb, method=kernel.DOPRI5, rtol=rtol, atol=rtol * 1e-3)
+        err = rel_error(final, exact)
+        ok = err.max() <= goal
+        print(f"  linflow dopri5 rtol {rtol:.0e}: max rel. error {err.max():.2e} {'≤' if ok else '>'} Euler's "
+              f"(median {np.median(err):.2e})")
+        if ok:
+            chosen = rtol
+            break
+    if chosen is None:
+        print("  no tolerance down to 1e-10 reaches Euler's accuracy: stopping")
+        return
+    times = [linflow_run(setup, nb, method=kernel.DOPRI5, rtol=chosen, atol=chosen * 1e-3)[1]
+             for _ in range(args.repeats)]
+    t_linflow = statistics.median(times)
+    per_traj_ratio = (t_euler / ne) / (t_linflow / nb)
+    print(f"→ linflow dopri5 at rtol {chosen:.0e}: {t_linflow:.3f} s for {len(DEPTHS)} × {nb} trajectories "
+          f"(median of {args.repeats}); per trajectory "
+          f"Euler / dopri5 = {per_traj_ratio:.0f}x")
+    diffrax_comparison(setup, exact, goal, chosen, t_linflow, args.repeats)
 
 
-def diffrax_comparison(base, chosen_and_time, repeats):
-    """diffrax Dopri5 under vmap on the layerwise flow, same starts and tolerance, compiled once per
-    depth (compile time excluded); the error against the exact form printed beside it."""
+def diffrax_comparison(setup, exact, goal, rtol, t_linflow, repeats):
     try:
         import diffrax
         import jax
@@ -82,52 +155,57 @@ def diffrax_comparison(base, chosen_and_time, repeats):
         print("diffrax not importable: the diffrax Dopri5 comparison is skipped (pip install diffrax to run it)")
         return
     jax.config.update("jax_enable_x64", True)
-    raw, t_linflow = chosen_and_time
-    rtol, atol = raw["integrator"]["rtol"], raw["integrator"]["atol"]
-    s = specs.parse(raw)
-    p = problem.build(s.problem)
-    z = jnp.asarray(p.target)
-    exact, _ = sweep_final_excess({**base, "model": "exact"})
-    solvers, starts = [], []
-    for i, depth in enumerate(s.axes["depth"]):
-        region = (slice(i, i + 1), slice(0, 1), slice(0, 1), slice(0, len(s.axes["seed"])))
-        c = batch.cells(s, region)
-        layers = [initial_layers("balanced", p.target, problem_seed=0, seed=int(seed), depth=depth,
-                                       width=5, init_norm=10.0) for seed in c["seed"]]
-        starts.append(tuple(jnp.asarray(np.stack(ws)) for ws in zip(*layers)))
+    model0 = setup[0][0]
+    z = jnp.asarray(model0.target)  # (1, dx)
 
-        def flow(t, ws, args, depth=depth):
-            prefix = [jnp.eye(p.dx)]
-            for w in ws:
-                prefix.append(w @ prefix[-1])
-            e = z - prefix[-1]
-            grads, suffix = [], jnp.eye(p.dy)
-            for j in range(depth - 1, -1, -1):
-                grads.append(suffix.T @ e @ prefix[j].T)
-                suffix = suffix @ ws[j]
-            return tuple(reversed(grads))
+    def flow(t, ws, args):  # one trajectory, the narrow-end products (dy = 1)
+        n = len(ws)
+        s = [None] * n
+        s[n - 1] = ws[n - 1]
+        for j in range(n - 1, 0, -1):
+            s[j - 1] = s[j] @ ws[j - 1]
+        v = [(z - s[0]).T]
+        for j in range(1, n):
+            v.append(ws[j - 1] @ v[-1])
+        return tuple([s[j + 1].T * v[j].T for j in range(n - 1)] + [v[n - 1].T])
 
-        def solve(ws, flow=flow):
-            sol = diffrax.diffeqsolve(diffrax.ODETerm(flow), diffrax.Dopri5(), 0.0, s.horizon, None, ws,
-                                      stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+    def make(rtol):
+        def solve(ws):
+            sol = diffrax.diffeqsolve(diffrax.ODETerm(flow), diffrax.Dopri5(), 0.0, HORIZON, None, ws,
+                                      stepsize_controller=diffrax.PIDController(rtol=rtol, atol=rtol * 1e-3),
                                       saveat=diffrax.SaveAt(t1=True), max_steps=1_000_000)
-            w = sol.ys[0]
+            w = sol.ys[0][0]
             for layer in sol.ys[1:]:
                 w = layer[0] @ w
             return 0.5 * jnp.sum((z - w) ** 2)
 
-        solvers.append(jax.jit(jax.vmap(solve)))
-    finals = [jax.block_until_ready(f(w)) for f, w in zip(solvers, starts)]  # compile
+        return jax.jit(jax.vmap(solve))
+
+    starts = [tuple(jnp.asarray(w) for w in layers) for _, layers in setup]
+    tails = np.array([m.tail for m, _ in setup])[:, None]
+    nb = len(starts[0][0])
+    while True:
+        solvers = [make(rtol) for _ in setup]
+        t = time.perf_counter()
+        finals = [jax.block_until_ready(f(w)) for f, w in zip(solvers, starts)]  # compile + first call
+        t_compile = time.perf_counter() - t
+        err = rel_error(np.stack([np.asarray(x) for x in finals]) - tails, exact)
+        ok = err.max() <= goal
+        print(f"  diffrax Dopri5 rtol {rtol:.0e}: max rel. error {err.max():.2e} {'≤' if ok else '>'} Euler's "
+              f"(median {np.median(err):.2e}); compile + first call {t_compile:.1f} s")
+        if ok or rtol <= RTOLS[-1]:
+            break
+        rtol /= 10
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         for f, w in zip(solvers, starts):
             jax.block_until_ready(f(w))
         times.append(time.perf_counter() - t)
-    err = np.abs(np.stack([np.asarray(x) for x in finals]) / exact[:, 0, 0, :] - 1)
     t_dx = statistics.median(times)
-    print(f"diffrax Dopri5 (vmap, jit, rtol {rtol:.0e}) on the layerwise flow: {t_dx:.3f} s, max rel. error "
-          f"{err.max():.2e}; diffrax / linflow wall = {t_dx / t_linflow:.2f}x  (target ≥ 1x)")
+    print(f"→ diffrax {diffrax.__version__} Dopri5 (vmap, jit, JAX {jax.__version__}) at rtol {rtol:.0e}: {t_dx:.3f} s "
+          f"for {len(setup)} × {nb} trajectories (median of {repeats}; compile excluded)")
+    print(f"diffrax / linflow wall = {t_dx / t_linflow:.2f}x  (target ≥ {TARGET:g}x)")
 
 
 if __name__ == "__main__":
