@@ -103,24 +103,28 @@ def _xlogy(k, log_y):
 
 @jit
 def _binomial(m, log_a, log_b):
-    """C(m, k) for k ≤ m (log C when m > LINEAR_M), and θ0's weights C(m,k) a^k b^{m−k} of A (k < m/2)."""
-    comb, w = np.empty(m + 1), np.empty((m + 1) // 2)
+    """Rows over k ≤ m: C(m, k) (log C when m > LINEAR_M); the ratios C(m,k+1)/C(m,k) and
+    C(m,k−1)/C(m,k); θ0's weights C(m,k) a^k b^{m−k} of A (k < m/2, else 0); 1/k (0 at k = 0)."""
+    tab = np.zeros((5, m + 1))
     c = 1.0  # C(m, k) by its product: a few ulps, exact below m = 57
     for k in range(m + 1):
         log_c = math.log(c) if m <= 1000 else math.lgamma(m + 1) - math.lgamma(k + 1) - math.lgamma(m - k + 1)
-        comb[k] = c if m <= LINEAR_M else log_c
-        if k < len(w):
-            w[k] = math.exp(log_c + _xlogy(k, log_a) + _xlogy(m - k, log_b))
+        tab[0, k] = c if m <= LINEAR_M else log_c
+        tab[1, k] = (m - k) / (k + 1)
+        tab[2, k] = k / (m - k + 1)
+        if 2 * k < m:
+            tab[3, k] = math.exp(log_c + _xlogy(k, log_a) + _xlogy(m - k, log_b))
+        if k > 0:
+            tab[4, k] = 1.0 / k
         c = c * (m - k) / (k + 1)
-    return comb, w
+    return tab
 
 
 @jit
 def _cell(n, r0, zeta, log_a, log_b, gap0):
-    comb, w = _binomial(n, log_a, log_b)
-    comb2, w2 = _binomial(n - 2, log_a, log_b)
     tan0 = math.exp(0.5 * (log_b - log_a))
-    return n, r0, zeta, log_a, log_b, gap0, math.exp(log_a), math.exp(log_b), tan0, comb, w, comb2, w2, np.empty(n + 1)
+    return (n, r0, zeta, log_a, log_b, gap0, math.exp(log_a), math.exp(log_b), tan0,
+            _binomial(n, log_a, log_b), _binomial(n - 2, log_a, log_b), np.empty(n + 1))
 
 
 @jit
@@ -145,8 +149,9 @@ def _angle(s, tan0):
 
 
 @jit
-def _fill_psi(m, s, d1, q, psi):
-    """psi[j] = (1 − e^{−js})/j for j ≤ m, j ≡ m (mod 2), from d1 = 1 − e^{−s}, q = e^{−s}; psi[0] = s."""
+def _fill_psi(m, s, d1, q, inverse, psi):
+    """psi[j] = (1 − e^{−js})/j for j ≤ m, j ≡ m (mod 2), from d1 = 1 − e^{−s}, q = e^{−s} and
+    inverse[j] = 1/j; psi[0] = s."""
     d2 = d1 * (1.0 + q)  # 1 − e^{−2s}
     psi[0] = s
     j, d, qj = 0, 0.0, 1.0
@@ -157,42 +162,36 @@ def _fill_psi(m, s, d1, q, psi):
         d += qj * d2
         qj *= q * q
         j += 2
-        psi[j] = d / j
+        psi[j] = d * inverse[j]
 
 
 @jit
-def _sums(m, alpha, beta, comb, w, psi):
-    """(A_m, B_m), J_m = R^{−m} A_m + B_m: A from θ0's weights w, B from the current angle's
-    binomial weights C(m,k) α^k β^{m−k} (k ≥ m/2), formed from their mode outward by products."""
+def _sums(m, alpha, beta, tab, psi):
+    """(A_m, B_m), J_m = R^{−m} A_m + B_m: A from θ0's weights, B from the current angle's binomial
+    weights C(m,k) α^k β^{m−k} (k ≥ m/2), formed at their mode and by exact ratios outward."""
     a_sum = 0.0
-    for k in range(len(w)):
-        a_sum += w[k] * psi[m - 2 * k]
+    for k in range((m + 1) // 2):
+        a_sum += tab[3, k] * psi[m - 2 * k]
     k_lo = (m + 1) // 2
-    b_sum = 0.0
-    if m > LINEAR_M:  # each weight from its logarithm
-        la, lb = _log(alpha), _log(beta)
-        for k in range(k_lo, m + 1):
-            b_sum += math.exp(comb[k] + _xlogy(k, la) + _xlogy(m - k, lb)) * psi[2 * k - m]
-        return a_sum, b_sum
     mode = max(k_lo, min(m, int((m + 1) * alpha)))
-    power = alpha**mode * beta ** (m - mode)
-    top = comb[mode] * power
+    if m <= LINEAR_M:
+        top = tab[0, mode] * alpha**mode * beta ** (m - mode)
+    else:
+        top = math.exp(tab[0, mode] + _xlogy(mode, _log(alpha)) + _xlogy(m - mode, _log(beta)))
     if top == 0.0:  # below 1e-300 of J
-        return a_sum, b_sum
+        return a_sum, 0.0
     b_sum = top * psi[2 * mode - m]
     cut = 1e-40 * top  # the weights only fall away from the mode, and ψ varies by far less than 1e20
-    x, ratio = power, alpha / beta if beta > 0 else np.inf  # used only when β > 0 (else the mode is m)
-    for k in range(mode + 1, m + 1):
-        x *= ratio
-        p = comb[k] * x
-        b_sum += p * psi[2 * k - m]
+    p, ratio = top, alpha / beta if beta > 0 else np.inf  # used only when β > 0 (else the mode is m)
+    for k in range(mode, m):
+        p *= tab[1, k] * ratio
+        b_sum += p * psi[2 * k + 2 - m]
         if p < cut:
             break
-    x, ratio = power, beta / alpha if alpha > 0 else np.inf  # used only when α > 0 (else top = 0)
-    for k in range(mode - 1, k_lo - 1, -1):
-        x *= ratio
-        p = comb[k] * x
-        b_sum += p * psi[2 * k - m]
+    p, ratio = top, beta / alpha if alpha > 0 else np.inf  # used only when α > 0 (else top = 0)
+    for k in range(mode, k_lo, -1):
+        p *= tab[2, k] * ratio
+        b_sum += p * psi[2 * k - 2 - m]
         if p < cut:
             break
     return a_sum, b_sum
@@ -207,10 +206,10 @@ def _point(cell, s, full):
     r − ζ cos θ = r[sin²θ (1 − (N−1) cos θ J_{N−2}) − cos θ (ζ/r0 − cos θ0) R^{−N}] (integration by
     parts of J_N, §4): no cancellation when θ is small, where this difference is all the excess;
     r R^{−N} = 1/(H + T R^N) stays O(1) on the anti-aligned ray."""
-    n, r0, zeta, log_a, log_b, gap0, a, b, tan0, comb, w, comb2, w2, psi = cell
+    n, r0, zeta, log_a, log_b, gap0, a, b, tan0, tab, tab2, psi = cell
     q, d1, alpha, beta, cos, sin = _angle(s, tan0)
-    _fill_psi(n, s, d1, q, psi)
-    a_n, b_n = _sums(n, alpha, beta, comb, w, psi)
+    _fill_psi(n, s, d1, q, tab[4], psi)
+    a_n, b_n = _sums(n, alpha, beta, tab, psi)
     head, tail = 1.0 / r0 + n / zeta * a_n, n / zeta * b_n
     big_r = a / q + b * q if s < 700 else np.inf
     rn = big_r**n
@@ -224,7 +223,7 @@ def _point(cell, s, full):
         dtds = math.exp((n - 2) / n * lu - math.log(zeta))
     if not full:
         return dtds, 0.0, 0.0, 0.0, 0.0, 0.0
-    a2, b2 = _sums(n - 2, alpha, beta, comb2, w2, psi)  # J_{N−2} = R^{2−N} A2 + B2
+    a2, b2 = _sums(n - 2, alpha, beta, tab2, psi)  # J_{N−2} = R^{2−N} A2 + B2
     if linear:
         r = 1.0 / u
         second = (n - 1) * cos * sin * sin * r * (a2 * big_r * big_r / rn + b2)

@@ -13,10 +13,21 @@ numbers do not depend on its column or its companions.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import NamedTuple
 
-import numba
 import numpy as np
+
+# compiled code is cached per user (numba writes each file aside, then renames it: safe under concurrent
+# processes), so each machine compiles once per linflow version; NUMBA_CACHE_DIR, when set, wins
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "linflow" / "numba"
+os.environ.setdefault("NUMBA_CACHE_DIR", str(CACHE_DIR))  # read when numba is first imported, and by workers
+
+import numba  # noqa: E402
+
+if not numba.config.CACHE_DIR:  # numba was imported before us
+    numba.config.CACHE_DIR = str(CACHE_DIR)
 
 LAYERWISE, INDUCED = 0, 1
 

@@ -217,12 +217,13 @@ def integrate(
             n_steps = int(np.ceil(horizon / step))
     opt = stepper.Options(float(horizon), float(step or 0.0), int(n_steps), float(rtol or 0.0), float(atol or 0.0),
                           float(eps), bool(stop_at_eps), int(max_steps))
-    out = stepper.Output(np.full((nb, len(tc)), np.nan), np.full(nb, np.nan), np.zeros(nb, np.int8),
-                         np.zeros(nb, np.int64), np.zeros(nb, np.int64), np.full((nb, size), np.nan), np.zeros(nb))
+    out = stepper.Output(np.full((nb, len(tc)), np.nan), np.full((nb, size), np.nan), np.full(nb, np.nan),
+                         np.zeros(nb), np.zeros((3, nb), np.int64))
     g = model.geometry
     blk = stepper.block_arrays(size, max(1, g.work_rows), method.stages, block or block_width(size))
     stepper.integrate(g, _compiled(method), opt, y0, tc, out, blk)
-    return Result(*out)
+    status, steps, evals = out.counts
+    return Result(out.excess, out.time_to_eps, status.astype(np.int8), steps, evals, out.y_final, out.t_final)
 
 
 def _compiled(method: Tableau) -> stepper.Method:

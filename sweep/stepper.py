@@ -51,67 +51,54 @@ class Options(NamedTuple):
 
 
 class Output(NamedTuple):
-    """Per-trajectory results, trajectory first, filled in place."""
+    """Per-trajectory results, trajectory first, filled in place (few arrays: numba compiles each
+    function's arguments field by field)."""
 
-    excess: np.ndarray
-    time_to_eps: np.ndarray
-    status: np.ndarray
-    steps: np.ndarray
-    rhs_evals: np.ndarray
-    y_final: np.ndarray
-    t_final: np.ndarray
+    excess: np.ndarray  # (B, C)
+    y_final: np.ndarray  # (B, P)
+    time_to_eps: np.ndarray  # (B,)
+    t_final: np.ndarray  # (B,)
+    counts: np.ndarray  # (3, B): status, accepted steps, right-hand-side evaluations
+
+
+# the per-trajectory fields of a block: rows of Block.f (float) and Block.i (integer)
+T, T_NEW, H, HH, EXC, EXC_NEW, EXC_STAGE, BOUND, FLOOR, ENORM, ROW, COL_EXC = range(12)
+INDEX, NXT, STEPS, EVALS, STATUS, FOUND, ACCEPT, REJECTED = range(8)
 
 
 class Block(NamedTuple):
     """The work arrays of one block, reused from block to block. The state and its derivative swap
     buffers by index: y = ys[cur], y_new = ys[1 − cur]; stage j lives in k[kmap[j]], where kmap[0] (f(y))
-    and kmap[s] (f(y_new)) trade places when a step is accepted."""
+    and kmap[s] (f(y_new)) trade places when a step is accepted.
+
+    Per trajectory (column b): f[T] time, f[T_NEW] its step's end, f[H] the next step size (adaptive),
+    f[HH] this step's size, f[EXC] / f[EXC_NEW] excess loss at t / t_new, f[BOUND] the divergence bound,
+    f[FLOOR] / f[ENORM] the error weights' floor and the error norm; f[EXC_STAGE], f[ROW], f[COL_EXC]
+    scratch. i[INDEX] the trajectory in the column, i[NXT] its next checkpoint, i[STEPS] / i[EVALS]
+    counters, i[STATUS], and the flags i[FOUND] (crossed ε), i[ACCEPT] (this step), i[REJECTED] (the last)."""
 
     ys: np.ndarray  # (2, P, W)
     k: np.ndarray  # (s + 1, P, W)
     kmap: np.ndarray  # (s + 1,)
     tmp: np.ndarray  # (P, W): stage arguments
-    work: np.ndarray  # model work rows
-    row: np.ndarray  # (W,) scratch
+    work: np.ndarray  # the model's work rows
     col: np.ndarray  # (P, 1): one interpolated state
     col_work: np.ndarray
-    col_exc: np.ndarray  # (1,)
-    index: np.ndarray  # (W,) the trajectory in each column
-    t: np.ndarray
-    t_new: np.ndarray
-    h: np.ndarray  # the next step size (adaptive methods)
-    hh: np.ndarray  # this step's size, t_new − t
-    exc: np.ndarray
-    exc_new: np.ndarray
-    exc_stage: np.ndarray
-    bound: np.ndarray
-    floor: np.ndarray
-    enorm: np.ndarray
-    found: np.ndarray  # bool: crossed ε
-    accept: np.ndarray  # bool
-    rejected: np.ndarray  # bool: the previous attempt was rejected
-    nxt: np.ndarray  # int64: next checkpoint
-    steps: np.ndarray
-    evals: np.ndarray
-    status: np.ndarray  # int8
+    f: np.ndarray  # (12, W)
+    i: np.ndarray  # (8, W)
 
 
 def block_arrays(size: int, work_rows: int, stages: int, width: int) -> Block:
-    f, i = np.zeros, np.int64
-    return Block(
-        ys=f((2, size, width)), k=f((stages + 1, size, width)), kmap=np.arange(stages + 1), tmp=f((size, width)),
-        work=f((work_rows, width)), row=f(width), col=f((size, 1)), col_work=f((work_rows, 1)), col_exc=f(1),
-        index=np.zeros(width, i), t=f(width), t_new=f(width), h=f(width), hh=f(width), exc=f(width), exc_new=f(width),
-        exc_stage=f(width), bound=f(width), floor=f(width), enorm=f(width), found=np.zeros(width, np.bool_),
-        accept=np.zeros(width, np.bool_), rejected=np.zeros(width, np.bool_), nxt=np.zeros(width, i),
-        steps=np.zeros(width, i), evals=np.zeros(width, i), status=np.zeros(width, np.int8),
-    )
+    z = np.zeros
+    return Block(ys=z((2, size, width)), k=z((stages + 1, size, width)), kmap=np.arange(stages + 1),
+                 tmp=z((size, width)), work=z((work_rows, width)), col=z((size, 1)), col_work=z((work_rows, 1)),
+                 f=z((12, width)), i=np.zeros((8, width), np.int64))
 
 
 @jit
 def integrate(g, meth, opt, y0, tc, out, blk):
     """Every trajectory of ``y0`` (B, P), block by block."""
-    width = len(blk.index)
+    width = blk.i.shape[1]
     for first in range(0, y0.shape[0], width):
         _integrate_block(g, meth, opt, y0, tc, out, blk, first, min(width, y0.shape[0] - first))
 
@@ -135,26 +122,26 @@ def _start(g, meth, opt, y0, tc, out, blk, first, m):
     """Load trajectories first … first + m − 1 into the block: f(y0), statuses, the first step size."""
     y, f0 = blk.ys[0], blk.k[blk.kmap[0]]
     for b in range(m):
-        blk.index[b] = first + b
+        blk.i[INDEX, b] = first + b
         for p in range(y.shape[0]):
             y[p, b] = y0[first + b, p]
     flows.project(g, y, m)
-    flows.rhs(g, y, f0, m, blk.exc, blk.work)
+    flows.rhs(g, y, f0, m, blk.f[EXC], blk.work)
     for b in range(m):
-        i, exc = blk.index[b], blk.exc[b]
-        blk.t[b], blk.steps[b], blk.evals[b], blk.nxt[b], blk.rejected[b] = 0.0, 0, 1, 0, False
-        blk.bound[b] = BLOWUP * max(exc if np.isfinite(exc) else 0.0, g.half_z2)
-        blk.found[b] = exc <= opt.eps
-        if blk.found[b]:
+        i, exc = blk.i[INDEX, b], blk.f[EXC, b]
+        blk.f[T, b], blk.i[STEPS, b], blk.i[EVALS, b], blk.i[NXT, b], blk.i[REJECTED, b] = 0.0, 0, 1, 0, False
+        blk.f[BOUND, b] = BLOWUP * max(exc if np.isfinite(exc) else 0.0, g.half_z2)
+        blk.i[FOUND, b] = exc <= opt.eps
+        if blk.i[FOUND, b]:
             out.time_to_eps[i] = 0.0
         if len(tc) and tc[0] <= 0.0:
             out.excess[i, 0] = exc
-            blk.nxt[b] = 1
-        blk.status[b] = PENDING
+            blk.i[NXT, b] = 1
+        blk.i[STATUS, b] = PENDING
         if not (np.isfinite(exc) and np.all(np.isfinite(y[:, b]))):
-            blk.status[b] = DIVERGED
-        elif blk.found[b] and opt.stop_at_eps:
-            blk.status[b] = CONVERGED
+            blk.i[STATUS, b] = DIVERGED
+        elif blk.i[FOUND, b] and opt.stop_at_eps:
+            blk.i[STATUS, b] = CONVERGED
     if meth.adaptive:
         _initial_step(g, meth, opt, blk, m)
     return 0
@@ -165,21 +152,18 @@ def _retire(out, blk, cur, m):
     """Write out the finished trajectories; the block's last live column fills each one's place."""
     y, f0 = blk.ys[cur], blk.k[blk.kmap[0]]
     for b in range(m - 1, -1, -1):
-        if blk.status[b] == PENDING:
+        if blk.i[STATUS, b] == PENDING:
             continue
-        i = blk.index[b]
-        out.status[i], out.steps[i], out.rhs_evals[i], out.t_final[i] = (
-            blk.status[b], blk.steps[b], blk.evals[b], blk.t[b])
+        i = blk.i[INDEX, b]
+        out.counts[:, i] = blk.i[STATUS, b], blk.i[STEPS, b], blk.i[EVALS, b]
+        out.t_final[i] = blk.f[T, b]
         out.y_final[i, :] = y[:, b]
         last = m - 1
         if b != last:
             y[:, b] = y[:, last]
             f0[:, b] = f0[:, last]
-            for v in (blk.t, blk.h, blk.exc, blk.bound):
-                v[b] = v[last]
-            for w in (blk.index, blk.nxt, blk.steps, blk.evals):
-                w[b] = w[last]
-            blk.found[b], blk.rejected[b], blk.status[b] = blk.found[last], blk.rejected[last], blk.status[last]
+            blk.f[:, b] = blk.f[:, last]
+            blk.i[:, b] = blk.i[:, last]
         m -= 1
     return m
 
@@ -189,19 +173,19 @@ def _step_ends(meth, opt, blk, m):
     """Each trajectory's next step end: the fixed grid, or t + h clipped to the horizon."""
     for b in range(m):
         if meth.adaptive:
-            blk.h[b] = min(blk.h[b], opt.horizon - blk.t[b])
-            end = blk.t[b] + blk.h[b]
-            blk.t_new[b] = opt.horizon if end >= opt.horizon else end
+            blk.f[H, b] = min(blk.f[H, b], opt.horizon - blk.f[T, b])
+            end = blk.f[T, b] + blk.f[H, b]
+            blk.f[T_NEW, b] = opt.horizon if end >= opt.horizon else end
         else:
-            n = blk.steps[b] + 1
-            blk.t_new[b] = opt.horizon if n >= opt.n_steps else n * opt.step
-        blk.hh[b] = blk.t_new[b] - blk.t[b]
+            n = blk.i[STEPS, b] + 1
+            blk.f[T_NEW, b] = opt.horizon if n >= opt.n_steps else n * opt.step
+        blk.f[HH, b] = blk.f[T_NEW, b] - blk.f[T, b]
 
 
 @jit
 def _combine(dst, base, blk, coef, count, m):
     """dst = base + h·Σ_{j<count} coef_j k_j for each trajectory (its own h), skipping zero coefficients."""
-    acc, hh = blk.row, blk.hh
+    acc, hh = blk.f[ROW], blk.f[HH]
     nonzero = 0
     for j in range(count):
         nonzero += coef[j] != 0.0
@@ -238,13 +222,13 @@ def _step(g, meth, blk, cur, m):
     y, y_new = blk.ys[cur], blk.ys[1 - cur]
     for i in range(1, s):
         _combine(blk.tmp, y, blk, meth.a[i], i, m)
-        flows.rhs(g, blk.tmp, blk.k[blk.kmap[i]], m, blk.exc_stage, blk.work)
+        flows.rhs(g, blk.tmp, blk.k[blk.kmap[i]], m, blk.f[EXC_STAGE], blk.work)
     _combine(y_new, y, blk, meth.b, s, m)
     flows.project(g, y_new, m)
-    flows.rhs(g, y_new, blk.k[blk.kmap[s]], m, blk.exc_new, blk.work)
+    flows.rhs(g, y_new, blk.k[blk.kmap[s]], m, blk.f[EXC_NEW], blk.work)
     for b in range(m):
-        blk.evals[b] += s
-        blk.accept[b] = True
+        blk.i[EVALS, b] += s
+        blk.i[ACCEPT, b] = True
 
 
 @jit
@@ -255,38 +239,38 @@ def _control(g, meth, opt, blk, cur, m):
     finite). Returns whether every step was accepted."""
     y, y_new = blk.ys[cur], blk.ys[1 - cur]
     size = y.shape[0]
-    flows.weight_floor(g, y, y_new, opt.atol, m, blk.floor)
-    blk.enorm[:m] = 0.0
+    flows.weight_floor(g, y, y_new, opt.atol, m, blk.f[FLOOR])
+    blk.f[ENORM, :m] = 0.0
     for p in range(size):
-        blk.row[:m] = 0.0
+        blk.f[ROW, :m] = 0.0
         for j in range(len(meth.e)):
             c = meth.e[j]
             if c != 0.0:
                 kj = blk.k[blk.kmap[j]]
                 for b in range(m):
-                    blk.row[b] += c * kj[p, b]
+                    blk.f[ROW, b] += c * kj[p, b]
         for b in range(m):
-            scale = opt.rtol * max(abs(y[p, b]), abs(y_new[p, b])) + blk.floor[b]
-            q = blk.hh[b] * blk.row[b] / scale
-            blk.enorm[b] += q * q
+            scale = opt.rtol * max(abs(y[p, b]), abs(y_new[p, b])) + blk.f[FLOOR, b]
+            q = blk.f[HH, b] * blk.f[ROW, b] / scale
+            blk.f[ENORM, b] += q * q
     every = True
     for b in range(m):
-        enorm = np.sqrt(blk.enorm[b] / size)
-        used = blk.hh[b]
+        enorm = np.sqrt(blk.f[ENORM, b] / size)
+        used = blk.f[HH, b]
         factor = MAX_FACTOR if enorm == 0.0 else SAFETY * enorm ** (-1.0 / (meth.order + 1))
         if enorm < 1.0:
-            grow = min(1.0, factor) if blk.rejected[b] else factor
-            blk.h[b] = used * min(MAX_FACTOR, grow)
-            blk.rejected[b] = False
+            grow = min(1.0, factor) if blk.i[REJECTED, b] else factor
+            blk.f[H, b] = used * min(MAX_FACTOR, grow)
+            blk.i[REJECTED, b] = False
         else:
             bad = not np.isfinite(enorm)
-            blk.h[b] = used * max(MIN_FACTOR, MIN_FACTOR if bad else factor)
-            blk.rejected[b] = True
-            blk.accept[b] = False
+            blk.f[H, b] = used * max(MIN_FACTOR, MIN_FACTOR if bad else factor)
+            blk.i[REJECTED, b] = True
+            blk.i[ACCEPT, b] = False
             every = False
-            t = max(blk.t[b], 1.0)
-            if blk.h[b] < 10 * (np.nextafter(t, np.inf) - t):
-                blk.status[b] = DIVERGED if bad else FAILED  # overflow vs. step collapse
+            t = max(blk.f[T, b], 1.0)
+            if blk.f[H, b] < 10 * (np.nextafter(t, np.inf) - t):
+                blk.i[STATUS, b] = DIVERGED if bad else FAILED  # overflow vs. step collapse
     return every
 
 
@@ -295,46 +279,46 @@ def _accept(g, meth, opt, tc, out, blk, cur, m):
     """The accepted steps: the first ε-crossing inside each, the checkpoints it passes (up to the
     crossing when the run stops there), the trajectory's status."""
     for b in range(m):
-        if not blk.accept[b]:
+        if not blk.i[ACCEPT, b]:
             continue
-        t0, t1, e = blk.t[b], blk.t_new[b], blk.exc_new[b]
+        t0, t1, e = blk.f[T, b], blk.f[T_NEW, b], blk.f[EXC_NEW, b]
         stop = False
-        if not blk.found[b] and e <= opt.eps:
-            blk.found[b] = True
+        if not blk.i[FOUND, b] and e <= opt.eps:
+            blk.i[FOUND, b] = True
             hit = _crossing(g, meth, opt, out, blk, cur, b)
             if opt.stop_at_eps:
                 t1, stop = hit, True
-                blk.status[b] = CONVERGED
-        if blk.nxt[b] < len(tc) and tc[blk.nxt[b]] <= t1:
+                blk.i[STATUS, b] = CONVERGED
+        if blk.i[NXT, b] < len(tc) and tc[blk.i[NXT, b]] <= t1:
             _checkpoints(g, meth, tc, out, blk, cur, b, t1)
         if stop:  # the trajectory ends exactly at the crossing
-            _dense(g, meth, blk, cur, b, (t1 - t0) / (blk.t_new[b] - t0))
+            _dense(g, meth, blk, cur, b, (t1 - t0) / (blk.f[T_NEW, b] - t0))
             blk.ys[1 - cur][:, b] = blk.col[:, 0]
-            blk.t_new[b] = t1
-        if blk.status[b] == PENDING:
-            if not np.isfinite(e) or e > blk.bound[b]:  # a non-finite state has a non-finite excess loss
-                blk.status[b] = DIVERGED
+            blk.f[T_NEW, b] = t1
+        if blk.i[STATUS, b] == PENDING:
+            if not np.isfinite(e) or e > blk.f[BOUND, b]:  # a non-finite state has a non-finite excess loss
+                blk.i[STATUS, b] = DIVERGED
             elif t1 >= opt.horizon:
-                blk.status[b] = CONVERGED if blk.found[b] else UNCONVERGED
+                blk.i[STATUS, b] = CONVERGED if blk.i[FOUND, b] else UNCONVERGED
 
 
 @jit
 def _crossing(g, meth, opt, out, blk, cur, b):
     """Record and return the time of trajectory b's first ε-crossing, inside its current step."""
-    t0 = blk.t[b]
-    hit = t0 + _locate(g, meth, opt, blk, cur, b) * (blk.t_new[b] - t0)
-    out.time_to_eps[blk.index[b]] = hit
+    t0 = blk.f[T, b]
+    hit = t0 + _locate(g, meth, opt, blk, cur, b) * (blk.f[T_NEW, b] - t0)
+    out.time_to_eps[blk.i[INDEX, b]] = hit
     return hit
 
 
 @jit
 def _checkpoints(g, meth, tc, out, blk, cur, b, t_stop):
     """The excess loss at the checkpoints in (t, t_stop] of trajectory b's step."""
-    t0, h = blk.t[b], blk.t_new[b] - blk.t[b]
-    while blk.nxt[b] < len(tc) and tc[blk.nxt[b]] <= t_stop:
-        theta = (tc[blk.nxt[b]] - t0) / h
-        out.excess[blk.index[b], blk.nxt[b]] = blk.exc_new[b] if theta >= 1.0 else _excess_at(g, meth, blk, cur, b, theta)
-        blk.nxt[b] += 1
+    t0, h = blk.f[T, b], blk.f[T_NEW, b] - blk.f[T, b]
+    while blk.i[NXT, b] < len(tc) and tc[blk.i[NXT, b]] <= t_stop:
+        theta = (tc[blk.i[NXT, b]] - t0) / h
+        out.excess[blk.i[INDEX, b], blk.i[NXT, b]] = blk.f[EXC_NEW, b] if theta >= 1.0 else _excess_at(g, meth, blk, cur, b, theta)
+        blk.i[NXT, b] += 1
 
 
 @jit
@@ -347,15 +331,15 @@ def _commit(meth, opt, blk, cur, m, every):
         cur = 1 - cur
     y, f0 = blk.ys[cur], blk.k[blk.kmap[0]]
     for b in range(m):
-        if not blk.accept[b]:
+        if not blk.i[ACCEPT, b]:
             continue
         if not every:
             y[:, b] = blk.ys[1 - cur][:, b]
             f0[:, b] = blk.k[blk.kmap[s]][:, b]
-        blk.t[b], blk.exc[b] = blk.t_new[b], blk.exc_new[b]
-        blk.steps[b] += 1
-        if meth.adaptive and blk.status[b] == PENDING and blk.steps[b] >= opt.max_steps:
-            blk.status[b] = FAILED
+        blk.f[T, b], blk.f[EXC, b] = blk.f[T_NEW, b], blk.f[EXC_NEW, b]
+        blk.i[STEPS, b] += 1
+        if meth.adaptive and blk.i[STATUS, b] == PENDING and blk.i[STEPS, b] >= opt.max_steps:
+            blk.i[STATUS, b] = FAILED
     return cur
 
 
@@ -364,7 +348,7 @@ def _dense(g, meth, blk, cur, b, theta):
     """The state at t + θh inside trajectory b's step, into ``blk.col``: the method's dense output, or the
     cubic Hermite interpolant through (y, f) at both ends; projected by the model."""
     y, y_new, col = blk.ys[cur], blk.ys[1 - cur], blk.col
-    h = blk.t_new[b] - blk.t[b]
+    h = blk.f[T_NEW, b] - blk.f[T, b]
     s = len(meth.b)
     if meth.p.shape[1]:
         coef = np.zeros(s + 1)
@@ -390,8 +374,8 @@ def _dense(g, meth, blk, cur, b, theta):
 @jit
 def _excess_at(g, meth, blk, cur, b, theta):
     _dense(g, meth, blk, cur, b, theta)
-    flows.excess(g, blk.col, 1, blk.col_exc, blk.col_work)
-    return blk.col_exc[0]
+    flows.excess(g, blk.col, 1, blk.f[COL_EXC], blk.col_work)
+    return blk.f[COL_EXC, 0]
 
 
 @jit
@@ -414,11 +398,11 @@ def _initial_step(g, meth, opt, blk, m):
     """Each trajectory's first step size (Hairer–Nørsett–Wanner II.4, as scipy's select_initial_step)."""
     y, f0, y1, f1 = blk.ys[0], blk.k[blk.kmap[0]], blk.tmp, blk.k[blk.kmap[1]]
     size = y.shape[0]
-    flows.weight_floor(g, y, y, opt.atol, m, blk.floor)
+    flows.weight_floor(g, y, y, opt.atol, m, blk.f[FLOOR])
     d0, d1, d2 = np.zeros(m), np.zeros(m), np.zeros(m)
     for p in range(size):
         for b in range(m):
-            scale = opt.rtol * abs(y[p, b]) + blk.floor[b]
+            scale = opt.rtol * abs(y[p, b]) + blk.f[FLOOR, b]
             d0[b] += (y[p, b] / scale) ** 2
             d1[b] += (f0[p, b] / scale) ** 2
     h0 = np.empty(m)
@@ -428,14 +412,14 @@ def _initial_step(g, meth, opt, blk, m):
     for p in range(size):
         for b in range(m):
             y1[p, b] = y[p, b] + h0[b] * f0[p, b]
-    flows.rhs(g, y1, f1, m, blk.exc_stage, blk.work)
+    flows.rhs(g, y1, f1, m, blk.f[EXC_STAGE], blk.work)
     for p in range(size):
         for b in range(m):
-            scale = opt.rtol * abs(y[p, b]) + blk.floor[b]
+            scale = opt.rtol * abs(y[p, b]) + blk.f[FLOOR, b]
             d2[b] += ((f1[p, b] - f0[p, b]) / scale) ** 2
     for b in range(m):
         dmax = max(d1[b], np.sqrt(d2[b] / size) / h0[b])
         h1 = max(1e-6, h0[b] * 1e-3) if dmax <= 1e-15 else (0.01 / dmax) ** (1.0 / (meth.order + 1))
         h = min(100 * h0[b], h1, opt.horizon)
-        blk.h[b] = h if np.isfinite(h) and h > 0 else 1e-6
-        blk.evals[b] += 1
+        blk.f[H, b] = h if np.isfinite(h) and h > 0 else 1e-6
+        blk.i[EVALS, b] += 1
