@@ -10,12 +10,14 @@ formulas rather than special cases. With a = cos²(θ0/2), b = sin²(θ0/2) and 
 
 **The sums.** Every term of J is positive. With ψ_j = (1 − e^{−js})/j ∈ (0, s], the terms with
 m − 2k > 0 are R^{−m} C(m,k) a^k b^{m−k} ψ_{m−2k} and the others C(m,k) α^k β^{m−k} ψ_{2k−m}, so
-J_m = R^{−m} A_m + B_m where A_m (θ0's binomial weights) and B_m (the current angle's) are sums of
-positive terms, each at most s: only R^{−m} can over- or underflow, and it stays a logarithm, as do
-1/r and the excess (nothing overflows at any angle or horizon; a term that underflows is below
-1e-300 of the sum). The ψ_j come from one expm1 (1 − e^{−(j+2)s} = (1 − e^{−js}) + e^{−js}(1 − e^{−2s}),
-all positive), the weights of B from one exp at their mode and exact ratios outward (binomial
-weights are unimodal), so an evaluation costs about ten transcendentals and O(N) flops.
+J_m = R^{−m} A_m + B_m: A_m (θ0's binomial weights) and B_m (the current angle's) are sums of
+positive terms, each at most s, formed in floating point (a term that underflows is below 1e-300
+of J). Only R^{±N} can leave the float range: while it is within 1e±200,
+1/r = R^{−N}(1/r0 + (N/ζ) A_N) + (N/ζ) B_N is formed as it stands, beyond that in logarithms (long
+horizons; starts near π at large N), so nothing overflows at any angle or horizon. The ψ_j come
+from one expm1 (1 − e^{−(j+2)s} = (1 − e^{−js}) + e^{−js}(1 − e^{−2s}), all positive); the weights
+of B from their mode outward by exact ratios (binomial weights are unimodal; those below 1e-40 of
+the mode are dropped). On the common path dt/ds costs two transcendentals (e^{−s}, a power).
 
 **Time.** t(s) is integrated per cell by marching s forward over panels with NODES-point
 Gauss–Legendre. A panel of length h from s_lo is kept when the Legendre tail of the interpolant p of
@@ -73,11 +75,10 @@ _X, _W, _LEG, _MEAN = _panel_matrices(NODES)
 
 
 # ---------------------------------------------------------------------------------------------
-# one cell: (N, r0, ζ, log a, log b, gap0, a, b, tan(θ0/2), binomials and A weights of N and of
-# N − 2, ψ work array)
+# one cell: (N, r0, ζ, log a, log b, gap0, a, b, tan(θ0/2), binomial tables of N and N − 2, ψ)
 # ---------------------------------------------------------------------------------------------
 
-LINEAR_M = 500  # up to this m, binomial weights are formed as products (C(m,k) < 1e150), beyond as logs
+LINEAR_M = 500  # up to this m, the mode's binomial weight is formed as a product (C(m,k) < 1e150), beyond by logs
 RANGE = 1e200  # R^N within [1/RANGE, RANGE]: 1/r is formed in floating point, else as a logarithm
 
 
@@ -261,9 +262,10 @@ def _series(cg, cf, x):
 
 @jit
 def _invert(dt, lo, h, share, ends, cg, cf):
-    """y in [0, h] with y G(y) = dt (the panel from lo; share = its whole increment of t, ends = p
-    at its two ends): Newton from a first-order guess at the nearer end, kept inside a shrinking bracket. Newton's error is
-    about (p'/2p)·step² with p'/p of order 1/h, so a step with step² ≤ 1e-17 (lo + y) h is the last."""
+    """y in [0, h] with y G(y) = dt, for the panel from lo (share = its whole increment of t, ends =
+    p at its two ends): Newton from a first-order guess at the nearer end, inside a shrinking bracket.
+    Newton's error after a step is about (p'/2p) step², p'/p of order 1/h: a step with
+    step² ≤ 1e-17 (lo + y) h is the last."""
     y_lo, y_hi = 0.0, h
     y = dt / ends[0] if 2 * dt < share else h - (share - dt) / ends[1]
     if not 0 <= y <= h:
@@ -319,7 +321,7 @@ def _march(cell, targets, by_time, out):
             break
         tail = abs(_dot(_LEG[NODES - 1], f)) + abs(_dot(_LEG[NODES - 2], f))
         scale = TOL * max(t_lo / h, fmin)
-        if tail > scale and h > 64 * ULP * lo:
+        if tail > scale and h > 64 * ULP * max(lo, 1e-280):
             h *= 0.5
             continue
         for k in range(NODES):
