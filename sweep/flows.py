@@ -13,6 +13,7 @@ numbers do not depend on its column or its companions.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -89,9 +90,12 @@ def project(g, y, m):
         return
     w = np.empty((dy, dx))
     for b in range(m):
-        for i in range(dy * dx):
-            w.ravel()[i] = y[i, b]
-        if not np.all(np.isfinite(w)):
+        finite = True
+        for i in range(dy):
+            for j in range(dx):
+                w[i, j] = y[i * dx + j, b]
+                finite = finite and math.isfinite(w[i, j])
+        if not finite:
             continue
         u, s, vt = np.linalg.svd(w, full_matrices=False)
         for i in range(dy):
@@ -111,7 +115,8 @@ def weight_floor(g, y, y_new, atol, m, floor):
     bounds the layers' error as it does for the layerwise flow, also on the plateau near W = 0."""
     n = g.depth
     if g.kind != INDUCED or n == 1:
-        floor[:m] = atol
+        for b in range(m):
+            floor[b] = atol
         return
     sy = np.zeros(m)
     sn = np.zeros(m)
@@ -120,7 +125,7 @@ def weight_floor(g, y, y_new, atol, m, floor):
             sy[b] += y[p, b] * y[p, b]
             sn[b] += y_new[p, b] * y_new[p, b]
     for b in range(m):
-        layer = max(np.sqrt(max(sy[b], sn[b])) ** (1.0 / n), atol)
+        layer = max(math.sqrt(max(sy[b], sn[b])) ** (1.0 / n), atol)
         floor[b] = atol * n * layer ** (n - 1)
 
 
@@ -232,14 +237,14 @@ def _induced_column(g, y, out, b, flow):
     if n == 1:
         for i in range(size):
             out[i, b] = -d[i]
-    elif not np.isfinite(exc):  # LAPACK may not return on non-finite input: no flow
+    elif not math.isfinite(exc):  # LAPACK may not return on non-finite input: no flow
         for i in range(size):
             out[i, b] = np.nan
     elif dx == 1 or dy == 1:
         s2 = 0.0
         for i in range(size):
             s2 += y[i, b] * y[i, b]
-        s = np.sqrt(s2)
+        s = math.sqrt(s2)
         dv = 0.0
         for i in range(size):
             dv += d[i] * (y[i, b] / s if s > 0 else 0.0)
@@ -249,10 +254,11 @@ def _induced_column(g, y, out, b, flow):
             out[i, b] = -sp * (d[i] + (n - 1) * dv * v)
     else:
         w = np.empty((dy, dx))
-        for i in range(size):
-            w.ravel()[i] = y[i, b]
+        for i in range(dy):
+            for j in range(dx):
+                w[i, j] = y[i * dx + j, b]
         u, s, vt = np.linalg.svd(w)
-        cutoff = max(dy, dx) * np.finfo(np.float64).eps * s[0]
+        cutoff = max(dy, dx) * 2.0**-52 * s[0]
         sa = np.zeros(dy)
         sb = np.zeros(dx)
         for k in range(min(len(s), g.rank)):
@@ -268,6 +274,7 @@ def _induced_column(g, y, out, b, flow):
                     kij += sa[i] ** (2.0 * (n - 1 - q) / n) * sb[j] ** (2.0 * q / n)
                 mk[i, j] *= kij
         flow_w = u @ mk @ vt
-        for i in range(size):
-            out[i, b] = -flow_w.ravel()[i]
+        for i in range(dy):
+            for j in range(dx):
+                out[i * dx + j, b] = -flow_w[i, j]
     return exc

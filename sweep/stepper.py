@@ -16,14 +16,19 @@ never snapped to step ends.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
+import numba
 import numpy as np
 
 from . import flows
 from .flows import jit
 
+part = numba.njit(inline="always", error_model="numpy")  # inlined into integrate: one compiled unit
+
 PENDING, CONVERGED, UNCONVERGED, DIVERGED, FAILED = 0, 1, 2, 3, 4
+EPS = 2.0**-52
 BLOWUP = 1e6  # excess loss above BLOWUP · max(excess(0), ½‖Z‖²) marks a trajectory diverged
 SAFETY, MIN_FACTOR, MAX_FACTOR = 0.9, 0.2, 10.0
 
@@ -103,7 +108,7 @@ def integrate(g, meth, opt, y0, tc, out, blk):
         _integrate_block(g, meth, opt, y0, tc, out, blk, first, min(width, y0.shape[0] - first))
 
 
-@jit
+@part
 def _integrate_block(g, meth, opt, y0, tc, out, blk, first, m):
     cur = _start(g, meth, opt, y0, tc, out, blk, first, m)
     while True:
@@ -117,7 +122,7 @@ def _integrate_block(g, meth, opt, y0, tc, out, blk, first, m):
         cur = _commit(meth, opt, blk, cur, m, every)
 
 
-@jit
+@part
 def _start(g, meth, opt, y0, tc, out, blk, first, m):
     """Load trajectories first … first + m − 1 into the block: f(y0), statuses, the first step size."""
     y, f0 = blk.ys[0], blk.k[blk.kmap[0]]
@@ -130,7 +135,7 @@ def _start(g, meth, opt, y0, tc, out, blk, first, m):
     for b in range(m):
         i, exc = blk.i[INDEX, b], blk.f[EXC, b]
         blk.f[T, b], blk.i[STEPS, b], blk.i[EVALS, b], blk.i[NXT, b], blk.i[REJECTED, b] = 0.0, 0, 1, 0, False
-        blk.f[BOUND, b] = BLOWUP * max(exc if np.isfinite(exc) else 0.0, g.half_z2)
+        blk.f[BOUND, b] = BLOWUP * max(exc if math.isfinite(exc) else 0.0, g.half_z2)
         blk.i[FOUND, b] = exc <= opt.eps
         if blk.i[FOUND, b]:
             out.time_to_eps[i] = 0.0
@@ -138,7 +143,7 @@ def _start(g, meth, opt, y0, tc, out, blk, first, m):
             out.excess[i, 0] = exc
             blk.i[NXT, b] = 1
         blk.i[STATUS, b] = PENDING
-        if not (np.isfinite(exc) and np.all(np.isfinite(y[:, b]))):
+        if not _finite(y, b, exc):
             blk.i[STATUS, b] = DIVERGED
         elif blk.i[FOUND, b] and opt.stop_at_eps:
             blk.i[STATUS, b] = CONVERGED
@@ -147,7 +152,7 @@ def _start(g, meth, opt, y0, tc, out, blk, first, m):
     return 0
 
 
-@jit
+@part
 def _retire(out, blk, cur, m):
     """Write out the finished trajectories; the block's last live column fills each one's place."""
     y, f0 = blk.ys[cur], blk.k[blk.kmap[0]]
@@ -155,20 +160,38 @@ def _retire(out, blk, cur, m):
         if blk.i[STATUS, b] == PENDING:
             continue
         i = blk.i[INDEX, b]
-        out.counts[:, i] = blk.i[STATUS, b], blk.i[STEPS, b], blk.i[EVALS, b]
+        out.counts[0, i], out.counts[1, i], out.counts[2, i] = blk.i[STATUS, b], blk.i[STEPS, b], blk.i[EVALS, b]
         out.t_final[i] = blk.f[T, b]
-        out.y_final[i, :] = y[:, b]
+        for p in range(y.shape[0]):
+            out.y_final[i, p] = y[p, b]
         last = m - 1
         if b != last:
-            y[:, b] = y[:, last]
-            f0[:, b] = f0[:, last]
-            blk.f[:, b] = blk.f[:, last]
-            blk.i[:, b] = blk.i[:, last]
+            for a in (y, f0, blk.f):
+                _copy_column(a, b, a, last)
+            for r in range(blk.i.shape[0]):
+                blk.i[r, b] = blk.i[r, last]
         m -= 1
     return m
 
 
-@jit
+@part
+def _copy_column(dst, b, src, c):
+    for p in range(dst.shape[0]):
+        dst[p, b] = src[p, c]
+
+
+@part
+def _finite(y, b, exc):
+    """Whether trajectory b's state and excess loss are finite."""
+    if not math.isfinite(exc):
+        return False
+    for p in range(y.shape[0]):
+        if not math.isfinite(y[p, b]):
+            return False
+    return True
+
+
+@part
 def _step_ends(meth, opt, blk, m):
     """Each trajectory's next step end: the fixed grid, or t + h clipped to the horizon."""
     for b in range(m):
@@ -182,7 +205,7 @@ def _step_ends(meth, opt, blk, m):
         blk.f[HH, b] = blk.f[T_NEW, b] - blk.f[T, b]
 
 
-@jit
+@part
 def _combine(dst, base, blk, coef, count, m):
     """dst = base + h·Σ_{j<count} coef_j k_j for each trajectory (its own h), skipping zero coefficients."""
     acc, hh = blk.f[ROW], blk.f[HH]
@@ -215,7 +238,7 @@ def _combine(dst, base, blk, coef, count, m):
             dst[p, b] = base[p, b] + hh[b] * acc[b]
 
 
-@jit
+@part
 def _step(g, meth, blk, cur, m):
     """One step of every live trajectory: the stages, y_new, and f(y_new) with its excess loss."""
     s = len(meth.b)
@@ -231,7 +254,7 @@ def _step(g, meth, blk, cur, m):
         blk.i[ACCEPT, b] = True
 
 
-@jit
+@part
 def _control(g, meth, opt, blk, cur, m):
     """Accept or reject each step by the RMS norm of its error estimate h·Σ e_j k_j in the weights
     rtol·max(|y|, |y_new|) + floor (:func:`sweep.flows.weight_floor`); choose the next step size.
@@ -255,7 +278,7 @@ def _control(g, meth, opt, blk, cur, m):
             blk.f[ENORM, b] += q * q
     every = True
     for b in range(m):
-        enorm = np.sqrt(blk.f[ENORM, b] / size)
+        enorm = math.sqrt(blk.f[ENORM, b] / size)
         used = blk.f[HH, b]
         factor = MAX_FACTOR if enorm == 0.0 else SAFETY * enorm ** (-1.0 / (meth.order + 1))
         if enorm < 1.0:
@@ -263,18 +286,18 @@ def _control(g, meth, opt, blk, cur, m):
             blk.f[H, b] = used * min(MAX_FACTOR, grow)
             blk.i[REJECTED, b] = False
         else:
-            bad = not np.isfinite(enorm)
+            bad = not math.isfinite(enorm)
             blk.f[H, b] = used * max(MIN_FACTOR, MIN_FACTOR if bad else factor)
             blk.i[REJECTED, b] = True
             blk.i[ACCEPT, b] = False
             every = False
             t = max(blk.f[T, b], 1.0)
-            if blk.f[H, b] < 10 * (np.nextafter(t, np.inf) - t):
+            if blk.f[H, b] < 10 * EPS * t:  # about 10 ulp
                 blk.i[STATUS, b] = DIVERGED if bad else FAILED  # overflow vs. step collapse
     return every
 
 
-@jit
+@part
 def _accept(g, meth, opt, tc, out, blk, cur, m):
     """The accepted steps: the first ε-crossing inside each, the checkpoints it passes (up to the
     crossing when the run stops there), the trajectory's status."""
@@ -293,7 +316,7 @@ def _accept(g, meth, opt, tc, out, blk, cur, m):
             _checkpoints(g, meth, tc, out, blk, cur, b, t1)
         if stop:  # the trajectory ends exactly at the crossing
             _dense(g, meth, blk, cur, b, (t1 - t0) / (blk.f[T_NEW, b] - t0))
-            blk.ys[1 - cur][:, b] = blk.col[:, 0]
+            _copy_column(blk.ys[1 - cur], b, blk.col, 0)
             blk.f[T_NEW, b] = t1
         if blk.i[STATUS, b] == PENDING:
             if not np.isfinite(e) or e > blk.f[BOUND, b]:  # a non-finite state has a non-finite excess loss
@@ -302,7 +325,7 @@ def _accept(g, meth, opt, tc, out, blk, cur, m):
                 blk.i[STATUS, b] = CONVERGED if blk.i[FOUND, b] else UNCONVERGED
 
 
-@jit
+@part
 def _crossing(g, meth, opt, out, blk, cur, b):
     """Record and return the time of trajectory b's first ε-crossing, inside its current step."""
     t0 = blk.f[T, b]
@@ -311,7 +334,7 @@ def _crossing(g, meth, opt, out, blk, cur, b):
     return hit
 
 
-@jit
+@part
 def _checkpoints(g, meth, tc, out, blk, cur, b, t_stop):
     """The excess loss at the checkpoints in (t, t_stop] of trajectory b's step."""
     t0, h = blk.f[T, b], blk.f[T_NEW, b] - blk.f[T, b]
@@ -321,7 +344,7 @@ def _checkpoints(g, meth, tc, out, blk, cur, b, t_stop):
         blk.i[NXT, b] += 1
 
 
-@jit
+@part
 def _commit(meth, opt, blk, cur, m, every):
     """The accepted steps become the state: by swapping buffers when all were accepted, else by copying
     their columns. Returns the new ``cur``."""
@@ -334,8 +357,8 @@ def _commit(meth, opt, blk, cur, m, every):
         if not blk.i[ACCEPT, b]:
             continue
         if not every:
-            y[:, b] = blk.ys[1 - cur][:, b]
-            f0[:, b] = blk.k[blk.kmap[s]][:, b]
+            _copy_column(y, b, blk.ys[1 - cur], b)
+            _copy_column(f0, b, blk.k[blk.kmap[s]], b)
         blk.f[T, b], blk.f[EXC, b] = blk.f[T_NEW, b], blk.f[EXC_NEW, b]
         blk.i[STEPS, b] += 1
         if meth.adaptive and blk.i[STATUS, b] == PENDING and blk.i[STEPS, b] >= opt.max_steps:
@@ -343,7 +366,7 @@ def _commit(meth, opt, blk, cur, m, every):
     return cur
 
 
-@jit
+@part
 def _dense(g, meth, blk, cur, b, theta):
     """The state at t + θh inside trajectory b's step, into ``blk.col``: the method's dense output, or the
     cubic Hermite interpolant through (y, f) at both ends; projected by the model."""
@@ -371,14 +394,14 @@ def _dense(g, meth, blk, cur, b, theta):
     flows.project(g, col, 1)
 
 
-@jit
+@part
 def _excess_at(g, meth, blk, cur, b, theta):
     _dense(g, meth, blk, cur, b, theta)
     flows.excess(g, blk.col, 1, blk.f[COL_EXC], blk.col_work)
     return blk.f[COL_EXC, 0]
 
 
-@jit
+@part
 def _locate(g, meth, opt, blk, cur, b):
     """θ ∈ (0, 1] where the interpolated excess loss first equals ε: bisection, to ~machine precision."""
     lo, hi = 0.0, 1.0
@@ -388,12 +411,12 @@ def _locate(g, meth, opt, blk, cur, b):
             hi = mid
         else:
             lo = mid
-        if hi - lo <= 4 * np.finfo(np.float64).eps:
+        if hi - lo <= 4 * EPS:
             break
     return hi
 
 
-@jit
+@part
 def _initial_step(g, meth, opt, blk, m):
     """Each trajectory's first step size (Hairer–Nørsett–Wanner II.4, as scipy's select_initial_step)."""
     y, f0, y1, f1 = blk.ys[0], blk.k[blk.kmap[0]], blk.tmp, blk.k[blk.kmap[1]]
@@ -407,7 +430,7 @@ def _initial_step(g, meth, opt, blk, m):
             d1[b] += (f0[p, b] / scale) ** 2
     h0 = np.empty(m)
     for b in range(m):
-        d0[b], d1[b] = np.sqrt(d0[b] / size), np.sqrt(d1[b] / size)
+        d0[b], d1[b] = math.sqrt(d0[b] / size), math.sqrt(d1[b] / size)
         h0[b] = min(1e-6 if d0[b] < 1e-5 or d1[b] < 1e-5 else 0.01 * d0[b] / d1[b], opt.horizon)
     for p in range(size):
         for b in range(m):
@@ -418,8 +441,8 @@ def _initial_step(g, meth, opt, blk, m):
             scale = opt.rtol * abs(y[p, b]) + blk.f[FLOOR, b]
             d2[b] += ((f1[p, b] - f0[p, b]) / scale) ** 2
     for b in range(m):
-        dmax = max(d1[b], np.sqrt(d2[b] / size) / h0[b])
+        dmax = max(d1[b], math.sqrt(d2[b] / size) / h0[b])
         h1 = max(1e-6, h0[b] * 1e-3) if dmax <= 1e-15 else (0.01 / dmax) ** (1.0 / (meth.order + 1))
         h = min(100 * h0[b], h1, opt.horizon)
-        blk.f[H, b] = h if np.isfinite(h) and h > 0 else 1e-6
+        blk.f[H, b] = h if math.isfinite(h) and h > 0 else 1e-6
         blk.i[EVALS, b] += 1
