@@ -12,8 +12,9 @@ B = 4096 trajectories each (seeds 0…4095).
 4. diffrax (when importable): Dopri5 + PIDController, vmap over the batch, jit, one compiled solver per
    depth, at the same rtol and atol — tightened tenfold while its max error is above Euler's, so both
    are timed at the measured accuracy. The flow is the same narrow-end formulation as linflow's. Also
-   tried: the same vmapped solve over blocks of 1024 and 256 trajectories under lax.map (same numbers,
-   checked); the fastest of the three is timed.
+   tried: the same vmapped solve over blocks of 1024 and 256 trajectories under lax.map (the same
+   numbers up to rounding, checked: XLA's code for another shape may round differently); the fastest of
+   the three is timed.
 
 Times are of the integration alone (the starts are built beforehand, and no store), medians of
 --repeats, summed over the five depths; compile time (linflow's first call, diffrax's jit) is excluded
@@ -216,17 +217,18 @@ def diffrax_comparison(setup, exact, goal, rtol, t_linflow, repeats):
         if ok or rtol <= RTOLS[-1]:
             break
         rtol /= 10
-    variants = [("vmap over the batch", solvers, args, t_compile)]
+    variants = [("vmap over the batch", solvers, args, t_compile, 0.0)]
     for block in (1024, 256):
         if block < nb and nb % block == 0:
             solvers_b, args_b, finals_b, t_b = compiled(rtol, block)
-            same = all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(finals, finals_b))
-            assert same, f"diffrax in blocks of {block} gave other numbers than over the whole batch"
-            variants.append((f"lax.map over vmapped blocks of {block}", solvers_b, args_b, t_b))
+            diff = max(float(np.max(np.abs(np.asarray(x) / np.asarray(y) - 1))) for x, y in zip(finals_b, finals))
+            assert diff < 1e-10, f"diffrax in blocks of {block}: final excess differs by {diff:.1e} (relative)"
+            variants.append((f"lax.map over vmapped blocks of {block}", solvers_b, args_b, t_b, diff))
     screened = []
-    for label, solvers, args, t_c in variants:
+    for label, solvers, args, t_c, diff in variants:
         sec = min(wall(solvers, args) for _ in range(2))
-        print(f"    {label:36s} {sec:7.3f} s (best of 2)   compile + first call {t_c:5.1f} s (all depths)")
+        print(f"    {label:36s} {sec:7.3f} s (best of 2)   compile + first call {t_c:5.1f} s (all depths)   "
+              f"vs whole batch {diff:.0e}")
         screened.append((sec, label, solvers, args))
     _, label, solvers, args = min(screened, key=lambda x: x[0])
     t_dx = statistics.median([wall(solvers, args) for _ in range(repeats)])
