@@ -126,7 +126,7 @@ def jax_candidates():
     written as broadcast multiplies and sums over the matrix axes (XLA fuses them into loops over the
     trajectories). block = trajectories per lax.map block (each block runs all its steps in a lax.scan,
     so its state stays in cache); None = one scan over the whole batch. unroll = lax.scan's unroll.
-    Also tried while developing and slower everywhere: the prefix (full-product) formulation of the
+    Also tried while developing, none faster than the kept ones: the prefix (full-product) formulation of the
     previous bench (~2.3x slower than "vmap"), vmap inside the step with the scan outside, the batch-last
     sums written as explicit Python loops (5–20x slower), blocks of 4–32 and 256 for "vmap", 4, 16–256 for
     "last", other unrolls. Differences of ±20% between these are within this shared machine's noise."""
