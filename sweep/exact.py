@@ -249,11 +249,11 @@ _BACK = np.array([k / (k + 1) for k in range(NODES)])
 
 
 @jit
-def _series(cg, cf, x):
-    """Σ cg_k P_k(x) and Σ cf_k P_k(x)."""
+def _series(cg, cf, x, deg):
+    """Σ cg_k P_k(x) and Σ cf_k P_k(x) over k < deg."""
     p0, p1 = 1.0, x
     g, f = cg[0] + cg[1] * x, cf[0] + cf[1] * x
-    for k in range(1, NODES - 1):
+    for k in range(1, deg - 1):
         p0, p1 = p1, _UP[k] * x * p1 - _BACK[k] * p0
         g += cg[k + 1] * p1
         f += cf[k + 1] * p1
@@ -261,17 +261,21 @@ def _series(cg, cf, x):
 
 
 @jit
-def _invert(dt, lo, h, share, ends, cg, cf):
+def _invert(dt, lo, h, share, ends, cg, cf, deg):
     """y in [0, h] with y G(y) = dt, for the panel from lo (share = its whole increment of t, ends =
-    p at its two ends): Newton from a first-order guess at the nearer end, inside a shrinking bracket.
-    Newton's error after a step is about (p'/2p) step², p'/p of order 1/h: a step with
-    step² ≤ 1e-17 (lo + y) h is the last."""
+    p and dp/ds at its two ends): Newton from a second-order guess at the nearer end, inside a
+    shrinking bracket. Newton's error after a step is about (p'/2p) step², p'/p of order 1/h: a step
+    with step² ≤ 1e-17 (lo + y) h is the last."""
+    f0, d0, f1, d1 = ends
+    if 2 * dt < share:  # f0 y + d0 y²/2 = dt
+        y = 2 * dt / (f0 + math.sqrt(max(f0 * f0 + 2 * d0 * dt, 0.0)))
+    else:  # f1 z − d1 z²/2 = share − dt, y = h − z
+        y = h - 2 * (share - dt) / (f1 + math.sqrt(max(f1 * f1 - 2 * d1 * (share - dt), 0.0)))
     y_lo, y_hi = 0.0, h
-    y = dt / ends[0] if 2 * dt < share else h - (share - dt) / ends[1]
     if not 0 <= y <= h:
         y = h * dt / share
     for _ in range(ITERS):
-        g, f = _series(cg, cf, 2 * y / h - 1)
+        g, f = _series(cg, cf, 2 * y / h - 1, deg)
         gap = y * g - dt
         if gap == 0:
             return y
@@ -324,15 +328,22 @@ def _march(cell, targets, by_time, out):
         if tail > scale and h > 64 * ULP * max(lo, 1e-280):
             h *= 0.5
             continue
+        deg, f0, d0, f1, d1 = 1, 0.0, 0.0, 0.0, 0.0  # deg: the terms above 1e-18 of the first
         for k in range(NODES):
             cf[k], cg[k] = _dot(_LEG[k], f), _dot(_MEAN[k], f)
-        ends = _series(cg, cf, -1.0)[1], _series(cg, cf, 1.0)[1]
+            if abs(cf[k]) + abs(cg[k]) > 1e-18 * (abs(cf[0]) + abs(cg[0])):
+                deg = k + 1
+            sign = 1.0 if k % 2 == 0 else -1.0  # P_k(±1) = (±1)^k, P_k'(±1) = (±1)^{k+1} k(k+1)/2
+            f0, f1 = f0 + sign * cf[k], f1 + cf[k]
+            d0, d1 = d0 - sign * cf[k] * k * (k + 1) / h, d1 + cf[k] * k * (k + 1) / h
+        deg = max(deg, 2)
+        ends = f0, d0, f1, d1
         while i < count and (targets[i] <= t_lo + share if by_time else targets[i] <= lo + h):
             if by_time:
-                out[i] = lo + _invert(targets[i] - t_lo, lo, h, share, ends, cg, cf)
+                out[i] = lo + _invert(targets[i] - t_lo, lo, h, share, ends, cg, cf, deg)
             else:
                 y = targets[i] - lo
-                out[i] = t_lo + y * _series(cg, cf, 2 * y / h - 1)[0]
+                out[i] = t_lo + y * _series(cg, cf, 2 * y / h - 1, deg)[0]
             i += 1
         lo, t_lo = lo + h, t_lo + share
         if tail <= GROW * scale:
