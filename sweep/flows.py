@@ -165,28 +165,48 @@ def _matmul(out, x, z, rows, inner, cols, m):
 
 
 @jit
+def _layer(g, y, i):
+    """Oriented layer i, D_{i+1} × D_i, as a view of the state."""
+    return y, g.off[i], g.rs[i], g.cs[i]
+
+
+@jit
+def _s(g, y, work, i):
+    """S_i = L_{N−1}⋯L_i's left factor (r × D_i): the last layer itself for i = N − 1."""
+    n = g.depth
+    if i == n - 1:
+        return _layer(g, y, n - 1)
+    return work, g.s_off[i], g.dims[i], 1
+
+
+@jit
+def _v(g, work, i):
+    """V_i = L_{i−1}⋯L_0 Eᵀ (D_i × r); V_0 = Eᵀ, a transposed view of the residual."""
+    if i == 0:
+        return work, g.e_off, 1, g.dims[0]
+    return work, g.v_off[i], g.dims[g.depth], 1
+
+
+@jit
+def _transposed(view):
+    a, start, rs, cs = view
+    return a, start, cs, rs
+
+
+@jit
 def _layerwise(g, y, out, m, exc, work, flow):
-    """With S_i = L_{N−1}⋯L_{i+1}·L_i's left neighbours (S_{N−1} = L_{N−1}, S_0 = W; r × D_i), the
-    residual E = Z − W and V_i = L_{i−1}⋯L_0 Eᵀ (D_i × r), the flow of layer i is S_{i+1}ᵀ V_iᵀ (and
-    V_{N−1}ᵀ for the last layer): three products of r·D_{i+1}·D_i per layer."""
+    """With S_i as in :func:`_s`, the residual E = Z − W (S_0 = W) and V_i as in :func:`_v`, the flow of
+    layer i is S_{i+1}ᵀ V_iᵀ (V_{N−1}ᵀ for the last layer): three products of r·D_{i+1}·D_i per layer."""
     n, d = g.depth, g.dims
     r = d[n]
-
-    def layer(i):
-        return (y, g.off[i], g.rs[i], g.cs[i])
-
-    def s_view(i):  # S_i, r × D_i
-        return layer(n - 1) if i == n - 1 else (work, g.s_off[i], d[i], 1)
-
     for i in range(n - 2, -1, -1):
-        _matmul(s_view(i), s_view(i + 1), layer(i), r, d[i + 1], d[i], m)
-    wa, w0, wrs, wcs = s_view(0)
-    e0 = g.e_off
+        _matmul(_s(g, y, work, i), _s(g, y, work, i + 1), _layer(g, y, i), r, d[i + 1], d[i], m)
+    wa, w0, wrs, wcs = _s(g, y, work, 0)
     for b in range(m):
         exc[b] = 0.0
     for a in range(r):
         for c in range(d[0]):
-            z, row, w = g.target[a, c], e0 + a * d[0] + c, w0 + a * wrs + c * wcs
+            z, row, w = g.target[a, c], g.e_off + a * d[0] + c, w0 + a * wrs + c * wcs
             for b in range(m):
                 e = z - wa[w, b]
                 work[row, b] = e
@@ -195,22 +215,18 @@ def _layerwise(g, y, out, m, exc, work, flow):
         exc[b] = 0.5 * exc[b] - g.tail
     if not flow:
         return
-
-    def v_view(i):  # V_i, D_i × r; V_0 = Eᵀ
-        return (work, e0, 1, d[0]) if i == 0 else (work, g.v_off[i], r, 1)
-
     for i in range(1, n):
-        _matmul(v_view(i), layer(i - 1), v_view(i - 1), d[i], d[i - 1], r, m)
+        _matmul(_v(g, work, i), _layer(g, y, i - 1), _v(g, work, i - 1), d[i], d[i - 1], r, m)
     for i in range(n - 1):
-        sa, s0, srs, scs = s_view(i + 1)
-        va, v0, vrs, vcs = v_view(i)
-        _matmul((out, g.off[i], g.rs[i], g.cs[i]), (sa, s0, scs, srs), (va, v0, vcs, vrs), d[i + 1], r, d[i], m)
-    va, v0, vrs, vcs = v_view(n - 1)
+        grad = _layer(g, out, i)
+        _matmul(grad, _transposed(_s(g, y, work, i + 1)), _transposed(_v(g, work, i)), d[i + 1], r, d[i], m)
+    va, v0, vrs, vcs = _v(g, work, n - 1)
+    oa, o0, ors, ocs = _layer(g, out, n - 1)
     for a in range(d[n]):
         for c in range(d[n - 1]):
-            o, v = g.off[n - 1] + a * g.rs[n - 1] + c * g.cs[n - 1], v0 + c * vrs + a * vcs
+            o, v = o0 + a * ors + c * ocs, v0 + c * vrs + a * vcs
             for b in range(m):
-                out[o, b] = va[v, b]
+                oa[o, b] = va[v, b]
 
 
 # --------------------------------------------------------------------------------------------------
