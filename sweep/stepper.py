@@ -198,7 +198,7 @@ def _step_ends(meth, opt, blk, m):
         if meth.adaptive:
             blk.f[H, b] = min(blk.f[H, b], opt.horizon - blk.f[T, b])
             end = blk.f[T, b] + blk.f[H, b]
-            blk.f[T_NEW, b] = opt.horizon if end >= opt.horizon else end
+            blk.f[T_NEW, b] = min(opt.horizon, end)
         else:
             n = blk.i[STEPS, b] + 1
             blk.f[T_NEW, b] = opt.horizon if n >= opt.n_steps else n * opt.step
