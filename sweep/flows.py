@@ -1,7 +1,7 @@
 """The flows' right-hand sides, compiled, on batch-last blocks of trajectories (docs/theory.md §2).
 
 A block is an array ``(P, BW)``: parameter index first, trajectory last, so that every loop's innermost
-level runs over trajectories and the compiler vectorizes it; only the first ``m`` columns are live.
+level runs over trajectories and the compiler vectorizes it; each function treats the columns lo … hi − 1.
 A model reaches compiled code as a :class:`Geometry` — shapes, offsets and the target are data, so one
 compilation serves every depth and width. The Python classes that build geometries are in
 :mod:`sweep.kernel`.
@@ -76,27 +76,27 @@ class Geometry(NamedTuple):
 
 
 @jit
-def rhs(g, y, out, m, exc, work):
-    """The flow of the first ``m`` trajectories of ``y`` into ``out``; their excess loss into ``exc``."""
+def rhs(g, y, out, lo, hi, exc, work):
+    """The flow of trajectories lo … hi − 1 of ``y`` into ``out``; their excess loss into ``exc``."""
     if g.kind == LAYERWISE:
-        _layerwise(g, y, out, m, exc, work, True)
+        _layerwise(g, y, out, lo, hi, exc, work, True)
     else:
-        for b in range(m):
+        for b in range(lo, hi):
             exc[b] = _induced_column(g, y, out, b, True)
 
 
 @jit
-def excess(g, y, m, exc, work):
-    """The excess loss ½‖W − Z‖² − tail of the first ``m`` trajectories (no flow)."""
+def excess(g, y, lo, hi, exc, work):
+    """The excess loss ½‖W − Z‖² − tail of trajectories lo … hi − 1 (no flow)."""
     if g.kind == LAYERWISE:
-        _layerwise(g, y, y, m, exc, work, False)
+        _layerwise(g, y, y, lo, hi, exc, work, False)
     else:
-        for b in range(m):
+        for b in range(lo, hi):
             exc[b] = _induced_column(g, y, y, b, False)
 
 
 @jit
-def project(g, y, m):
+def project(g, y, lo, hi):
     """Induced flow of a network narrower than min(dx, dy): replace each W by its best rank-r
     approximation (Eckart–Young), so that round-off cannot grow a rank the network cannot have.
     Nothing to do for other models; non-finite states are left alone."""
@@ -104,7 +104,7 @@ def project(g, y, m):
     if g.kind != INDUCED or g.rank >= min(dx, dy):
         return
     w = np.empty((dy, dx))
-    for b in range(m):
+    for b in range(lo, hi):
         finite = True
         for i in range(dy):
             for j in range(dx):
@@ -122,7 +122,7 @@ def project(g, y, m):
 
 
 @jit
-def weight_floor(g, y, y_new, atol, m, floor):
+def weight_floor(g, y, y_new, atol, lo, hi, floor):
     """The additive part of each trajectory's error weights rtol·max(|y|, |y_new|) + floor.
 
     atol, except for the induced flow with N > 1: atol·N·λ^{N−1} with λ = max(‖W‖_F^{1/N}, atol) the
@@ -130,16 +130,16 @@ def weight_floor(g, y, y_new, atol, m, floor):
     bounds the layers' error as it does for the layerwise flow, also on the plateau near W = 0."""
     n = g.depth
     if g.kind != INDUCED or n == 1:
-        for b in range(m):
+        for b in range(lo, hi):
             floor[b] = atol
         return
-    sy = np.zeros(m)
-    sn = np.zeros(m)
+    sy = np.zeros(hi)
+    sn = np.zeros(hi)
     for p in range(y.shape[0]):
-        for b in range(m):
+        for b in range(lo, hi):
             sy[b] += y[p, b] * y[p, b]
             sn[b] += y_new[p, b] * y_new[p, b]
-    for b in range(m):
+    for b in range(lo, hi):
         layer = max(math.sqrt(max(sy[b], sn[b])) ** (1.0 / n), atol)
         floor[b] = atol * n * layer ** (n - 1)
 
@@ -150,8 +150,8 @@ def weight_floor(g, y, y_new, atol, m, floor):
 
 
 @jit
-def _matmul(out, x, z, rows, inner, cols, m):
-    """out = x·z (rows × inner times inner × cols) for the first m trajectories. Each operand is a view
+def _matmul(out, x, z, rows, inner, cols, lo, hi):
+    """out = x·z (rows × inner times inner × cols) for trajectories lo … hi − 1. Each operand is a view
     (array, first row, row stride, column stride) of a batch-last array, so transposes cost nothing.
     The inner index runs in groups of four per pass over the trajectories (fewer loads and stores);
     the order of the sums depends on the shapes only."""
@@ -162,19 +162,19 @@ def _matmul(out, x, z, rows, inner, cols, m):
         for j in range(cols):
             o = o0 + i * ors + j * ocs
             xr, zr = x0 + i * xrs, z0 + j * zcs
-            for b in range(m):
+            for b in range(lo, hi):
                 oa[o, b] = xa[xr, b] * za[zr, b]
             k = 1
             while k + 4 <= inner:
                 x1, z1 = xr + k * xcs, zr + k * zrs
                 x2, z2, x3, z3, x4, z4 = x1 + xcs, z1 + zrs, x1 + 2 * xcs, z1 + 2 * zrs, x1 + 3 * xcs, z1 + 3 * zrs
-                for b in range(m):
+                for b in range(lo, hi):
                     oa[o, b] += (xa[x1, b] * za[z1, b] + xa[x2, b] * za[z2, b]) + (
                         xa[x3, b] * za[z3, b] + xa[x4, b] * za[z4, b])
                 k += 4
             while k < inner:
                 x1, z1 = xr + k * xcs, zr + k * zrs
-                for b in range(m):
+                for b in range(lo, hi):
                     oa[o, b] += xa[x1, b] * za[z1, b]
                 k += 1
 
@@ -209,38 +209,38 @@ def _transposed(view):
 
 
 @jit
-def _layerwise(g, y, out, m, exc, work, flow):
+def _layerwise(g, y, out, lo, hi, exc, work, flow):
     """With S_i as in :func:`_s`, the residual E = Z − W (S_0 = W) and V_i as in :func:`_v`, the flow of
     layer i is S_{i+1}ᵀ V_iᵀ (V_{N−1}ᵀ for the last layer): three products of r·D_{i+1}·D_i per layer."""
     n, d = g.depth, g.dims
     r = d[n]
     for i in range(n - 2, -1, -1):
-        _matmul(_s(g, y, work, i), _s(g, y, work, i + 1), _layer(g, y, i), r, d[i + 1], d[i], m)
+        _matmul(_s(g, y, work, i), _s(g, y, work, i + 1), _layer(g, y, i), r, d[i + 1], d[i], lo, hi)
     wa, w0, wrs, wcs = _s(g, y, work, 0)
-    for b in range(m):
+    for b in range(lo, hi):
         exc[b] = 0.0
     for a in range(r):
         for c in range(d[0]):
             z, row, w = g.target[a, c], g.e_off + a * d[0] + c, w0 + a * wrs + c * wcs
-            for b in range(m):
+            for b in range(lo, hi):
                 e = z - wa[w, b]
                 work[row, b] = e
                 exc[b] += e * e
-    for b in range(m):
+    for b in range(lo, hi):
         exc[b] = 0.5 * exc[b] - g.tail
     if not flow:
         return
     for i in range(1, n):
-        _matmul(_v(g, work, i), _layer(g, y, i - 1), _v(g, work, i - 1), d[i], d[i - 1], r, m)
+        _matmul(_v(g, work, i), _layer(g, y, i - 1), _v(g, work, i - 1), d[i], d[i - 1], r, lo, hi)
     for i in range(n - 1):
         grad = _layer(g, out, i)
-        _matmul(grad, _transposed(_s(g, y, work, i + 1)), _transposed(_v(g, work, i)), d[i + 1], r, d[i], m)
+        _matmul(grad, _transposed(_s(g, y, work, i + 1)), _transposed(_v(g, work, i)), d[i + 1], r, d[i], lo, hi)
     va, v0, vrs, vcs = _v(g, work, n - 1)
     oa, o0, ors, ocs = _layer(g, out, n - 1)
     for a in range(d[n]):
         for c in range(d[n - 1]):
             o, v = o0 + a * ors + c * ocs, v0 + c * vrs + a * vcs
-            for b in range(m):
+            for b in range(lo, hi):
                 oa[o, b] = va[v, b]
 
 

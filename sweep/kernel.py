@@ -41,7 +41,7 @@ class _Model:
         """The flow at each row of ``y`` into ``out``; returns the excess losses."""
         cols, work = self._columns(y)
         flow, exc = np.empty_like(cols), np.empty(len(y))
-        flows.rhs(self.geometry, cols, flow, len(y), exc, work)
+        flows.rhs(self.geometry, cols, flow, 0, len(y), exc, work)
         out[...] = flow.T
         return exc
 
@@ -49,7 +49,7 @@ class _Model:
         """½‖W − Z‖² − tail for each row of ``y``."""
         cols, work = self._columns(y)
         exc = np.empty(len(y))
-        flows.excess(self.geometry, cols, len(y), exc, work)
+        flows.excess(self.geometry, cols, 0, len(y), exc, work)
         return exc
 
 
@@ -148,7 +148,7 @@ class Induced(_Model):
         """Replace each W in ``y`` (in place) by its best rank-r approximation (Eckart–Young); nothing to do
         unless the network is narrower than min(dx, dy). Non-finite states are left alone."""
         cols = np.ascontiguousarray(np.asarray(y, dtype=float).T)
-        flows.project(self.geometry, cols, len(y))
+        flows.project(self.geometry, cols, 0, len(y))
         y[...] = cols.T
         return y
 

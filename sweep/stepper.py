@@ -1,12 +1,13 @@
 """One explicit Runge–Kutta stepper for every method and model, compiled whole.
 
-The batch is cut into blocks of ``width`` trajectories laid out batch-last, ``(P, width)`` (see
-:mod:`sweep.flows`). Each trajectory has its own time, step size, counters and status; when one
-finishes, its results are written out and the block's last live column takes its place, so finished
-trajectories cost nothing. The driver loop, :func:`_integrate_block`, reads:
+Trajectories run in a block of ``width`` columns laid out batch-last, ``(P, width)`` (see
+:mod:`sweep.flows`). Each has its own time, step size, counters and status. When one finishes, its
+results are written out, the block's last live column takes its place, and the free columns take the
+next trajectories of the batch: finished trajectories cost nothing. The driver loop, :func:`integrate`,
+reads:
 
-    retire the finished → choose each step's end → take the step → control its error → accept
-    (ε-crossing, checkpoints, status) → commit the accepted steps
+    load the next trajectories → retire the finished → choose each step's end → take the step →
+    control its error → accept (ε-crossing, checkpoints, status) → commit the accepted steps
 
 with one function per concept below: :func:`_step` (stages), :func:`_control` (error norm and step-size
 control of Hairer–Nørsett–Wanner, as scipy's RK45), :func:`_dense` (the step's interpolant),
@@ -102,19 +103,20 @@ def block_arrays(size: int, work_rows: int, stages: int, width: int) -> Block:
 
 @jit
 def integrate(g, meth, opt, y0, tc, out, blk):
-    """Every trajectory of ``y0`` (B, P), block by block."""
-    width = blk.i.shape[1]
-    for first in range(0, y0.shape[0], width):
-        _integrate_block(g, meth, opt, y0, tc, out, blk, first, min(width, y0.shape[0] - first))
-
-
-@part
-def _integrate_block(g, meth, opt, y0, tc, out, blk, first, m):
-    cur = _start(g, meth, opt, y0, tc, out, blk, first, m)
+    """Every trajectory of ``y0`` (B, P): the block's free columns take the next trajectories as soon as
+    others finish, so the block stays full until the batch runs out."""
+    width, total = blk.i.shape[1], y0.shape[0]
+    cur, m, loaded = 0, 0, 0
     while True:
+        if m < width and loaded < total:
+            count = min(width - m, total - loaded)
+            _load(g, meth, opt, y0, tc, out, blk, cur, m, m + count, loaded)
+            m, loaded = m + count, loaded + count
         m = _retire(out, blk, cur, m)
         if m == 0:
-            return
+            if loaded == total:
+                return
+            continue
         _step_ends(meth, opt, blk, m)
         _step(g, meth, blk, cur, m)
         every = _control(g, meth, opt, blk, cur, m) if meth.adaptive else True
@@ -123,16 +125,16 @@ def _integrate_block(g, meth, opt, y0, tc, out, blk, first, m):
 
 
 @part
-def _start(g, meth, opt, y0, tc, out, blk, first, m):
-    """Load trajectories first … first + m − 1 into the block: f(y0), statuses, the first step size."""
-    y, f0 = blk.ys[0], blk.k[blk.kmap[0]]
-    for b in range(m):
-        blk.i[INDEX, b] = first + b
+def _load(g, meth, opt, y0, tc, out, blk, cur, lo, hi, first):
+    """Trajectories first, first + 1, … into columns lo … hi − 1: f(y0), statuses, the first step size."""
+    y, f0 = blk.ys[cur], blk.k[blk.kmap[0]]
+    for b in range(lo, hi):
+        blk.i[INDEX, b] = first + b - lo
         for p in range(y.shape[0]):
-            y[p, b] = y0[first + b, p]
-    flows.project(g, y, m)
-    flows.rhs(g, y, f0, m, blk.f[EXC], blk.work)
-    for b in range(m):
+            y[p, b] = y0[first + b - lo, p]
+    flows.project(g, y, lo, hi)
+    flows.rhs(g, y, f0, lo, hi, blk.f[EXC], blk.work)
+    for b in range(lo, hi):
         i, exc = blk.i[INDEX, b], blk.f[EXC, b]
         blk.f[T, b], blk.i[STEPS, b], blk.i[EVALS, b], blk.i[NXT, b], blk.i[REJECTED, b] = 0.0, 0, 1, 0, False
         blk.f[BOUND, b] = BLOWUP * max(exc if math.isfinite(exc) else 0.0, g.half_z2)
@@ -148,8 +150,7 @@ def _start(g, meth, opt, y0, tc, out, blk, first, m):
         elif blk.i[FOUND, b] and opt.stop_at_eps:
             blk.i[STATUS, b] = CONVERGED
     if meth.adaptive:
-        _initial_step(g, meth, opt, blk, m)
-    return 0
+        _initial_step(g, meth, opt, blk, cur, lo, hi)
 
 
 @part
@@ -245,10 +246,10 @@ def _step(g, meth, blk, cur, m):
     y, y_new = blk.ys[cur], blk.ys[1 - cur]
     for i in range(1, s):
         _combine(blk.tmp, y, blk, meth.a[i], i, m)
-        flows.rhs(g, blk.tmp, blk.k[blk.kmap[i]], m, blk.f[EXC_STAGE], blk.work)
+        flows.rhs(g, blk.tmp, blk.k[blk.kmap[i]], 0, m, blk.f[EXC_STAGE], blk.work)
     _combine(y_new, y, blk, meth.b, s, m)
-    flows.project(g, y_new, m)
-    flows.rhs(g, y_new, blk.k[blk.kmap[s]], m, blk.f[EXC_NEW], blk.work)
+    flows.project(g, y_new, 0, m)
+    flows.rhs(g, y_new, blk.k[blk.kmap[s]], 0, m, blk.f[EXC_NEW], blk.work)
     for b in range(m):
         blk.i[EVALS, b] += s
         blk.i[ACCEPT, b] = True
@@ -262,7 +263,7 @@ def _control(g, meth, opt, blk, cur, m):
     finite). Returns whether every step was accepted."""
     y, y_new = blk.ys[cur], blk.ys[1 - cur]
     size = y.shape[0]
-    flows.weight_floor(g, y, y_new, opt.atol, m, blk.f[FLOOR])
+    flows.weight_floor(g, y, y_new, opt.atol, 0, m, blk.f[FLOOR])
     blk.f[ENORM, :m] = 0.0
     for p in range(size):
         blk.f[ROW, :m] = 0.0
@@ -391,13 +392,13 @@ def _dense(g, meth, blk, cur, b, theta):
         h00, h10, h01, h11 = 2 * t3 - 3 * t2 + 1, t3 - 2 * t2 + theta, -2 * t3 + 3 * t2, t3 - t2
         for p in range(y.shape[0]):
             col[p, 0] = h00 * y[p, b] + h10 * h * f0[p, b] + h01 * y_new[p, b] + h11 * h * f1[p, b]
-    flows.project(g, col, 1)
+    flows.project(g, col, 0, 1)
 
 
 @jit
 def _excess_at(g, meth, blk, cur, b, theta):
     _dense(g, meth, blk, cur, b, theta)
-    flows.excess(g, blk.col, 1, blk.f[COL_EXC], blk.col_work)
+    flows.excess(g, blk.col, 0, 1, blk.f[COL_EXC], blk.col_work)
     return blk.f[COL_EXC, 0]
 
 
@@ -417,30 +418,30 @@ def _locate(g, meth, opt, blk, cur, b):
 
 
 @part
-def _initial_step(g, meth, opt, blk, m):
-    """Each trajectory's first step size (Hairer–Nørsett–Wanner II.4, as scipy's select_initial_step)."""
-    y, f0, y1, f1 = blk.ys[0], blk.k[blk.kmap[0]], blk.tmp, blk.k[blk.kmap[1]]
+def _initial_step(g, meth, opt, blk, cur, lo, hi):
+    """The first step size of trajectories lo … hi − 1 (Hairer–Nørsett–Wanner II.4, as scipy's
+    select_initial_step)."""
+    y, f0, y1, f1 = blk.ys[cur], blk.k[blk.kmap[0]], blk.tmp, blk.k[blk.kmap[1]]
     size = y.shape[0]
-    flows.weight_floor(g, y, y, opt.atol, m, blk.f[FLOOR])
-    d0, d1, d2 = np.zeros(m), np.zeros(m), np.zeros(m)
+    flows.weight_floor(g, y, y, opt.atol, lo, hi, blk.f[FLOOR])
+    d0, d1, d2, h0 = np.zeros(hi), np.zeros(hi), np.zeros(hi), np.zeros(hi)
     for p in range(size):
-        for b in range(m):
+        for b in range(lo, hi):
             scale = opt.rtol * abs(y[p, b]) + blk.f[FLOOR, b]
             d0[b] += (y[p, b] / scale) ** 2
             d1[b] += (f0[p, b] / scale) ** 2
-    h0 = np.empty(m)
-    for b in range(m):
+    for b in range(lo, hi):
         d0[b], d1[b] = math.sqrt(d0[b] / size), math.sqrt(d1[b] / size)
         h0[b] = min(1e-6 if d0[b] < 1e-5 or d1[b] < 1e-5 else 0.01 * d0[b] / d1[b], opt.horizon)
     for p in range(size):
-        for b in range(m):
+        for b in range(lo, hi):
             y1[p, b] = y[p, b] + h0[b] * f0[p, b]
-    flows.rhs(g, y1, f1, m, blk.f[EXC_STAGE], blk.work)
+    flows.rhs(g, y1, f1, lo, hi, blk.f[EXC_STAGE], blk.work)
     for p in range(size):
-        for b in range(m):
+        for b in range(lo, hi):
             scale = opt.rtol * abs(y[p, b]) + blk.f[FLOOR, b]
             d2[b] += ((f1[p, b] - f0[p, b]) / scale) ** 2
-    for b in range(m):
+    for b in range(lo, hi):
         dmax = max(d1[b], math.sqrt(d2[b] / size) / h0[b])
         h1 = max(1e-6, h0[b] * 1e-3) if dmax <= 1e-15 else (0.01 / dmax) ** (1.0 / (meth.order + 1))
         h = min(100 * h0[b], h1, opt.horizon)
