@@ -303,6 +303,21 @@ def _dot(row, f):
 
 
 @jit
+def _interpolant(f, h, cf, cg):
+    """Legendre coefficients of p (values f at the nodes of a panel of length h) and of G into cf,
+    cg; the number of terms above 1e-18 of the first; p and dp/ds at the panel's two ends."""
+    deg, f0, d0, f1, d1 = 2, 0.0, 0.0, 0.0, 0.0
+    for k in range(NODES):
+        cf[k], cg[k] = _dot(_LEG[k], f), _dot(_MEAN[k], f)
+        if abs(cf[k]) + abs(cg[k]) > 1e-18 * (abs(cf[0]) + abs(cg[0])):
+            deg = max(deg, k + 1)
+        sign = 1.0 if k % 2 == 0 else -1.0  # P_k(±1) = (±1)^k, P_k'(±1) = (±1)^{k+1} k(k+1)/2
+        f0, f1 = f0 + sign * cf[k], f1 + cf[k]
+        d0, d1 = d0 - sign * cf[k] * k * (k + 1) / h, d1 + cf[k] * k * (k + 1) / h
+    return deg, (f0, d0, f1, d1)
+
+
+@jit
 def _march(cell, targets, by_time, out):
     """out[i] = t(s = targets[i]), or s(t = targets[i]) if by_time; targets sorted ascending."""
     n, r0, zeta, tan0 = cell[0], cell[1], cell[2], cell[8]
@@ -328,17 +343,11 @@ def _march(cell, targets, by_time, out):
         if tail > scale and h > 64 * ULP * max(lo, 1e-280):
             h *= 0.5
             continue
-        deg, f0, d0, f1, d1 = 1, 0.0, 0.0, 0.0, 0.0  # deg: the terms above 1e-18 of the first
-        for k in range(NODES):
-            cf[k], cg[k] = _dot(_LEG[k], f), _dot(_MEAN[k], f)
-            if abs(cf[k]) + abs(cg[k]) > 1e-18 * (abs(cf[0]) + abs(cg[0])):
-                deg = k + 1
-            sign = 1.0 if k % 2 == 0 else -1.0  # P_k(±1) = (±1)^k, P_k'(±1) = (±1)^{k+1} k(k+1)/2
-            f0, f1 = f0 + sign * cf[k], f1 + cf[k]
-            d0, d1 = d0 - sign * cf[k] * k * (k + 1) / h, d1 + cf[k] * k * (k + 1) / h
-        deg = max(deg, 2)
-        ends = f0, d0, f1, d1
+        ready = False  # the interpolant is formed only for a panel that holds a target
         while i < count and (targets[i] <= t_lo + share if by_time else targets[i] <= lo + h):
+            if not ready:
+                deg, ends = _interpolant(f, h, cf, cg)
+                ready = True
             if by_time:
                 out[i] = lo + _invert(targets[i] - t_lo, lo, h, share, ends, cg, cf, deg)
             else:
