@@ -47,17 +47,22 @@ def _unit_orthogonal(rng, z: np.ndarray) -> np.ndarray:
 def end_to_end_start(target, *, problem_seed, seed, depth, width, init_norm, init_angle=None):
     """W0 for a balanced start: random of rank r (or at ``init_angle`` from the vector target),
     scaled to ‖W0‖₂ = init_norm · ‖Z‖₂."""
+    w, norm = start_direction(target, problem_seed, seed, rank_of(target.shape[1], target.shape[0], depth, width),
+                              init_angle)
+    return init_norm * np.linalg.norm(target, 2) * w / norm
+
+
+def start_direction(target, problem_seed, seed, rank, init_angle=None):
+    """The random part of :func:`end_to_end_start`, which does not depend on init_norm: (w, ‖w‖₂), with
+    W0 = init_norm·‖Z‖₂·w / ‖w‖₂ (‖w‖₂ = 1 for an angle start)."""
     dy, dx = target.shape
-    r = rank_of(dx, dy, depth, width)
-    scale = init_norm * np.linalg.norm(target, 2)
     if init_angle is not None:  # vector target (dy = 1 or dx = 1): rotate away from it
         z = target.ravel() / np.linalg.norm(target)
         q = _unit_orthogonal(_rng(problem_seed, seed, _ANGLE, z.size), z) if z.size > 1 else 0 * z
-        w = np.cos(init_angle) * z + np.sin(init_angle) * q
-        return scale * w.reshape(dy, dx)
-    rng = _rng(problem_seed, seed, _W0, dy, dx, r)
-    w = rng.standard_normal((dy, r)) @ rng.standard_normal((r, dx))
-    return scale * w / np.linalg.norm(w, 2)
+        return (np.cos(init_angle) * z + np.sin(init_angle) * q).reshape(dy, dx), 1.0
+    rng = _rng(problem_seed, seed, _W0, dy, dx, rank)
+    w = rng.standard_normal((dy, rank)) @ rng.standard_normal((rank, dx))
+    return w, np.linalg.norm(w, 2)
 
 
 def balanced_layers(w0, *, problem_seed, seed, depth, width):
