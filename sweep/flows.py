@@ -48,6 +48,8 @@ if not numba.config.CACHE_DIR:  # numba was imported before us
 LAYERWISE, INDUCED = 0, 1
 
 jit = numba.njit(cache=True, error_model="numpy")  # IEEE arithmetic: 1/0 = inf, never an exception
+# called from compiled code only: no Python wrapper to build
+inner = numba.njit(cache=True, error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
 
 
 class Geometry(NamedTuple):
@@ -149,7 +151,7 @@ def weight_floor(g, y, y_new, atol, lo, hi, floor):
 # --------------------------------------------------------------------------------------------------
 
 
-@jit
+@inner
 def _matmul(out, x, z, rows, inner, cols, lo, hi):
     """out = x·z (rows × inner times inner × cols) for trajectories lo … hi − 1. Each operand is a view
     (array, first row, row stride, column stride) of a batch-last array, so transposes cost nothing.
@@ -179,13 +181,13 @@ def _matmul(out, x, z, rows, inner, cols, lo, hi):
                 k += 1
 
 
-@jit
+@inner
 def _layer(g, y, i):
     """Oriented layer i, D_{i+1} × D_i, as a view of the state."""
     return y, g.off[i], g.rs[i], g.cs[i]
 
 
-@jit
+@inner
 def _s(g, y, work, i):
     """S_i = L_{N−1}⋯L_i's left factor (r × D_i): the last layer itself for i = N − 1."""
     n = g.depth
@@ -194,7 +196,7 @@ def _s(g, y, work, i):
     return work, g.s_off[i], g.dims[i], 1
 
 
-@jit
+@inner
 def _v(g, work, i):
     """V_i = L_{i−1}⋯L_0 Eᵀ (D_i × r); V_0 = Eᵀ, a transposed view of the residual."""
     if i == 0:
@@ -202,13 +204,13 @@ def _v(g, work, i):
     return work, g.v_off[i], g.dims[g.depth], 1
 
 
-@jit
+@inner
 def _transposed(view):
     a, start, rs, cs = view
     return a, start, cs, rs
 
 
-@jit
+@inner
 def _layerwise(g, y, out, lo, hi, exc, work, flow):
     """With S_i as in :func:`_s`, the residual E = Z − W (S_0 = W) and V_i as in :func:`_v`, the flow of
     layer i is S_{i+1}ᵀ V_iᵀ (V_{N−1}ᵀ for the last layer): three products of r·D_{i+1}·D_i per layer."""
@@ -249,7 +251,7 @@ def _layerwise(g, y, out, lo, hi, exc, work, flow):
 # --------------------------------------------------------------------------------------------------
 
 
-@jit
+@inner
 def _induced_column(g, y, out, b, flow):
     """Excess loss of trajectory b; with ``flow`` its flow into out[:, b]. Numerically zero singular
     values are set to exactly 0 (0⁰ = 1), and those beyond the rank to 0. When dy = 1 or dx = 1 the

@@ -24,7 +24,7 @@ import numba
 import numpy as np
 
 from . import flows
-from .flows import jit
+from .flows import inner, jit
 
 part = numba.njit(inline="always", error_model="numpy")  # inlined into integrate: one compiled unit
 
@@ -175,13 +175,13 @@ def _retire(out, blk, cur, m):
     return m
 
 
-@jit
+@inner
 def _copy_column(dst, b, src, c):
     for p in range(dst.shape[0]):
         dst[p, b] = src[p, c]
 
 
-@jit
+@inner
 def _finite(y, b, exc):
     """Whether trajectory b's state and excess loss are finite."""
     if not math.isfinite(exc):
@@ -206,7 +206,7 @@ def _step_ends(meth, opt, blk, m):
         blk.f[HH, b] = blk.f[T_NEW, b] - blk.f[T, b]
 
 
-@jit
+@inner
 def _combine(dst, base, blk, coef, count, m):
     """dst = base + h·Σ_{j<count} coef_j k_j for each trajectory (its own h), skipping zero coefficients."""
     acc, hh = blk.f[ROW], blk.f[HH]
@@ -367,7 +367,7 @@ def _commit(meth, opt, blk, cur, m, every):
     return cur
 
 
-@jit
+@inner
 def _dense(g, meth, blk, cur, b, theta):
     """The state at t + θh inside trajectory b's step, into ``blk.col``: the method's dense output, or the
     cubic Hermite interpolant through (y, f) at both ends; projected by the model."""
@@ -395,14 +395,14 @@ def _dense(g, meth, blk, cur, b, theta):
     flows.project(g, col, 0, 1)
 
 
-@jit
+@inner
 def _excess_at(g, meth, blk, cur, b, theta):
     _dense(g, meth, blk, cur, b, theta)
     flows.excess(g, blk.col, 0, 1, blk.f[COL_EXC], blk.col_work)
     return blk.f[COL_EXC, 0]
 
 
-@jit
+@inner
 def _locate(g, meth, opt, blk, cur, b):
     """θ ∈ (0, 1] where the interpolated excess loss first equals ε: bisection, to ~machine precision."""
     lo, hi = 0.0, 1.0
