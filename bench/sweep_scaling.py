@@ -2,7 +2,7 @@
 overhead beyond kernel time (scheduling, transfer, store writes) at the default batch size, and the
 driver's peak memory for 10^4, 10^5 and 10^6 cells (the last takes 2–3 minutes on 2 cores).
 
-    python bench/sweep_scaling.py [--repeats 3] [--memory-only] [--keep FOLDER]
+    python bench/sweep_scaling.py [--repeats 3] [--memory-only | --scaling-only] [--batches 256,1024] [--keep FOLDER]
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--memory-only", action="store_true", help="Only the driver's peak memory (10^4–10^6 cells).")
     ap.add_argument("--keep", type=Path, help="Write the stores here and keep them (default: a temporary folder).")
+    ap.add_argument("--scaling-only", action="store_true", help="Skip the driver's peak memory.")
     ap.add_argument("--batches", default="256,1024", help="Batch sizes (cells per task) to compare, comma-separated.")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -50,7 +51,8 @@ def main():
         if not args.memory_only:
             for batch in (int(b) for b in args.batches.split(",")):
                 scaling(folder, args.repeats, batch)
-        memory(folder)
+        if not args.scaling_only:
+            memory(folder)
 
 
 def scaling(folder: Path, repeats: int, batch: int) -> None:
