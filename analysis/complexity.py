@@ -9,6 +9,8 @@ import warnings
 import numpy as np
 import xarray as xr
 
+from sweep.schema import Status
+
 from . import theory
 
 BOUND_RTOL = 1e-6  # a bound below the observation by more than this (relative) is a violation
@@ -23,7 +25,7 @@ def _attrs(da: xr.DataArray, **attrs) -> xr.DataArray:
 
 def converged_times(ds: xr.Dataset) -> xr.DataArray:
     """time_to_eps where the run converged, NaN elsewhere."""
-    return ds.time_to_eps.where(ds.status == 1)
+    return ds.time_to_eps.where(ds.status == Status.CONVERGED)
 
 
 def time_to_eps_table(ds: xr.Dataset, along: str = "depth", over=("seed",), stat: str = "median") -> xr.DataArray:
@@ -222,7 +224,7 @@ def safe_annotate(ds: xr.Dataset, tol: float | None = None) -> xr.Dataset:
         note[never & (values["theory_limit"] != -1)] = "exact T_ε: none (the closed form never gets within ε)"
     for idx, message in errors.items():
         note[idx] = f"theory raised {message}"
-    names = ds.status.attrs.get("flag_meanings", "pending converged unconverged diverged failed").split()
+    names = Status.names(ds)
     for code, name in enumerate(names):
         note[~started & (status == code)] = f"cell {name}: no start, no theory"
 

@@ -9,13 +9,28 @@ point takes the (at most r) indices with the most negative s_k² − 2 s_k m_k �
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 import numpy as np
 import xarray as xr
 
 from sweep.init import rank_of
+from sweep.schema import Status
 
-UNKNOWN, GLOBAL, SADDLE, ZERO, UNCONVERGED, DIVERGED = range(6)
-CLASS_MEANINGS = "unknown global saddle zero unconverged diverged"
+
+class Limit(IntEnum):
+    """Where a run ended: the class of its nearest critical point (or why there is none)."""
+
+    UNKNOWN = 0  # pending or failed: no final matrix
+    GLOBAL = 1  # within tol of Z_r
+    SADDLE = 2
+    ZERO = 3
+    UNCONVERGED = 4  # near no critical point
+    DIVERGED = 5
+
+
+UNKNOWN, GLOBAL, SADDLE, ZERO, UNCONVERGED, DIVERGED = Limit  # the names analysis code and notebooks use
+CLASS_MEANINGS = " ".join(c.name.lower() for c in Limit)
 DISTANCE_TOL = 1e-3  # ‖W_final − critical point‖_F ≤ DISTANCE_TOL·‖Z‖_F counts as arrived
 
 
@@ -64,16 +79,17 @@ def nearest_critical_point(ds: xr.Dataset):
 
 def classify(ds: xr.Dataset, tol: float = DISTANCE_TOL) -> xr.DataArray:
     """Per cell: global, saddle, zero (the final matrix within ``tol``·‖Z‖_F of that critical point),
-    unconverged (near none of them), diverged (status 3) or unknown (pending or failed)."""
+    unconverged (near none of them), diverged (status diverged) or unknown (pending or failed)."""
     dist, index = nearest_critical_point(ds)
     status = ds.status
     cls = xr.where(index == 0, GLOBAL, xr.where(index == -1, ZERO, SADDLE))
     cls = xr.where(dist <= tol, cls, UNCONVERGED)
-    cls = xr.where(status == 3, DIVERGED, cls)
-    cls = xr.where((status == 0) | (status == 4) | dist.isnull() & (status != 3), UNKNOWN, cls)
+    cls = xr.where(status == Status.DIVERGED, DIVERGED, cls)
+    no_result = (status == Status.PENDING) | (status == Status.FAILED)
+    cls = xr.where(no_result | dist.isnull() & (status != Status.DIVERGED), UNKNOWN, cls)
     return cls.astype("i1").rename("limit_class").assign_attrs(
         long_name="where the run ended (nearest critical point of the rank-r problem)",
-        flag_values=np.arange(6, dtype="i1"), flag_meanings=CLASS_MEANINGS, distance_tol=tol)
+        flag_values=np.array([c.value for c in Limit], dtype="i1"), flag_meanings=CLASS_MEANINGS, distance_tol=tol)
 
 
 def convergence_rate(ds: xr.Dataset, over=("seed",), tol: float = DISTANCE_TOL) -> xr.DataArray:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import xarray as xr
 
+from sweep.schema import Status
+
 from . import complexity, convergence
 
 COLUMNS = ["status", "time_to_eps", "final_loss", "final_excess_loss", "steps", "rhs_evals", "imbalance_drift"]
@@ -27,7 +29,7 @@ def cell_table(ds: xr.Dataset, with_theory: bool = False):
     ``limit_class`` are written as their names; the final losses are the last finite checkpoint.
     ``with_theory`` adds :func:`analysis.complexity.safe_annotate`'s columns, ``theory_note`` saying
     why a cell's theory values are missing (any store: pending, failed, a closed form that raised)."""
-    names = ds.status.attrs.get("flag_meanings", "pending converged unconverged diverged failed").split()
+    names = Status.names(ds)
     cols = xr.Dataset({
         "status": ds.status, "time_to_eps": ds.time_to_eps, "final_loss": last_finite(ds.loss),
         "final_excess_loss": last_finite(ds.excess_loss), "steps": ds.steps, "rhs_evals": ds.rhs_evals,

@@ -10,6 +10,8 @@ import numpy as np
 import xarray as xr
 import yaml
 
+from sweep.schema import Status
+
 from . import complexity, convergence, plots
 
 
@@ -133,8 +135,8 @@ def write_report(ds: xr.Dataset, out: str | Path, title: str = "linflow report")
           f"{spec['horizon']}, eps {spec['eps']}."), "",
           "Grid: " + " × ".join(f"{d} {n}" for d, n in sizes.items()) + f" = {int(np.prod(list(sizes.values())))} cells.", ""]
 
-    names = ds.status.attrs.get("flag_meanings", "pending converged unconverged diverged failed").split()
-    counts = dict((n, int((ds.status == i).sum())) for i, n in enumerate(names))
+    names = Status.names(ds)
+    counts = {n: int((ds.status == i).sum()) for i, n in enumerate(names)}
     md += ["## Status", "", _table(["status", "cells"], list(counts.items())), "", *_status_notes(ds, counts)]
 
     cls = convergence.classify(a)

@@ -17,6 +17,7 @@ import xarray as xr
 
 from sweep import runner
 from sweep import spec as specs
+from sweep.schema import Status
 
 from . import plots, theory
 from .report import _table
@@ -86,7 +87,7 @@ def angle_figure(angle: xr.Dataset):
     grid = np.linspace(0.2, 3.12, 120)
     for i, n in enumerate(angle.depth.values):
         sub = angle.sel(depth=n).squeeze()
-        obs = sub.time_to_eps.where(sub.status == 1).values
+        obs = sub.time_to_eps.where(sub.status == Status.CONVERGED).values
         ax.semilogy(sub.init_angle.values, obs, "o", color=f"C{i}", label=f"N = {n} (simulated)")
         rr = float(r0.sel(depth=n).isel(init_angle=0).squeeze())
         ax.semilogy(grid, theory.exact_time_to_eps(int(n), rr, zeta, grid, float(angle.attrs.get("eps", 1e-6))),
@@ -131,6 +132,6 @@ def _angle_rows(angle):
     rows = []
     for th in angle.init_angle.values:
         sub = a.sel(init_angle=th).squeeze()
-        obs = sub.time_to_eps.where(sub.status == 1).values
+        obs = sub.time_to_eps.where(sub.status == Status.CONVERGED).values
         rows.append([f"{th:g}", *obs, *sub.theory_time_to_eps.values])
     return rows

@@ -7,13 +7,13 @@ A batch is one Zarr chunk of the dataset: a hyper-rectangle of cells with a sing
 from __future__ import annotations
 
 import itertools
-import os
 
 import numpy as np
 
-from . import kernel
+from . import kernel, schema
 from .init import initial_layers, layer_dims, rank_of
 from .problem import Problem
+from .schema import Status
 from .spec import Spec
 
 
@@ -82,11 +82,7 @@ def run_batch(spec: Spec, problem: Problem, region: tuple[slice, ...], mask=None
 
 def empty_results(spec: Spec, problem: Problem, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
     """Every result variable of a region of ``shape``, holding the pending fill values."""
-    tails = {"loss": (spec.checkpoints["count"],), "excess_loss": (spec.checkpoints["count"],),
-             "w_init": (problem.dy, problem.dx), "w_final": (problem.dy, problem.dx)}
-    dtypes = {"status": np.int8, "steps": np.int64, "rhs_evals": np.int64}
-    return {name: np.full(shape + tails.get(name, ()), fill, dtype=dtypes.get(name, float))
-            for name, fill in FILL.items()}
+    return schema.empty(shape, spec.checkpoints["count"], problem.dy, problem.dx)
 
 
 def _start_args(spec: Spec, c: dict[str, np.ndarray], i: int) -> dict:
@@ -101,9 +97,6 @@ def _start_args(spec: Spec, c: dict[str, np.ndarray], i: int) -> dict:
 def _compute(spec: Spec, problem: Problem, c: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The dataset variables of a flat list of cells of one depth and width, cell axis first."""
     n = len(c["seed"])
-    fail_seed = os.environ.get("LINFLOW_TEST_FAIL_SEED")  # test hook: never set in normal runs
-    if fail_seed is not None and int(fail_seed) in c["seed"]:
-        raise RuntimeError(f"test hook: cells with seed {fail_seed} fail")
     depth, width = int(c["depth"][0]), int(c["width"][0])
     if spec.model == "exact":
         return _compute_exact(spec, problem, c, depth, width)
@@ -184,13 +177,8 @@ def _compute_exact(spec: Spec, problem: Problem, c: dict, depth: int, width: int
     w_final = r[:, -1:] * (cos[:, -1:] * zhat + sin[:, -1:] * qhat)
     out["w_final"] = w_final.reshape(n, problem.dy, problem.dx)
     out["time_to_eps"] = np.where(reached, tte, np.nan)
-    out["status"] = np.where(reached, kernel.CONVERGED, kernel.UNCONVERGED).astype(np.int8)
+    out["status"] = np.where(reached, Status.CONVERGED, Status.UNCONVERGED).astype(np.int8)
     return out
-
-
-# fill values of the pending state (as laid out in the store's template)
-FILL = {"loss": np.nan, "excess_loss": np.nan, "time_to_eps": np.nan, "status": kernel.PENDING, "steps": 0,
-        "rhs_evals": 0, "w_init": np.nan, "w_final": np.nan, "imbalance": np.nan, "imbalance_drift": np.nan}
 
 
 def _product(layers):

@@ -14,12 +14,12 @@ from functools import cached_property
 import numpy as np
 
 from . import flows, stepper
+from .schema import STATUS_MEANINGS, Status  # noqa: F401 — the statuses' names
 from .stepper import BLOWUP, CONVERGED, DIVERGED, FAILED, PENDING, UNCONVERGED  # noqa: F401 — the statuses
 from .tableau import DOPRI5, EULER, METHODS, RK4, Tableau  # noqa: F401 — the methods
 
 KERNEL_VERSION = "3"  # 3: the compiled kernel (its rounding differs from version 2's in the last bits)
 
-STATUS_MEANINGS = "pending converged unconverged diverged failed"
 
 
 def tail_loss(target: np.ndarray, rank: int) -> float:

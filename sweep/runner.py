@@ -22,16 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from . import kernel, store
+from . import kernel, schema, store
 from .lock import StoreLock
 from .problem import Problem, build
+from .schema import Status
 from .spec import Spec, SpecError
 from .task import run_task
 
 # BLAS inside a task stays single-threaded: one task per core is the parallelism
 SINGLE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-# test hooks, passed to the workers only when set in the driver's environment (never in normal runs)
-TEST_HOOKS = ("LINFLOW_TEST_KILL_WORKER", "LINFLOW_TEST_FAIL_SEED")  # read in sweep.task and sweep.batch
 HEARTBEAT_SECONDS = 30.0
 
 
@@ -99,7 +98,7 @@ def check_memory(spec: Spec, problem: Problem) -> None:
     from .init import parameter_count
 
     count = spec.checkpoints["count"]
-    per_cell = 8 * (2 * count + 2 * problem.dy * problem.dx + 6)
+    per_cell = schema.cell_bytes(count, problem.dy, problem.dx)
     cells = math.prod(spec.shape)
     if per_cell > MEMORY_LIMIT:
         raise SpecError("checkpoints.count", f"one cell's {count:,} checkpoints need {per_cell / 2**30:.1f} GiB "
@@ -137,10 +136,9 @@ def check_memory(spec: Spec, problem: Problem) -> None:
 
 
 def runtime_env(address: str | None) -> dict:
-    """Environment of the workers: single-threaded BLAS, test hooks; on a cluster also the
+    """Environment of the workers: single-threaded BLAS; on a cluster also the
     ``sweep`` package itself (workers need not have linflow installed)."""
     env_vars = dict(SINGLE_THREAD)
-    env_vars.update({k: os.environ[k] for k in TEST_HOOKS if k in os.environ})
     env = {"env_vars": env_vars}
     if address:
         env["py_modules"] = [str(Path(__file__).resolve().parent)]
@@ -466,7 +464,7 @@ def _lost_batch(spec, problem, region, mask) -> dict:
     from .batch import empty_results
 
     results = empty_results(spec, problem, tuple(s.stop - s.start for s in region))
-    results["status"][mask] = kernel.FAILED
+    results["status"][mask] = Status.FAILED
     return results
 
 

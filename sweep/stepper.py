@@ -25,10 +25,11 @@ import numpy as np
 
 from . import flows
 from .flows import inner, jit
+from .schema import Status
 
 part = numba.njit(inline="always", error_model="numpy")  # inlined into integrate: one compiled unit
 
-PENDING, CONVERGED, UNCONVERGED, DIVERGED, FAILED = 0, 1, 2, 3, 4
+PENDING, CONVERGED, UNCONVERGED, DIVERGED, FAILED = (int(s) for s in Status)  # plain ints for compiled code
 EPS = 2.0**-52
 BLOWUP = 1e6  # excess loss above BLOWUP · max(excess(0), ½‖Z‖²) marks a trajectory diverged
 SAFETY, MIN_FACTOR, MAX_FACTOR = 0.9, 0.2, 10.0

@@ -25,25 +25,12 @@ import zarr
 from numcodecs import zstd
 
 from . import __version__, kernel
-from .batch import FILL, chunk_shape, regions
+from .batch import chunk_shape, regions
 from .problem import Problem
+from .schema import DONE, RESULTS, Status, tail_shape
 from .spec import Spec, SpecError, axis_values
 
-STATUS_NAMES = kernel.STATUS_MEANINGS.split()
-
-# name: (long_name, units, dims after the axes, dtype); pending fill values in batch.FILL
-RESULTS = {
-    "loss": ("training loss ½‖Y − W X‖²_F", "", ("checkpoint",), "f8"),
-    "excess_loss": ("excess loss (loss − L*, L* the rank-r global minimum)", "", ("checkpoint",), "f8"),
-    "time_to_eps": ("first flow time with excess loss ≤ eps", "flow time", (), "f8"),
-    "status": ("trajectory status", "", (), "i1"),
-    "steps": ("accepted integrator steps", "", (), "i8"),
-    "rhs_evals": ("right-hand-side evaluations", "", (), "i8"),
-    "w_init": ("end-to-end matrix W(0) = W_N⋯W_1 at t = 0", "", ("out", "in"), "f8"),
-    "w_final": ("end-to-end matrix at the end of the trajectory", "", ("out", "in"), "f8"),
-    "imbalance": ("max_j ‖W_{j+1}ᵀW_{j+1} − W_jW_jᵀ‖_F at t = 0", "", (), "f8"),
-    "imbalance_drift": ("max_j change of W_{j+1}ᵀW_{j+1} − W_jW_jᵀ by the end (Frobenius)", "", (), "f8"),
-}
+STATUS_NAMES = [s.name.lower() for s in Status]
 AXIS_ATTRS = {
     "depth": {"long_name": "depth N (number of layers)"},
     "width": {"long_name": "width of every hidden layer"},
@@ -60,27 +47,21 @@ def template(spec: Spec, problem: Problem, fingerprint: str, range_coords: bool 
     axes = tuple(spec.axes)
     shape = spec.shape
     chunks = chunk_shape(shape, axes, spec.batch)
-    extra = {"checkpoint": spec.checkpoints["count"], "out": problem.dy, "in": problem.dx}
+    count = spec.checkpoints["count"]
     data_vars, encoding = {}, {}
-    for name, (long_name, units, tail, dtype) in RESULTS.items():
-        fill = FILL[name]
-        attrs = {"long_name": long_name}
-        if units:
-            attrs["units"] = units
-        if name == "status":
-            attrs["flag_values"] = np.arange(len(STATUS_NAMES), dtype="i1")
-            attrs["flag_meanings"] = kernel.STATUS_MEANINGS
-        full = shape + tuple(extra[d] for d in tail)
-        data_vars[name] = (axes + tail, np.broadcast_to(np.array(fill, dtype=dtype), full), attrs)  # no memory
-        encoding[name] = {"chunks": chunks + tuple(extra[d] for d in tail)}
-        if dtype != "f8":
+    for name, var in RESULTS.items():
+        tail = tail_shape(var, count, problem.dy, problem.dx)
+        data_vars[name] = (axes + var.tail, np.broadcast_to(np.array(var.fill, dtype=var.dtype), shape + tail),
+                           var.attrs())  # a broadcast: no memory
+        encoding[name] = {"chunks": chunks + tail}
+        if var.dtype != "f8":
             encoding[name]["_FillValue"] = None
     data_vars["target"] = (("out", "in"), problem.target, {"long_name": "target Z = Y Xᵀ"})
     data_vars["x"] = (("in", "sample"), problem.x, {"long_name": "inputs X (whitened, X Xᵀ = I)"})
     data_vars["y"] = (("out", "sample"), problem.y, {"long_name": "outputs Y"})
     coords = {name: (name, spec.values(name), AXIS_ATTRS[name]) for name, values in spec.axes.items()
               if range_coords or not isinstance(values, range)}
-    coords["checkpoint"] = ("checkpoint", np.arange(extra["checkpoint"]), {"long_name": "checkpoint index"})
+    coords["checkpoint"] = ("checkpoint", np.arange(count), {"long_name": "checkpoint index"})
     coords["time"] = ("checkpoint", spec.checkpoint_times(), {"long_name": "flow time", "units": "flow time"})
     attrs = {
         "title": "linflow sweep: gradient flow of deep linear networks",
@@ -210,7 +191,7 @@ def read_status(group: zarr.Group) -> tuple[np.ndarray, list[tuple[slice, ...]]]
         return arr[...], []
     except Exception:  # a torn chunk: find which, chunk by chunk
         pass
-    status = np.full(shape, kernel.PENDING, dtype=np.int8)
+    status = np.full(shape, Status.PENDING, dtype=np.int8)
     bad = []
     for r in regions(shape, chunks):
         try:
@@ -235,12 +216,12 @@ def _read_direct(arr: zarr.Array, folder: str, shape, chunks) -> tuple[np.ndarra
             continue
         except OSError:
             bad.append(r)
-            status[r] = kernel.PENDING
+            status[r] = Status.PENDING
             continue
         raw = _zstd_chunk(data, status.itemsize * math.prod(chunks))
         if raw is None:
             bad.append(r)
-            status[r] = kernel.PENDING
+            status[r] = Status.PENDING
             continue
         status[r] = np.frombuffer(raw, dtype=np.int8).reshape(chunks)[tuple(slice(0, s.stop - s.start) for s in r)]
     return status, bad
@@ -276,9 +257,9 @@ def todo(group: zarr.Group, retry_failed: bool = False) -> list[tuple[tuple[slic
     out = []
     for r in regions(shape, chunks):
         st = status[r]
-        want = st == kernel.PENDING
+        want = st == Status.PENDING
         if retry_failed:
-            want |= st == kernel.FAILED
+            want |= st == Status.FAILED
         if want.any():
             out.append((r, want))
     return out
@@ -345,7 +326,7 @@ MAX_FAILURES = 1000
 def counts(group_or_path) -> dict[str, int]:
     group = group_or_path if isinstance(group_or_path, zarr.Group) else open_group(group_or_path)
     status = read_status(group)[0]
-    return {name: int(np.sum(status == code)) for code, name in enumerate(STATUS_NAMES)}
+    return {s.name.lower(): int(np.sum(status == s)) for s in Status}
 
 
 def open_results(path: str | Path):
@@ -361,9 +342,8 @@ def open_results(path: str | Path):
 # detectable by a directory listing. Older stores skipped all-fill chunks; there a chunk must exist
 # only where a done cell of these statuses holds a value other than the fill.
 EVERY_CHUNK = "every_chunk_written"
-_DONE = (kernel.CONVERGED, kernel.UNCONVERGED, kernel.DIVERGED)
-_NEEDED_BEFORE_EVERY_CHUNK = {"loss": _DONE, "excess_loss": _DONE, "w_init": _DONE, "imbalance": _DONE,
-                              "time_to_eps": (kernel.CONVERGED,)}
+_NEEDED_BEFORE_EVERY_CHUNK = {"loss": DONE, "excess_loss": DONE, "w_init": DONE, "imbalance": DONE,
+                              "time_to_eps": (Status.CONVERGED,)}
 SUSPICIOUS_BYTES = 64  # a chunk file smaller than this, or than a quarter of its variable's median, is decoded
 
 

@@ -4,12 +4,11 @@ run, done in this process without Ray, a store, or a driver that can be killed."
 import numpy as np
 import xarray as xr
 
-from sweep import batch, problem
+from sweep import batch, problem, schema
 from sweep import spec as specs
 from sweep.store import template
 
-CONTRACT = ["loss", "excess_loss", "time_to_eps", "status", "steps", "rhs_evals", "w_init", "w_final",
-            "imbalance", "imbalance_drift", "target", "x", "y", "time"]
+CONTRACT = [*schema.RESULTS, "target", "x", "y", "time"]  # every result variable, the data, the times
 
 
 def compute(raw: dict) -> xr.Dataset:

@@ -16,7 +16,7 @@ from scipy.integrate import solve_ivp
 from typer.testing import CliRunner
 
 from cli.main import app
-from sweep import store
+from sweep import schema, store
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {
@@ -28,8 +28,7 @@ SMALL = {
     "checkpoints": {"count": 21, "spacing": "log"},
     "batch": 4,
 }
-CONTRACT = ["loss", "excess_loss", "time_to_eps", "status", "steps", "rhs_evals", "w_init", "w_final",
-            "imbalance", "imbalance_drift", "target", "x", "y"]
+CONTRACT = [*schema.RESULTS, "target", "x", "y"]  # every result variable, and the problem's data
 
 
 def cli(*args):

@@ -1,0 +1,88 @@
+"""The result schema: every variable a sweep stores per cell, in one table.
+
+The store lays its arrays out from it, a batch fills it, the memory bounds count its bytes and the tests
+check it; adding a variable is one line of :data:`RESULTS`. Statuses are :class:`Status`; the CF
+``flag_values`` / ``flag_meanings`` of the ``status`` variable come from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+
+
+class Status(IntEnum):
+    """What became of a cell (docs/theory.md §10)."""
+
+    PENDING = 0  # not computed yet: the store's fill value
+    CONVERGED = 1  # the excess loss reached ε within the horizon
+    UNCONVERGED = 2  # reached the horizon without the excess ever ≤ ε
+    DIVERGED = 3  # non-finite, above the blow-up bound, or a step collapsed on a non-finite error
+    FAILED = 4  # a step collapsed, max_steps ran out, or the cell's computation raised
+
+    @classmethod
+    def flag_attrs(cls) -> dict:
+        """The CF attributes of the ``status`` variable."""
+        return {"flag_values": np.array([s.value for s in cls], dtype="i1"),
+                "flag_meanings": " ".join(s.name.lower() for s in cls)}
+
+    @classmethod
+    def names(cls, ds) -> list[str]:
+        """The status names of a dataset (its flag_meanings), code order."""
+        return ds.status.attrs.get("flag_meanings", " ".join(s.name.lower() for s in cls)).split()
+
+
+STATUS_MEANINGS = " ".join(s.name.lower() for s in Status)
+DONE = (Status.CONVERGED, Status.UNCONVERGED, Status.DIVERGED)  # computed, with numbers to show
+
+
+@dataclass(frozen=True)
+class Variable:
+    long_name: str
+    tail: tuple[str, ...]  # dims after the grid axes: "checkpoint", "out" (dy), "in" (dx)
+    dtype: str
+    fill: float  # a pending cell's value
+    units: str = ""
+    flags: type[IntEnum] | None = None  # the codes' meanings (CF flag attributes)
+
+    def attrs(self) -> dict:
+        attrs = {"long_name": self.long_name}
+        if self.units:
+            attrs["units"] = self.units
+        if self.flags is not None:
+            attrs.update(self.flags.flag_attrs())
+        return attrs
+
+
+NAN = float("nan")
+RESULTS = {
+    "loss": Variable("training loss ½‖Y − W X‖²_F", ("checkpoint",), "f8", NAN),
+    "excess_loss": Variable("excess loss (loss − L*, L* the rank-r global minimum)", ("checkpoint",), "f8", NAN),
+    "time_to_eps": Variable("first flow time with excess loss ≤ eps", (), "f8", NAN, "flow time"),
+    "status": Variable("trajectory status", (), "i1", Status.PENDING, flags=Status),
+    "steps": Variable("accepted integrator steps", (), "i8", 0),
+    "rhs_evals": Variable("right-hand-side evaluations", (), "i8", 0),
+    "w_init": Variable("end-to-end matrix W(0) = W_N⋯W_1 at t = 0", ("out", "in"), "f8", NAN),
+    "w_final": Variable("end-to-end matrix at the end of the trajectory", ("out", "in"), "f8", NAN),
+    "imbalance": Variable("max_j ‖W_{j+1}ᵀW_{j+1} − W_jW_jᵀ‖_F at t = 0", (), "f8", NAN),
+    "imbalance_drift": Variable("max_j change of W_{j+1}ᵀW_{j+1} − W_jW_jᵀ by the end (Frobenius)", (), "f8", NAN),
+}
+
+
+def tail_shape(var: Variable, checkpoints: int, dy: int, dx: int) -> tuple[int, ...]:
+    sizes = {"checkpoint": checkpoints, "out": dy, "in": dx}
+    return tuple(sizes[d] for d in var.tail)
+
+
+def empty(shape: tuple[int, ...], checkpoints: int, dy: int, dx: int) -> dict[str, np.ndarray]:
+    """Every result variable of ``shape`` cells, holding the pending fill values."""
+    return {name: np.full(shape + tail_shape(v, checkpoints, dy, dx), v.fill, dtype=v.dtype)
+            for name, v in RESULTS.items()}
+
+
+def cell_bytes(checkpoints: int, dy: int, dx: int) -> int:
+    """The bytes of one cell's results."""
+    return sum(np.dtype(v.dtype).itemsize * int(np.prod(tail_shape(v, checkpoints, dy, dx)))
+               for v in RESULTS.values())

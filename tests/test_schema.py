@@ -1,0 +1,69 @@
+"""One schema: the store, the batches and the memory bounds all follow sweep.schema, and the statuses'
+names and codes are the enum's."""
+
+import numpy as np
+import pytest
+
+from sweep import batch, problem, schema, store
+from sweep import spec as specs
+from sweep.schema import RESULTS, Status
+
+RAW = {"axes": {"depth": [1, 2], "width": [3], "init_norm": [0.5, 2.0], "seed": {"start": 0, "stop": 3}},
+       "problem": {"dx": 4, "dy": 2}, "checkpoints": {"count": 5, "spacing": "linear"}, "horizon": 0.5}
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    s = specs.parse(RAW)
+    p = problem.build(s.problem)
+    path = tmp_path_factory.mktemp("schema") / "s.zarr"
+    store.create(path, s, p, s.fingerprint(p.digest()))
+    return s, p, store.open_results(path)
+
+
+def test_the_store_lays_out_exactly_the_schema(made):
+    s, p, ds = made
+    assert set(ds.data_vars) == set(RESULTS) | {"target", "x", "y"}
+    for name, var in RESULTS.items():
+        da = ds[name]
+        assert da.dims == tuple(s.axes) + var.tail, name
+        assert da.dtype == np.dtype(var.dtype), name
+        assert da.attrs["long_name"] == var.long_name and da.attrs.get("units", "") == var.units, name
+        pending = da.values
+        assert np.array_equal(pending, np.full(pending.shape, var.fill, dtype=var.dtype), equal_nan=True), name
+
+
+def test_status_flags_come_from_the_enum(made):
+    _, _, ds = made
+    attrs = ds.status.attrs
+    assert list(attrs["flag_values"]) == [0, 1, 2, 3, 4]
+    assert attrs["flag_meanings"].split() == ["pending", "converged", "unconverged", "diverged", "failed"]
+    assert [Status[n.upper()] for n in attrs["flag_meanings"].split()] == list(Status)
+    assert Status.names(ds) == store.STATUS_NAMES == schema.STATUS_MEANINGS.split()
+
+
+def test_a_batch_fills_every_variable_with_the_schemas_dtype_and_shape(made):
+    s, p, _ = made
+    region = batch.regions(s.shape, batch.chunk_shape(s.shape, tuple(s.axes), s.batch))[0]
+    shape = tuple(r.stop - r.start for r in region)
+    got = batch.run_batch(s, p, region)
+    empty = batch.empty_results(s, p, shape)
+    assert set(got) == set(empty) == set(RESULTS)
+    for name, var in RESULTS.items():
+        assert got[name].shape == empty[name].shape == shape + schema.tail_shape(var, 5, p.dy, p.dx), name
+        assert got[name].dtype == empty[name].dtype == np.dtype(var.dtype), name
+    assert set(np.unique(got["status"])) <= {int(x) for x in schema.DONE}
+    cells = int(np.prod(shape))
+    assert schema.cell_bytes(5, p.dy, p.dx) * cells == sum(v.nbytes for v in got.values())
+
+
+def test_adding_a_variable_is_one_line(monkeypatch, tmp_path):
+    # a new entry in RESULTS reaches the store's layout and the batches' pending arrays with nothing else changed
+    monkeypatch.setitem(RESULTS, "probe", schema.Variable("a probe", ("checkpoint",), "f4", -1.0, "units"))
+    s = specs.parse(RAW)
+    p = problem.build(s.problem)
+    store.create(tmp_path / "p.zarr", s, p, "f")
+    ds = store.open_results(tmp_path / "p.zarr")
+    assert ds.probe.dims == (*s.axes, "checkpoint") and ds.probe.dtype == np.float32
+    assert np.all(ds.probe.values == -1.0) and ds.probe.attrs["units"] == "units"
+    assert batch.empty_results(s, p, (2,))["probe"].shape == (2, 5)
