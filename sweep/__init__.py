@@ -1,6 +1,6 @@
 """linflow: parameter sweeps of gradient flow on deep linear networks (Eftekhari, ICML 2020)."""
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
 
 
 def open_results(path):

@@ -31,18 +31,11 @@ class Problem:
     def dy(self) -> int:
         return self.y.shape[0]
 
-    @property
-    def m(self) -> int:
-        return self.x.shape[1]
-
     def digest(self) -> str:
         h = hashlib.sha256()
         for a in (self.x, self.y):
             h.update(np.ascontiguousarray(a, dtype="<f8").tobytes())
         return h.hexdigest()[:16]
-
-    def singular_values(self) -> np.ndarray:
-        return np.linalg.svd(self.target, compute_uv=False)
 
 
 def whiten(x: np.ndarray) -> np.ndarray:

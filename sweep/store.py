@@ -24,11 +24,12 @@ import xarray as xr
 import zarr
 from numcodecs import zstd
 
-from . import __version__, kernel
+from . import kernel
 from .batch import chunk_shape, regions
 from .problem import Problem
 from .schema import DONE, RESULTS, Status, tail_shape
 from .spec import Spec, SpecError, axis_values
+from .version import __version__
 
 STATUS_NAMES = [s.name.lower() for s in Status]
 AXIS_ATTRS = {
