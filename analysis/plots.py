@@ -14,7 +14,8 @@ from matplotlib.figure import Figure
 from . import complexity, convergence, theory
 
 
-def _fig(ncols=1, width=6.4, height=4.4):
+def figure(ncols=1, width=6.4, height=4.4):
+    """A figure of ``ncols`` panels side by side (no pyplot state): (figure, axes)."""
     fig = Figure(figsize=(width * ncols, height), layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     return fig, axes
@@ -45,7 +46,7 @@ def excess_vs_time(ds: xr.Dataset, select: dict | None = None, exact: bool = Tru
     sel = {**_first(ds), **(select or {})}
     cell = ds.sel(sel)
     notes = [] if notes is None else notes
-    fig, (ax,) = _fig()
+    fig, (ax,) = figure()
     t = ds.time.values
     exact = exact and ds.sizes["out"] == 1 and _balanced(ds)
     r0, zeta, theta0 = theory.polar_coordinates(cell) if exact else (None, None, None)
@@ -99,7 +100,7 @@ def time_to_eps_scaling(ds: xr.Dataset, along: str = "init_norm", fit: bool = Tr
     t = complexity.converged_times(ds)
     other = next((d for d in ds.status.dims if d not in (along, "seed") and ds.sizes[d] > 1), None)
     fits = complexity.fit_scaling(ds, along=along) if fit else None
-    fig, (ax,) = _fig()
+    fig, (ax,) = figure()
     groups = ds[other].values if other else [None]
     x = ds[along].values.astype(float)
     for i, g in enumerate(groups):
@@ -137,7 +138,7 @@ def convergence_heatmap(ds: xr.Dataset, x: str = "init_norm", y: str = "depth") 
     """Fraction of runs reaching the global minimizer over two axes (all others pooled)."""
     over = [d for d in ds.status.dims if d not in (x, y)]
     rate = convergence.convergence_rate(ds, over=tuple(over)).transpose(y, x)
-    fig, (ax,) = _fig()
+    fig, (ax,) = figure()
     im = ax.imshow(rate.values, vmin=0, vmax=1, cmap="viridis", origin="lower", aspect="auto")
     ax.set_xticks(range(ds.sizes[x]), [f"{v:g}" for v in ds[x].values])
     ax.set_yticks(range(ds.sizes[y]), [f"{v:g}" for v in ds[y].values])
@@ -153,7 +154,7 @@ def theory_scatter(ds: xr.Dataset) -> Figure:
     """Observed T_ε against the exact T_ε (scalar output, balanced), coloured by depth; y = x dashed."""
     a = ds if "theory_time_to_eps" in ds else complexity.safe_annotate(ds)
     t = complexity.converged_times(a)
-    fig, (ax,) = _fig()
+    fig, (ax,) = figure()
     for i, n in enumerate(a.depth.values):
         obs, ex = t.sel(depth=n).values.ravel(), a.theory_time_to_eps.sel(depth=n).values.ravel()
         ok = np.isfinite(obs) & np.isfinite(ex)

@@ -15,7 +15,8 @@ from sweep.schema import Status
 from . import complexity, convergence, plots
 
 
-def _table(header, rows) -> str:
+def markdown_table(header, rows) -> str:
+    """A Markdown table of ``rows`` under ``header``; floats with 4 significant digits."""
     lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -31,10 +32,10 @@ def _grid_table(da: xr.DataArray) -> str:
     """A 1-D or 2-D DataArray as a table (rows: its first dim; further dims: their median)."""
     da = da.squeeze(drop=True)
     if da.ndim == 0:
-        return _table(["value"], [[da.item()]])
+        return markdown_table(["value"], [[da.item()]])
     if da.ndim == 1:
         d = da.dims[0]
-        return _table([d, da.name or "value"], [[c, v] for c, v in zip(da[d].values, da.values)])
+        return markdown_table([d, da.name or "value"], [[c, v] for c, v in zip(da[d].values, da.values)])
     rows_dim, cols_dim = da.dims[0], da.dims[1]
     da = da.transpose(rows_dim, cols_dim, ...)
     if da.ndim > 2:
@@ -42,7 +43,7 @@ def _grid_table(da: xr.DataArray) -> str:
             warnings.simplefilter("ignore", RuntimeWarning)
             da = da.median([d for d in da.dims[2:]])
     header = [f"{rows_dim} \\ {cols_dim}"] + [f"{c:g}" if isinstance(c, float) else c for c in da[cols_dim].values]
-    return _table(header, [[r, *da.sel({rows_dim: r}).values] for r in da[rows_dim].values])
+    return markdown_table(header, [[r, *da.sel({rows_dim: r}).values] for r in da[rows_dim].values])
 
 
 def _save(fig, path: Path) -> str:
@@ -137,14 +138,14 @@ def write_report(ds: xr.Dataset, out: str | Path, title: str = "linflow report")
 
     names = Status.names(ds)
     counts = {n: int((ds.status == i).sum()) for i, n in enumerate(names)}
-    md += ["## Status", "", _table(["status", "cells"], list(counts.items())), "", *_status_notes(ds, counts)]
+    md += ["## Status", "", markdown_table(["status", "cells"], list(counts.items())), "", *_status_notes(ds, counts)]
 
     cls = convergence.classify(a)
     cnames = cls.attrs["flag_meanings"].split()
     md += ["## Where the runs ended", "",
            (f"Nearest critical point of the rank-r problem, within {cls.attrs['distance_tol']:g}·‖Z‖_F "
            "(`analysis.convergence.classify`)."), "",
-           _table(["class", "cells"], [(n, int((cls == i).sum())) for i, n in enumerate(cnames)]), ""]
+           markdown_table(["class", "cells"], [(n, int((cls == i).sum())) for i, n in enumerate(cnames)]), ""]
     pair = [d for d in ("depth", "init_norm", "init_angle", "width") if d in sizes and sizes[d] > 1][:2]
     if pair:
         rate = convergence.convergence_rate(a, over=tuple(d for d in sizes if d not in pair))
@@ -170,7 +171,7 @@ def write_report(ds: xr.Dataset, out: str | Path, title: str = "linflow report")
             ci = (f"no CI: one {fit.attrs['over']}" if fit.attrs["ci_method"].startswith("none")
                   else f"{fit.attrs['level']:.0%} CI, {fit.attrs['ci_method']}")
             fits_md += [f"**{what}** ({ci}):", "",
-                        _table(["cells", "slope", "CI low", "CI high", "r²", "runs", "note"], rows), ""]
+                        markdown_table(["cells", "slope", "CI low", "CI high", "r²", "runs", "note"], rows), ""]
     if fits_md:
         md += ["## Scaling fits", "", *fits_md]
 
@@ -195,14 +196,14 @@ def write_report(ds: xr.Dataset, out: str | Path, title: str = "linflow report")
         for i in picked[:20]:
             c = agree.isel(cell=i)
             rows.append([", ".join(f"{d}={c[d].item():g}" for d in ds.status.dims), int(c.predicted), int(c.observed)])
-        md += [_table(["cell", "predicted", "observed"], rows), ""]
+        md += [markdown_table(["cell", "predicted", "observed"], rows), ""]
         if len(picked) > 20:
             md += [f"… and {len(picked) - 20} more.", ""]
     md += ["Limits: 0 the global minimizer, −1 zero, k ≥ 2 the saddle s_k u_k v_kᵀ.", ""] if agree.sizes["cell"] else []
 
     ev = complexity.empirical_vs_theory(a)
     md += ["## Bounds (docs/theory.md §5, derived)", "",
-           _table(["bound", "cells where it applies", "violations (bound below observed T_ε)"],
+           markdown_table(["bound", "cells where it applies", "violations (bound below observed T_ε)"],
                   [["certificate (dy = 1, cos θ0 > 0)", ev.attrs["certificate_applicable"], ev.attrs["certificate_violations"]],
                    ["Arora et al. deficiency margin", ev.attrs["arora_applicable"], ev.attrs["arora_violations"]]]), ""]
     ratio = ev.ratio_exact.values

@@ -20,7 +20,7 @@ from sweep import spec as specs
 from sweep.schema import Status
 
 from . import plots, theory
-from .report import _table
+from .report import markdown_table
 
 PAPER = {"problem": {"m": 50, "dx": 5, "dy": 1, "seed": 0}, "model": "induced", "init": {"scheme": "balanced"}}
 ANGLES = [0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 2.8, 3.0, 3.1]
@@ -80,9 +80,9 @@ def paper_table(euler: xr.Dataset, dopri: xr.Dataset) -> list[list]:
 
 def angle_figure(angle: xr.Dataset):
     """T_ε against θ0 per depth: observed (markers) and exact (lines)."""
-    from .plots import _fig
+    from .plots import figure
 
-    fig, (ax,) = _fig()
+    fig, (ax,) = figure()
     r0, zeta, _theta0 = theory.polar_coordinates(angle)
     grid = np.linspace(0.2, 3.12, 120)
     for i, n in enumerate(angle.depth.values):
@@ -113,12 +113,12 @@ def write(out: Path, euler: xr.Dataset, dopri: xr.Dataset, angle: xr.Dataset) ->
           "with step 1e-6 for 1e5 steps (t = 0.1), and the same starts with dopri5 (rtol 1e-11). "
           "Exact: the closed form of docs/theory.md §4 (derived) by quadrature."), "",
           "## Excess loss at t = 0.1", "",
-          _table(["seed", "cos θ0", "depth", "Euler h=1e-6", "dopri5", "exact", "Euler rel. error"], rows), "",
+          markdown_table(["seed", "cos θ0", "depth", "Euler h=1e-6", "dopri5", "exact", "Euler rel. error"], rows), "",
           f"Largest relative error of the paper's Euler run against the exact value: {worst:.3g}.", "",
           "![excess loss against t per depth](excess_vs_time.png)", "",
           "## Where depth helps and where it hurts", "",
           "‖W0‖ = ‖Z‖ at a fixed angle θ0 from Z, run until the excess loss reaches ε = 1e-6.", "",
-          _table(["θ0"] + [f"N = {n} simulated" for n in angle.depth.values] + [f"N = {n} exact" for n in angle.depth.values],
+          markdown_table(["θ0"] + [f"N = {n} simulated" for n in angle.depth.values] + [f"N = {n} exact" for n in angle.depth.values],
                  _angle_rows(angle)), "",
           "![T_eps against the angle](time_to_eps_vs_angle.png)", ""]
     path = out / "reproduce.md"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from sweep.exact import _excess0, exact_excess_loss, exact_path, exact_time_to_eps  # noqa: F401 — §4, public here
+from sweep.exact import exact_excess_loss, exact_path, exact_time_to_eps, initial_excess  # noqa: F401 — §4, public here
 
 ALIGN_TOL = 1e-8  # |p_k| ≤ ALIGN_TOL·(|u_kᵀu0| + |v_kᵀv0| + 1) counts as an exact alignment zero
 
@@ -70,7 +70,7 @@ def certificate_time_bound(depth, r0, zeta, theta0, eps):
     p = 2 - 2 / depth
     c = np.cos(theta0)
     with np.errstate(all="ignore"):
-        bound = np.log(_excess0(r0, zeta, theta0) / eps) / (2 * np.minimum(r0, zeta * c) ** p)
+        bound = np.log(initial_excess(r0, zeta, theta0) / eps) / (2 * np.minimum(r0, zeta * c) ** p)
     return np.where(c > 0, np.maximum(bound, 0.0), np.nan)
 
 

@@ -446,7 +446,8 @@ def _cos_sin(theta0):
     return np.where(theta0 >= np.pi, -1.0, np.cos(theta0)), np.where(theta0 >= np.pi, 0.0, np.sin(theta0))
 
 
-def _excess0(r0, zeta, theta0):
+def initial_excess(r0, zeta, theta0):
+    """½‖W0 − Z‖² = ½[(r0 − ζ cos θ0)² + ζ² sin² θ0] of scalar-output cells."""
     cos0, sin0 = _cos_sin(theta0)
     return 0.5 * ((r0 - zeta * cos0) ** 2 + (zeta * sin0) ** 2)
 
@@ -474,7 +475,7 @@ def exact_time_to_eps(depth, r0, zeta, theta0, eps):
     shape, (n, r0, zeta, theta0, eps) = _flat(depth, r0, zeta, theta0, eps)
     out = np.full(n.shape, np.nan)
     ok = np.isfinite(r0) & np.isfinite(theta0) & np.isfinite(zeta) & (r0 > 0) & (zeta > 0) & (eps > 0)
-    e0 = _excess0(r0, zeta, theta0)
+    e0 = initial_excess(r0, zeta, theta0)
     out[ok & (e0 <= eps)] = 0.0
     one = ok & (e0 > eps) & (n == 1)  # W(t) = Z + (W0 − Z) e^{−t}
     out[one] = 0.5 * np.log(e0[one] / eps[one])
@@ -503,7 +504,7 @@ def _curves(n, r0, zeta, theta0, t):
         r[one] = np.hypot(a, b)
         with np.errstate(invalid="ignore", divide="ignore"):
             cos[one], sin[one] = np.where(r[one] > 0, a / r[one], 1.0), np.where(r[one] > 0, b / r[one], 0.0)
-        excess[one] = _excess0(r0, zeta, theta0)[one, None] * e**2
+        excess[one] = initial_excess(r0, zeta, theta0)[one, None] * e**2
     deep = (n >= 2) & np.isfinite(r0) & np.isfinite(theta0) & np.isfinite(zeta) & (r0 > 0) & (zeta > 0)
     if deep.any():
         cols = [np.empty((deep.sum(), t.shape[1])) for _ in range(4)]
