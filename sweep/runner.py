@@ -357,6 +357,21 @@ def run(spec: Spec, out: str | Path, *, address=None, workers=None, progress=Non
     return report
 
 
+def run_local(spec: Spec, problem: Problem | None = None):
+    """Every cell of ``spec`` computed in this process, one batch after another — no Ray, no store, no
+    lock: the dataset a finished run's store holds, bit for bit (cells depend only on their coordinates).
+    For tests, benchmarks and small notebook sweeps."""
+    from .batch import chunk_shape, regions, run_batch
+
+    problem = build(spec.problem) if problem is None else problem
+    ds, _ = store.template(spec, problem, spec.fingerprint(problem.digest()))
+    ds = ds.copy(deep=True)  # the template's pending values are read-only broadcasts
+    for region in regions(spec.shape, chunk_shape(spec.shape, tuple(spec.axes), spec.batch)):
+        for name, values in run_batch(spec, problem, region).items():
+            ds[name].values[region] = values
+    return ds
+
+
 def _cost(spec, problem, region, mask) -> float:
     from .init import parameter_count
 
