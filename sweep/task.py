@@ -3,7 +3,6 @@ Zarr), since every worker process imports it before its first batch."""
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -23,7 +22,6 @@ def run_task(payload, region, mask):
         results, errors = batches.run_batch(spec, problem, region, mask), []
     except Exception:  # noqa: BLE001 — isolate the failing cells, the rest of the batch stands
         results, errors = _cell_by_cell(spec, problem, region, mask)
-    _test_kill_hook()
     return region, mask, results, errors, node, time.perf_counter() - started
 
 
@@ -48,17 +46,3 @@ def _cell_by_cell(spec, problem, region, mask):
 
 def _plain(v):
     return v.item() if hasattr(v, "item") else v
-
-
-def _test_kill_hook():
-    """LINFLOW_TEST_KILL_WORKER=FILE: the first task to run kills its own worker process after
-    computing its batch (before returning it), once — FILE marks that it happened."""
-    marker = os.environ.get("LINFLOW_TEST_KILL_WORKER")
-    if marker:
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        os._exit(1)

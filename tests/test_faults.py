@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
+from faults import fault_env
 from reference import assert_identical, compute
 from typer.testing import CliRunner
 
@@ -119,7 +120,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(ray_local, spec, tmp_path, 
 
 def test_dead_worker_is_retried_and_nothing_is_lost(spec, tmp_path, reference):
     out, marker = tmp_path / "s.zarr", tmp_path / "killed"
-    proc = start(["run", spec, "--out", out, "--json", "--workers", "2"], LINFLOW_TEST_KILL_WORKER=str(marker))
+    proc = start(["run", spec, "--out", out, "--json", "--workers", "2"], **fault_env(kill_worker=marker))
     try:
         stdout, err = proc.communicate(timeout=300)
     finally:
@@ -133,7 +134,7 @@ def test_dead_worker_is_retried_and_nothing_is_lost(spec, tmp_path, reference):
 
 def test_failing_cells_are_recorded_and_retried_alone(ray_local, spec, tmp_path, reference):
     out = tmp_path / "s.zarr"
-    proc = start(["run", spec, "--out", out, "--quiet", "--workers", "2"], LINFLOW_TEST_FAIL_SEED="5")
+    proc = start(["run", spec, "--out", out, "--quiet", "--workers", "2"], **fault_env(fail_seed=5))
     try:
         _stdout, err = proc.communicate(timeout=300)
     finally:

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 import yaml
+from faults import fault_env
 from matplotlib.image import imread
 from typer.testing import CliRunner
 
@@ -26,7 +27,7 @@ from cli.main import app
 from sweep import batch, runner, store
 from sweep import spec as specs
 
-FAIL_SEED = 7  # cells with this seed fail (sweep.batch's test hook), in the stores that have it
+FAIL_SEED = 7  # cells with this seed fail (the test hook of tests/faults), in the stores that have it
 PI = "3.141592653589793"
 COMMON = ["--checkpoints", "21", "--quiet"]
 
@@ -75,19 +76,21 @@ def interrupted_run(raw: dict, out: Path, batches: int):
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """name → store path, every store made by `linflow run` on one local Ray instance whose workers
-    fail the cells of seed FAIL_SEED (the hook is read from the environment Ray starts with)."""
+    fail the cells of seed FAIL_SEED (the hook is loaded from the environment Ray starts with)."""
     import ray
 
     root = tmp_path_factory.mktemp("corpus")
-    saved = os.environ.get("LINFLOW_TEST_FAIL_SEED")
-    os.environ["LINFLOW_TEST_FAIL_SEED"] = str(FAIL_SEED)
+    faults = fault_env(fail_seed=FAIL_SEED)
+    saved = {k: os.environ.get(k) for k in faults}
+    os.environ.update(faults)
     try:
         runner.connect(workers=2)
     finally:
-        if saved is None:
-            os.environ.pop("LINFLOW_TEST_FAIL_SEED")
-        else:
-            os.environ["LINFLOW_TEST_FAIL_SEED"] = saved
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
     paths = {}
     try:
         for name, flags in CORPUS.items():
