@@ -23,8 +23,8 @@ import numpy as np
 from sweep import kernel, runner, store
 from sweep import spec as specs
 from sweep.batch import regions
-from sweep.lock import LockError, StoreLock
-from sweep.spec import SpecError
+from sweep.errors import LinflowError, LockError, SpecError, StoreDamaged, StoreError, StoreWriteError
+from sweep.lock import StoreLock
 
 
 class _OneLineErrors(TyperGroup):
@@ -51,6 +51,14 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="Sweeps of gradient flow on deep linear networks (Eftekhari, ICML 2020) on Ray, into Zarr.",
 )
+
+
+FLAGS = {"out": "--out", "address": "--address", "workers": "--workers"}  # run's arguments → its flags
+
+
+def _message(exc: LinflowError) -> str:
+    """A library error in the command line's words: its field as the flag that set it."""
+    return f"{FLAGS[exc.field]}: {exc.problem}" if exc.field in FLAGS else str(exc)
 
 
 def _fail(message: str, code: int = 2, kind: str = "error: "):
@@ -129,7 +137,7 @@ def run(
         s = specs.load(spec, overrides)
         out = out or Path("runs") / f"{spec.stem if spec else 'sweep'}.zarr"
     except SpecError as exc:
-        _fail(str(exc))
+        _fail(_message(exc))
 
     # runner.run checks the data, the store, the lock and the cluster before it writes or starts
     # anything; the progress bar appears with the first stored batch, so such errors print alone
@@ -151,12 +159,12 @@ def run(
                 sys.stderr.flush()
                 os._exit(128 + signum)
             _fail(resume, 128 + signum, kind)
-        except (SpecError, LockError) as exc:
-            _fail(str(exc))
-        except runner.StoreWriteError as exc:
+        except StoreWriteError as exc:
             _fail(str(exc), 1)
         except runner.RayGone as exc:
             _fail(f"{exc}; {resume}", 1)
+        except LinflowError as exc:
+            _fail(_message(exc))
         finally:
             if bar:
                 bar.stop()
@@ -330,8 +338,8 @@ def reproduce(
         written = studies.eftekhari2020(out, quick=quick, address=address, workers=workers, progress=progress)
     except KeyboardInterrupt:
         _fail(f"{out} holds every finished batch — rerun the same command to finish it", 130, "interrupted; ")
-    except SpecError as exc:
-        _fail(str(exc))
+    except LinflowError as exc:
+        _fail(_message(exc))
     except OSError as exc:
         _fail(f"--out: cannot write in {out}: {exc.strerror or exc}")
     typer.echo(f"wrote {written}")
@@ -375,9 +383,9 @@ def _open_store(path: Path, mode: str = "r"):
         _fail(f"PATH: {path} is a file, not a linflow store")
     try:
         return store.open_group(path, mode)
-    except store.StoreDamaged as exc:
+    except StoreDamaged as exc:
         _fail(exc.problem)
-    except SpecError as exc:
+    except StoreError as exc:
         _fail(f"PATH: {exc.problem}")
     except OSError as exc:
         _fail(f"PATH: cannot read {path}: {exc.strerror or exc}")
@@ -417,7 +425,7 @@ def _load(group, path: Path):
     """The results in memory, or one line naming the damage (never NaN standing for lost results)."""
     try:
         return store.load_results(group, path)
-    except store.StoreDamaged as exc:
+    except StoreDamaged as exc:
         advice = f"; run `linflow status --verify {path}` to mark them for recomputation" if exc.repairable else ""
         _fail(exc.problem + advice)
 

@@ -24,14 +24,12 @@ import socket
 import time
 from pathlib import Path
 
+from .errors import LockError
+
 STALE_SECONDS = 600.0
 GRACE_SECONDS = 5.0
 CLAIM_STALE_SECONDS = 60.0  # a takeover takes milliseconds: a claim this old on another host is dead
 ATTEMPTS = 100
-
-
-class LockError(RuntimeError):
-    """The store is being written by another live ``linflow run``."""
 
 
 def lock_path(store: str | Path) -> Path:

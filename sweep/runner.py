@@ -23,19 +23,16 @@ from pathlib import Path
 import numpy as np
 
 from . import kernel, schema, store
+from .errors import ClusterError, LinflowError, RayGone, SpecError, StoreError, StoreWriteError  # noqa: F401
 from .lock import StoreLock
 from .problem import Problem, build
 from .schema import Status
-from .spec import Spec, SpecError
+from .spec import Spec
 from .task import run_task
 
 # BLAS inside a task stays single-threaded: one task per core is the parallelism
 SINGLE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 HEARTBEAT_SECONDS = 30.0
-
-
-class StoreWriteError(RuntimeError):
-    """Writing the store failed mid-run (disk full, permissions): finished batches are safe."""
 
 
 @dataclass
@@ -56,7 +53,7 @@ class Report:
 
 def prepare(spec: Spec, out: str | Path) -> tuple[Problem, str, bool]:
     """Check everything before anything is written: the problem data, and ``out`` against the spec.
-    Returns (problem, fingerprint, exists). Raises SpecError on bad input."""
+    Returns (problem, fingerprint, exists). Raises SpecError on a bad spec, StoreError on a bad ``out``."""
     problem = build(spec.problem)
     if spec.model == "exact" and problem.dy != 1:
         raise SpecError("model", f"exact (the closed form of docs/theory.md §4) needs a scalar output, dy = 1; the data has dy = {problem.dy}")
@@ -66,10 +63,10 @@ def prepare(spec: Spec, out: str | Path) -> tuple[Problem, str, bool]:
     if path.exists():
         group = store.open_group(path)
         if group.attrs["fingerprint"] != fingerprint:
-            raise SpecError(
-                "--out",
+            raise StoreError(
+                "out",
                 f"{path} holds a different sweep (fingerprint {group.attrs['fingerprint']}, this spec "
-                f"{fingerprint}); choose a new --out or rerun with the spec that made it",
+                f"{fingerprint}); choose another store or rerun with the spec that made it",
             )
         return problem, fingerprint, True
     parent = path.resolve().parent
@@ -77,11 +74,11 @@ def prepare(spec: Spec, out: str | Path) -> tuple[Problem, str, bool]:
         parent = parent.parent
     inside = next((p for p in (parent, *parent.parents) if store.is_store(p)), None)
     if inside is not None:
-        raise SpecError("--out", f"cannot create {path} inside the store {inside}; choose a folder outside it")
+        raise StoreError("out", f"cannot create {path} inside the store {inside}; choose a folder outside it")
     if not parent.is_dir():
-        raise SpecError("--out", f"cannot create {path}: {parent} is a file, not a folder")
+        raise StoreError("out", f"cannot create {path}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK):
-        raise SpecError("--out", f"cannot create {path}: {parent} is not writable")
+        raise StoreError("out", f"cannot create {path}: {parent} is not writable")
     return problem, fingerprint, False
 
 
@@ -146,15 +143,15 @@ def runtime_env(address: str | None) -> dict:
     return env
 
 
-ADDRESS_SECONDS = 5.0  # answering --address: connecting, and a Ray server's first gRPC frame
+ADDRESS_SECONDS = 5.0  # answering at address: connecting, and a Ray server's first gRPC frame
 
 # an HTTP/2 server (gRPC: Ray's GCS and its Ray Client server) sends a SETTINGS frame first (RFC 9113 §3.4)
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
 
 
 def check_address(address: str | None) -> None:
-    """Check a named cluster's address before anything is created, in seconds (SpecError naming
-    ``--address``): its form (``HOST:PORT``, the GCS, or ``ray://HOST:PORT``, Ray Client), that Ray
+    """Check a named cluster's address before anything is created, in seconds (ClusterError naming
+    ``address``): its form (``HOST:PORT``, the GCS, or ``ray://HOST:PORT``, Ray Client), that Ray
     Client is installed for ``ray://``, and that the port answers as a Ray server does (gRPC) —
     ray.init would otherwise retry for minutes, or wait forever on a port that is not Ray's.
     ``auto``, ``local`` and unnamed (a local instance) are not checked."""
@@ -164,22 +161,22 @@ def check_address(address: str | None) -> None:
     scheme, _, hostport = address.rpartition("://")
     host, _, port = hostport.rstrip("/").rpartition(":")
     if scheme in ("http", "https"):
-        raise SpecError("--address", f"{address} is the job-submission (dashboard) address: submit the run "
+        raise ClusterError("address", f"{address} is the job-submission (dashboard) address: submit the run "
                                      f"with `ray job submit --address {address} -- linflow run …`, or drive the "
                                      f"cluster from here with ray://{host or 'HOST'}:10001 (Ray Client) or "
                                      f"{host or 'HOST'}:6379 (the GCS)")
     if scheme not in ("", "ray") or not host or not port.isdigit() or "/" in host:
-        raise SpecError("--address", f"expected HOST:PORT (the GCS, e.g. 10.0.0.1:6379) or ray://HOST:PORT "
+        raise ClusterError("address", f"expected HOST:PORT (the GCS, e.g. 10.0.0.1:6379) or ray://HOST:PORT "
                                      f"(Ray Client, e.g. ray://10.0.0.1:10001), got {address!r}")
     if scheme == "ray":
         import importlib.util
 
         if importlib.util.find_spec("grpc") is None:
-            raise SpecError("--address", "ray:// (Ray Client) needs grpcio: python3 -m pip install 'ray[client]'")
+            raise ClusterError("address", "ray:// (Ray Client) needs grpcio: python3 -m pip install 'ray[client]'")
     try:
         conn = socket.create_connection((host, int(port)), timeout=ADDRESS_SECONDS)
     except OSError as exc:
-        raise SpecError("--address", f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); is it up?") from None
+        raise ClusterError("address", f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); is it up?") from None
     with conn:
         if os.environ.get("RAY_USE_TLS", "0").lower() not in ("0", "false", ""):
             return  # TLS: no cleartext gRPC to probe
@@ -191,7 +188,7 @@ def check_address(address: str | None) -> None:
         except OSError:
             head = b""
     if len(head) < 9 or head[3] != 4:  # no answer in time, or no SETTINGS frame
-        raise SpecError("--address", f"{address} is open but does not answer as Ray does (gRPC) within "
+        raise ClusterError("address", f"{address} is open but does not answer as Ray does (gRPC) within "
                                      f"{ADDRESS_SECONDS:.0f} s; is it the GCS port (6379) or the Ray Client port (10001)?")
 
 
@@ -329,7 +326,7 @@ def run(spec: Spec, out: str | Path, *, address=None, workers=None, progress=Non
         where.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except OSError as exc:
-        raise SpecError("--out", f"cannot create {out}: {exc.strerror or exc}") from None
+        raise StoreError("out", f"cannot create {out}: {exc.strerror or exc}") from None
     if lock.taken_over is not None:
         print(f"linflow: warning: {lock.takeover_message()}", file=sys.stderr)
     try:
@@ -337,7 +334,7 @@ def run(spec: Spec, out: str | Path, *, address=None, workers=None, progress=Non
             try:
                 store.create(where, spec, problem, fingerprint)
             except OSError as exc:
-                raise SpecError("--out", f"cannot create {out}: {exc.strerror or exc}") from None
+                raise StoreError("out", f"cannot create {out}: {exc.strerror or exc}") from None
         group = store.open_group(out, mode="r+")
         store.recheck(group, out)  # lost or torn chunks of done cells (a partial copy): back to pending
         work = store.todo(group, retry_failed)
@@ -379,11 +376,6 @@ def _cost(spec, problem, region, mask) -> float:
     return float(mask.sum()) * parameter_count(problem.dx, problem.dy, depth, width)
 
 
-class RayGone(RuntimeError):
-    """Ray itself did not start, or stopped mid-run (its raylet or GCS died, the cluster went away):
-    every batch written before is intact."""
-
-
 BATCH_ATTEMPTS = 2  # submissions of a batch whose task Ray loses (each after Ray's own max_retries)
 WAIT_SECONDS = 1.0  # between checks that Ray is still there (its core ends the driver some 15 s after the raylet)
 
@@ -398,7 +390,7 @@ def _dispatch(spec, problem, group, work, report, lock, address, workers, progre
     try:
         try:
             owner = connect(address, workers)
-        except (SpecError, KeyboardInterrupt, SystemExit):
+        except (LinflowError, KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 — Ray did not start, or the cluster refused this driver
             raise RayGone(f"Ray did not start ({_one_line(exc)})") from None

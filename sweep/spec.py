@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from .errors import SpecError
 from .kernel import KERNEL_VERSION, METHODS
 
 # canonical order of the grid axes (dims of the dataset); seed last so batches run over seeds
@@ -45,15 +46,6 @@ MAX_DATA_BYTES = 2**28  # the problem's X, Y and target as float64: (m·dx + m·
 MAX_SPEC_BYTES = 2**20  # a YAML spec file
 MAX_YAML_DEPTH = 50  # nesting of a YAML spec
 MAX_YAML_NODES = 100_000  # nodes of a YAML spec with its aliases expanded (alias bombs)
-
-
-class SpecError(ValueError):
-    """A bad spec or flag: ``field`` names it, the message says what is wrong."""
-
-    def __init__(self, field: str, problem: str):
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-        self.problem = problem
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,10 @@ from numcodecs import zstd
 
 from . import kernel
 from .batch import chunk_shape, regions
+from .errors import StoreDamaged, StoreError  # noqa: F401 — StoreDamaged is part of this module's interface
 from .problem import Problem
 from .schema import DONE, RESULTS, Status, tail_shape
-from .spec import Spec, SpecError, axis_values
+from .spec import Spec, axis_values
 from .version import __version__
 
 STATUS_NAMES = [s.name.lower() for s in Status]
@@ -140,20 +141,11 @@ def is_store(path: str | Path) -> bool:
     return (p / "zarr.json").is_file() or (p / ".zgroup").is_file()
 
 
-class StoreDamaged(SpecError):
-    """A store whose metadata or chunks are lost or unreadable (a partial copy, a torn file);
-    ``problem`` says what and where, without the flag."""
-
-    def __init__(self, path, what: str, repairable: bool = False):
-        super().__init__("--out", f"{path} is damaged: {what}")
-        self.repairable = repairable  # linflow status --verify marks its cells pending, a rerun recomputes them
-
-
 def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
     """The store's root group, checked to be a readable linflow store: StoreDamaged when its
     metadata (the root ``zarr.json``, the ``failures`` attribute) cannot be read."""
     if not is_store(path):
-        raise SpecError("--out", f"{path} exists but is not a linflow store")
+        raise StoreError("out", f"{path} exists but is not a linflow store")
     try:
         group = zarr.open_group(str(path), mode=mode)
         attrs = dict(group.attrs)
@@ -162,7 +154,7 @@ def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
         raise StoreDamaged(path, f"its metadata {Path(path) / 'zarr.json'} cannot be read "
                                  f"({type(exc).__name__}: {_first_line(exc)})") from None
     if "fingerprint" not in attrs or status is None:
-        raise SpecError("--out", f"{path} is a Zarr store but not a linflow store (no fingerprint/status)")
+        raise StoreError("out", f"{path} is a Zarr store but not a linflow store (no fingerprint/status)")
     if not isinstance(status, zarr.Array) or status.ndim < 1 or status.dtype != np.int8:
         raise StoreDamaged(path, f"its status is not a grid of int8 codes ({Path(path) / 'zarr.json'})")
     failures(group, path)

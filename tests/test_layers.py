@@ -29,7 +29,7 @@ KNOWN = {
 # Layers, bottom to top: a module may import its own layer (no cycles) and the layers below, never above.
 RANK = {"base": 0, "kernel": 1, "cells": 2, "batch": 3, "worker": 4, "driver": 5, "analysis": 6, "cli": 7}
 KERNEL = ("sweep.tableau", "sweep.flows", "sweep.stepper", "sweep.kernel", "sweep.exact")
-BASE = ("sweep.schema", "sweep.version")  # the result table, the statuses, the version: leaves below the kernel
+BASE = ("sweep.schema", "sweep.version", "sweep.errors")  # result table and statuses, version, errors: leaves
 LAYER = {
     **{m: "base" for m in BASE},
     **{m: "kernel" for m in KERNEL},

@@ -1,0 +1,48 @@
+"""Errors of the library, words of the command line: a notebook user calling the library sees fields
+(``out``, ``address``, spec paths), the CLI alone turns them into flags and exit codes."""
+
+import subprocess
+import sys
+
+import pytest
+
+from sweep import runner, store
+from sweep import spec as specs
+from sweep.errors import ClusterError, LinflowError, LockError, RayGone, SpecError, StoreError, StoreWriteError
+
+
+def test_every_error_is_a_linflow_error_with_a_field_and_a_problem():
+    for cls in (SpecError, StoreError, ClusterError):
+        err = cls("out", "cannot create x")
+        assert isinstance(err, LinflowError) and err.field == "out" and str(err) == "out: cannot create x"
+    for cls in (LockError, StoreWriteError, RayGone):
+        err = cls("the store is busy")
+        assert isinstance(err, LinflowError) and err.field is None and str(err) == "the store is busy"
+    assert isinstance(SpecError("axes", "x"), ValueError)  # code that caught ValueError still does
+
+
+def test_the_library_speaks_of_out_not_of_a_flag(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(StoreError) as info:
+        runner.prepare(specs.parse({}), tmp_path / "file" / "s.zarr")
+    assert info.value.field == "out" and "--" not in str(info.value)
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "zarr.json").write_text("{}")
+    with pytest.raises(StoreError, match="not a linflow store") as info:
+        store.open_group(tmp_path / "plain")
+    assert info.value.field == "out"
+
+
+def test_the_library_speaks_of_address_not_of_a_flag():
+    with pytest.raises(ClusterError) as info:
+        runner.check_address("not an address")
+    assert info.value.field == "address" and "--address" not in str(info.value)
+
+
+def test_the_cli_names_the_flag(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "run", "--out", str(tmp_path / "file" / "s.zarr")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"linflow: error: --out: cannot create {tmp_path / 'file' / 's.zarr'}: "
+                                                f"{tmp_path / 'file'} is a file, not a folder"]
