@@ -38,7 +38,8 @@ def time_to_eps_table(ds: xr.Dataset, along: str = "depth", over=("seed",), stat
     if along in table.dims:
         table = table.transpose(along, ...)
     return table.rename(f"time_to_eps_{stat}").assign_attrs(
-        long_name=f"{stat} over {', '.join(over)} of T_ε (converged runs)", units="flow time")
+        long_name=f"{stat} over {', '.join(over)} of T_ε (converged runs)", units="flow time"
+    )
 
 
 def _fit(x, y):
@@ -55,8 +56,15 @@ def _fit(x, y):
     return a, b, se, 1 - sse / sst if sst > 0 else 1.0
 
 
-def fit_scaling(ds: xr.Dataset, along: str = "init_norm", form: str | None = None, over: str = "seed",
-                n_boot: int = 2000, level: float = 0.95, rng_seed: int = 0) -> xr.Dataset:
+def fit_scaling(
+    ds: xr.Dataset,
+    along: str = "init_norm",
+    form: str | None = None,
+    over: str = "seed",
+    n_boot: int = 2000,
+    level: float = 0.95,
+    rng_seed: int = 0,
+) -> xr.Dataset:
     """Fit T_ε against ``along`` for every combination of the other axes:
     ``form="power"``: log T = a + b log x (exponent b); ``"loglinear"``: log T = a + b x (rate b).
     Default: power for init_norm, loglinear for depth. The confidence interval at ``level`` comes
@@ -163,10 +171,22 @@ def empirical_vs_theory(ds: xr.Dataset, rtol: float = BOUND_RTOL) -> xr.Dataset:
 # the theory of every cell, on any store
 # --------------------------------------------------------------------------------------------------
 
-THEORY_VARIABLES = ("theory_limit", "alignment_p1", "arora_covered", "arora_time_bound", "theory_time_to_eps",
-                    "certificate_time_bound")
-_MISSING = {"theory_limit": np.int8(-2), "alignment_p1": np.nan, "arora_covered": False, "arora_time_bound": np.nan,
-            "theory_time_to_eps": np.nan, "certificate_time_bound": np.nan}
+THEORY_VARIABLES = (
+    "theory_limit",
+    "alignment_p1",
+    "arora_covered",
+    "arora_time_bound",
+    "theory_time_to_eps",
+    "certificate_time_bound",
+)
+_MISSING = {
+    "theory_limit": np.int8(-2),
+    "alignment_p1": np.nan,
+    "arora_covered": False,
+    "arora_time_bound": np.nan,
+    "theory_time_to_eps": np.nan,
+    "certificate_time_bound": np.nan,
+}
 
 
 @contextlib.contextmanager
@@ -202,8 +222,9 @@ def safe_annotate(ds: xr.Dataset, tol: float | None = None) -> xr.Dataset:
     started_da = np.isfinite(ds.w_init).all(("out", "in"))
     started = started_da.transpose(*dims).values
     # annotate needs a finite W(0) everywhere (an SVD of NaN raises): Z stands in where there is none
-    slim = xr.Dataset({"w_init": ds.w_init.where(started_da, ds.target), "target": ds.target, "status": ds.status},
-                      attrs=ds.attrs)
+    slim = xr.Dataset(
+        {"w_init": ds.w_init.where(started_da, ds.target), "target": ds.target, "status": ds.status}, attrs=ds.attrs
+    )
     try:
         with quiet():
             a = theory.annotate(slim, tol)
@@ -232,14 +253,18 @@ def safe_annotate(ds: xr.Dataset, tol: float | None = None) -> xr.Dataset:
     why = [f"dy = {dy} (they hold for a scalar output, dy = 1)"] if dy != 1 else []
     why += [] if balanced else ["Gaussian starts (they hold for balanced starts)"]
     if why:
-        notes.append("exact T_ε and the certificate bound (docs/theory.md §4–5): not defined for " + " and for ".join(why))
+        notes.append(
+            "exact T_ε and the certificate bound (docs/theory.md §4–5): not defined for " + " and for ".join(why)
+        )
     raised = np.zeros(status.shape, dtype=bool)
     for idx in errors:
         raised[idx] = True
     undecided = int(np.sum(started & ~raised & (values["theory_limit"] == -2)))
     if undecided:
-        notes.append(f"limit prediction (docs/theory.md §3): undecided for {undecided} cells, starts of rank ≥ 2 "
-                     "(§3 decides rank-1 starts)")
+        notes.append(
+            f"limit prediction (docs/theory.md §3): undecided for {undecided} cells, starts of rank ≥ 2 "
+            "(§3 decides rank-1 starts)"
+        )
 
     out = ds.copy()
     for n in THEORY_VARIABLES:

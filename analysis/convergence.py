@@ -47,8 +47,12 @@ def _nearest(ds: xr.Dataset):
     with np.errstate(all="ignore"):  # pending, failed and diverged cells hold NaN or inf
         m = np.einsum("ik,...ij,kj->...k", u, w, vt)  # m_k = u_kᵀ W v_k
         c = s**2 - 2 * s * m  # gain of putting k in S
-    rank = xr.apply_ufunc(lambda d, wd: np.vectorize(rank_of)(z.shape[1], z.shape[0], d, wd),
-                          ds.depth, ds.width).broadcast_like(ds.status).transpose(*_cell_dims(ds)).values
+    rank = (
+        xr.apply_ufunc(lambda d, wd: np.vectorize(rank_of)(z.shape[1], z.shape[0], d, wd), ds.depth, ds.width)
+        .broadcast_like(ds.status)
+        .transpose(*_cell_dims(ds))
+        .values
+    )
     order = np.argsort(c, axis=-1, kind="stable")
     csorted = np.take_along_axis(c, order, axis=-1)
     k = np.arange(len(s))
@@ -87,9 +91,16 @@ def classify(ds: xr.Dataset, tol: float = DISTANCE_TOL) -> xr.DataArray:
     cls = xr.where(status == Status.DIVERGED, DIVERGED, cls)
     no_result = (status == Status.PENDING) | (status == Status.FAILED)
     cls = xr.where(no_result | dist.isnull() & (status != Status.DIVERGED), UNKNOWN, cls)
-    return cls.astype("i1").rename("limit_class").assign_attrs(
-        long_name="where the run ended (nearest critical point of the rank-r problem)",
-        flag_values=np.array([c.value for c in Limit], dtype="i1"), flag_meanings=CLASS_MEANINGS, distance_tol=tol)
+    return (
+        cls.astype("i1")
+        .rename("limit_class")
+        .assign_attrs(
+            long_name="where the run ended (nearest critical point of the rank-r problem)",
+            flag_values=np.array([c.value for c in Limit], dtype="i1"),
+            flag_meanings=CLASS_MEANINGS,
+            distance_tol=tol,
+        )
+    )
 
 
 def convergence_rate(ds: xr.Dataset, over=("seed",), tol: float = DISTANCE_TOL) -> xr.DataArray:
@@ -100,7 +111,8 @@ def convergence_rate(ds: xr.Dataset, over=("seed",), tol: float = DISTANCE_TOL) 
     n = known.sum(list(over))
     rate = (cls == GLOBAL).where(known).sum(list(over)) / n.where(n > 0)
     return rate.rename("convergence_rate").assign_attrs(
-        long_name=f"fraction reaching the global minimizer over {', '.join(over)}", units="1")
+        long_name=f"fraction reaching the global minimizer over {', '.join(over)}", units="1"
+    )
 
 
 def _predicted_captured(limit, s, rank):
@@ -164,13 +176,19 @@ def agreement(ds: xr.Dataset, tol: float = DISTANCE_TOL) -> xr.Dataset:
     escaped = differ & strict_saddle(predicted.values, depth.values, z) & lower
     disagree = differ & ~escaped
     dims = _cell_dims(ds)
-    table = xr.Dataset({
-        "predicted": predicted.astype("i1"),
-        "observed": observed.astype("i1"),
-        "limit_class": cls,
-        "escaped": escaped.assign_attrs(long_name="left a strict saddle through round-off (not a disagreement)"),
-    }).stack(cell=dims)
+    table = xr.Dataset(
+        {
+            "predicted": predicted.astype("i1"),
+            "observed": observed.astype("i1"),
+            "limit_class": cls,
+            "escaped": escaped.assign_attrs(long_name="left a strict saddle through round-off (not a disagreement)"),
+        }
+    ).stack(cell=dims)
     table = table.isel(cell=np.flatnonzero(differ.stack(cell=dims).values))
-    table.attrs.update(compared=int(comparable.sum()), disagreements=int(disagree.sum()),
-                       escapes=int(escaped.sum()), not_compared=int((~comparable).sum()))
+    table.attrs.update(
+        compared=int(comparable.sum()),
+        disagreements=int(disagree.sum()),
+        escapes=int(escaped.sum()),
+        not_compared=int((~comparable).sum()),
+    )
     return table

@@ -13,8 +13,16 @@ from sweep.schema import Status
 from . import complexity, convergence
 
 COLUMNS = ["status", "time_to_eps", "final_loss", "final_excess_loss", "steps", "rhs_evals", "imbalance_drift"]
-THEORY = ["limit_class", "theory_limit", "theory_time_to_eps", "certificate_time_bound", "arora_covered",
-          "arora_time_bound", "alignment_p1", "theory_note"]
+THEORY = [
+    "limit_class",
+    "theory_limit",
+    "theory_time_to_eps",
+    "certificate_time_bound",
+    "arora_covered",
+    "arora_time_bound",
+    "alignment_p1",
+    "theory_note",
+]
 
 
 def last_finite(v: xr.DataArray) -> xr.DataArray:
@@ -30,10 +38,17 @@ def cell_table(ds: xr.Dataset, with_theory: bool = False):
     ``with_theory`` adds :func:`analysis.complexity.safe_annotate`'s columns, ``theory_note`` saying
     why a cell's theory values are missing (any store: pending, failed, a closed form that raised)."""
     names = Status.names(ds)
-    cols = xr.Dataset({
-        "status": ds.status, "time_to_eps": ds.time_to_eps, "final_loss": last_finite(ds.loss),
-        "final_excess_loss": last_finite(ds.excess_loss), "steps": ds.steps, "rhs_evals": ds.rhs_evals,
-        "imbalance_drift": ds.imbalance_drift})
+    cols = xr.Dataset(
+        {
+            "status": ds.status,
+            "time_to_eps": ds.time_to_eps,
+            "final_loss": last_finite(ds.loss),
+            "final_excess_loss": last_finite(ds.excess_loss),
+            "steps": ds.steps,
+            "rhs_evals": ds.rhs_evals,
+            "imbalance_drift": ds.imbalance_drift,
+        }
+    )
     if with_theory:
         a = complexity.safe_annotate(ds)
         a = a.assign(limit_class=convergence.classify(a))

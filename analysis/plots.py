@@ -77,8 +77,14 @@ def excess_vs_time(ds: xr.Dataset, select: dict | None = None, exact: bool = Tru
         ax.plot([], [], "k--", lw=1.2, label="exact (derived, §4)")
         ttl = f"cos θ0 = {np.cos(drawn[0]):.3f}"
     if missing:
-        ax.text(0.02, 0.02, "no exact curve for N = " + ", ".join(map(str, missing)) + " (see the report)",
-                transform=ax.transAxes, fontsize="small", color="0.3")
+        ax.text(
+            0.02,
+            0.02,
+            "no exact curve for N = " + ", ".join(map(str, missing)) + " (see the report)",
+            transform=ax.transAxes,
+            fontsize="small",
+            color="0.3",
+        )
     what = ", ".join(f"{k} = {v:g}" for k, v in sel.items() if ds.sizes[k] > 1)
     shown = cell.excess_loss.values[..., 1:]
     shown = shown[np.isfinite(shown) & (shown > 0)]
@@ -87,8 +93,11 @@ def excess_vs_time(ds: xr.Dataset, select: dict | None = None, exact: bool = Tru
     else:
         ax.set_ylim(1e-16, 1.0)
         ax.text(0.5, 0.5, "no results for these cells", transform=ax.transAxes, ha="center", color="0.3")
-    ax.set(xlabel="flow time t", ylabel="excess loss L − L*",
-           title="Excess loss per depth" + (f"\n({what}{'; ' if what and ttl else ''}{ttl})" if what or ttl else ""))
+    ax.set(
+        xlabel="flow time t",
+        ylabel="excess loss L − L*",
+        title="Excess loss per depth" + (f"\n({what}{'; ' if what and ttl else ''}{ttl})" if what or ttl else ""),
+    )
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
     return fig
@@ -120,8 +129,13 @@ def time_to_eps_scaling(ds: xr.Dataset, along: str = "init_norm", fit: bool = Tr
                 gx = np.log(x) if fits.attrs["form"] == "power" else x
                 low, high = f.exponent_low.item(), f.exponent_high.item()
                 ci = f"[{low:.3g}, {high:.3g}]" if np.isfinite(low) else "(no CI)"
-                ax.plot(x, np.exp(f.intercept.item() + f.exponent.item() * gx), color=f"C{i}", ls=":",
-                        label=f"fit: slope {f.exponent.item():.3g} {ci}")
+                ax.plot(
+                    x,
+                    np.exp(f.intercept.item() + f.exponent.item() * gx),
+                    color=f"C{i}",
+                    ls=":",
+                    label=f"fit: slope {f.exponent.item():.3g} {ci}",
+                )
     ax.set_xscale("log" if along != "depth" else "linear")
     if np.any(t.values > 0):  # (a log axis with nothing positive on it warns)
         ax.set_yscale("log")
@@ -143,8 +157,15 @@ def convergence_heatmap(ds: xr.Dataset, x: str = "init_norm", y: str = "depth") 
     ax.set_xticks(range(ds.sizes[x]), [f"{v:g}" for v in ds[x].values])
     ax.set_yticks(range(ds.sizes[y]), [f"{v:g}" for v in ds[y].values])
     for (i, j), v in np.ndenumerate(rate.values):
-        ax.text(j, i, f"{v:.2f}" if np.isfinite(v) else "—", ha="center", va="center",
-                color="w" if v < 0.6 else "k", fontsize="small")
+        ax.text(
+            j,
+            i,
+            f"{v:.2f}" if np.isfinite(v) else "—",
+            ha="center",
+            va="center",
+            color="w" if v < 0.6 else "k",
+            fontsize="small",
+        )
     fig.colorbar(im, ax=ax, label="fraction reaching the global minimizer")
     ax.set(xlabel=x, ylabel=y, title=f"Convergence to the global minimizer over {', '.join(over) or 'cells'}")
     return fig
@@ -164,8 +185,11 @@ def theory_scatter(ds: xr.Dataset) -> Figure:
     if len(both):
         lim = [both.min() / 1.5, both.max() * 1.5]
         ax.plot(lim, lim, "k--", lw=1, label="observed = exact")
-    ax.set(xlabel="exact T_ε (derived, §4; flow time)", ylabel="observed T_ε (flow time)",
-           title="Simulated against exact time to ε")
+    ax.set(
+        xlabel="exact T_ε (derived, §4; flow time)",
+        ylabel="observed T_ε (flow time)",
+        title="Simulated against exact time to ε",
+    )
     ax.legend(fontsize="small")
     ax.grid(True, which="both", alpha=0.3)
     return fig

@@ -63,11 +63,21 @@ def _status_notes(ds: xr.Dataset, counts: dict) -> list[str]:
     """What the status counts mean for the rest of the report: pending and failed cells."""
     md = []
     if counts.get("pending"):
-        md += [(f"{_cells(counts['pending'])} still pending (an unfinished run): the report covers the finished "
-                "cells; rerun `linflow run` with the same spec and `--out` to finish the store."), ""]
+        md += [
+            (
+                f"{_cells(counts['pending'])} still pending (an unfinished run): the report covers the finished "
+                "cells; rerun `linflow run` with the same spec and `--out` to finish the store."
+            ),
+            "",
+        ]
     if counts.get("failed"):
-        md += [(f"{_cells(counts['failed'])} failed (no results; `linflow run --retry-failed` recomputes them). "
-                "Errors recorded:"), ""]
+        md += [
+            (
+                f"{_cells(counts['failed'])} failed (no results; `linflow run --retry-failed` recomputes them). "
+                "Errors recorded:"
+            ),
+            "",
+        ]
         failures = json.loads(ds.attrs.get("failures", "[]"))
         md += [f"- {', '.join(f'{k}={v}' for k, v in f['cell'].items())}: {f['error']}" for f in failures[:10]]
         if len(failures) > 10:
@@ -97,17 +107,24 @@ def _figures(a: xr.Dataset, out: Path, sizes: dict, pair: list, scalar: bool, no
     converged = bool(np.isfinite(complexity.converged_times(a)).any())
     todo = []
     if finished:
-        todo.append(("Excess loss per depth", "excess_vs_time.png",
-                     lambda: plots.excess_vs_time(a, exact=scalar, notes=notes)))
+        todo.append(
+            ("Excess loss per depth", "excess_vs_time.png", lambda: plots.excess_vs_time(a, exact=scalar, notes=notes))
+        )
     else:
         notes.append("excess loss figure: no cell has results")
     for along in ("init_norm", "depth"):
         if along in sizes and sizes[along] >= 2 and converged:
-            todo.append((f"T_ε against {along}", f"time_to_eps_{along}.png",
-                         lambda along=along: plots.time_to_eps_scaling(a, along)))
+            todo.append(
+                (
+                    f"T_ε against {along}",
+                    f"time_to_eps_{along}.png",
+                    lambda along=along: plots.time_to_eps_scaling(a, along),
+                )
+            )
     if len(pair) == 2:
-        todo.append(("Convergence fractions", "convergence.png",
-                     lambda: plots.convergence_heatmap(a, x=pair[1], y=pair[0])))
+        todo.append(
+            ("Convergence fractions", "convergence.png", lambda: plots.convergence_heatmap(a, x=pair[1], y=pair[0]))
+        )
     if scalar and np.isfinite(a.theory_time_to_eps).any() and converged:
         todo.append(("Observed against exact T_ε", "theory_scatter.png", lambda: plots.theory_scatter(a)))
     for title, name, draw in todo:
@@ -130,11 +147,18 @@ def write_report(ds: xr.Dataset, out: str | Path, title: str = "linflow report")
     scalar = ds.sizes["out"] == 1
     a = complexity.safe_annotate(ds)
     sizes = {d: ds.sizes[d] for d in ds.status.dims}
-    md = [f"# {title}", "",
-          (f"Fingerprint `{ds.attrs.get('fingerprint')}`, linflow {ds.attrs.get('linflow_version')}; model "
-          f"`{spec['model']}`, init `{spec['init']['scheme']}`, integrator `{spec['integrator']}`, horizon "
-          f"{spec['horizon']}, eps {spec['eps']}."), "",
-          "Grid: " + " × ".join(f"{d} {n}" for d, n in sizes.items()) + f" = {int(np.prod(list(sizes.values())))} cells.", ""]
+    md = [
+        f"# {title}",
+        "",
+        (
+            f"Fingerprint `{ds.attrs.get('fingerprint')}`, linflow {ds.attrs.get('linflow_version')}; model "
+            f"`{spec['model']}`, init `{spec['init']['scheme']}`, integrator `{spec['integrator']}`, horizon "
+            f"{spec['horizon']}, eps {spec['eps']}."
+        ),
+        "",
+        "Grid: " + " × ".join(f"{d} {n}" for d, n in sizes.items()) + f" = {int(np.prod(list(sizes.values())))} cells.",
+        "",
+    ]
 
     names = Status.names(ds)
     counts = {n: int((ds.status == i).sum()) for i, n in enumerate(names)}
@@ -142,18 +166,31 @@ def write_report(ds: xr.Dataset, out: str | Path, title: str = "linflow report")
 
     cls = convergence.classify(a)
     cnames = cls.attrs["flag_meanings"].split()
-    md += ["## Where the runs ended", "",
-           (f"Nearest critical point of the rank-r problem, within {cls.attrs['distance_tol']:g}·‖Z‖_F "
-           "(`analysis.convergence.classify`)."), "",
-           markdown_table(["class", "cells"], [(n, int((cls == i).sum())) for i, n in enumerate(cnames)]), ""]
+    md += [
+        "## Where the runs ended",
+        "",
+        (
+            f"Nearest critical point of the rank-r problem, within {cls.attrs['distance_tol']:g}·‖Z‖_F "
+            "(`analysis.convergence.classify`)."
+        ),
+        "",
+        markdown_table(["class", "cells"], [(n, int((cls == i).sum())) for i, n in enumerate(cnames)]),
+        "",
+    ]
     pair = [d for d in ("depth", "init_norm", "init_angle", "width") if d in sizes and sizes[d] > 1][:2]
     if pair:
         rate = convergence.convergence_rate(a, over=tuple(d for d in sizes if d not in pair))
         md += ["Fraction reaching the global minimizer (— where no cell has a known limit):", "", _grid_table(rate), ""]
 
     table = complexity.time_to_eps_table(a, "depth")
-    md += ["## Time to ε", "", "Median over seeds of T_ε (converged runs; flow time; — where none converged):", "",
-           _grid_table(table.rename("median T_ε")), ""]
+    md += [
+        "## Time to ε",
+        "",
+        "Median over seeds of T_ε (converged runs; flow time; — where none converged):",
+        "",
+        _grid_table(table.rename("median T_ε")),
+        "",
+    ]
     fits_md = []
     for along in ("init_norm", "depth", "init_angle"):
         if along in sizes and sizes[along] >= 2:
@@ -164,32 +201,58 @@ def write_report(ds: xr.Dataset, out: str | Path, title: str = "linflow report")
             for idx in np.ndindex(f2.exponent.shape):
                 sel = {d: f2[d].values[i] for d, i in zip(others, idx)}
                 pt = f2.isel({d: i for d, i in zip(others, idx)})
-                rows.append([", ".join(f"{d}={v:g}" for d, v in sel.items()) or "all", pt.exponent.item(),
-                             pt.exponent_low.item(), pt.exponent_high.item(), pt.r2.item(),
-                             int(np.nan_to_num(pt.n_points.item())), pt.note.item() or ""])
+                rows.append(
+                    [
+                        ", ".join(f"{d}={v:g}" for d, v in sel.items()) or "all",
+                        pt.exponent.item(),
+                        pt.exponent_low.item(),
+                        pt.exponent_high.item(),
+                        pt.r2.item(),
+                        int(np.nan_to_num(pt.n_points.item())),
+                        pt.note.item() or "",
+                    ]
+                )
             what = "log T_ε vs log " + along if fit.attrs["form"] == "power" else "log T_ε vs " + along
-            ci = (f"no CI: one {fit.attrs['over']}" if fit.attrs["ci_method"].startswith("none")
-                  else f"{fit.attrs['level']:.0%} CI, {fit.attrs['ci_method']}")
-            fits_md += [f"**{what}** ({ci}):", "",
-                        markdown_table(["cells", "slope", "CI low", "CI high", "r²", "runs", "note"], rows), ""]
+            ci = (
+                f"no CI: one {fit.attrs['over']}"
+                if fit.attrs["ci_method"].startswith("none")
+                else f"{fit.attrs['level']:.0%} CI, {fit.attrs['ci_method']}"
+            )
+            fits_md += [
+                f"**{what}** ({ci}):",
+                "",
+                markdown_table(["cells", "slope", "CI low", "CI high", "r²", "runs", "note"], rows),
+                "",
+            ]
     if fits_md:
         md += ["## Scaling fits", "", *fits_md]
 
     agree = convergence.agreement(a)
-    md += ["## Theory agreement (docs/theory.md §3, derived)", "",
-           (f"{agree.attrs['compared']} cells compared, **{agree.attrs['disagreements']} disagree**, "
+    md += [
+        "## Theory agreement (docs/theory.md §3, derived)",
+        "",
+        (
+            f"{agree.attrs['compared']} cells compared, **{agree.attrs['disagreements']} disagree**, "
             f"{agree.attrs['escapes']} left a strict saddle through round-off, "
             f"{agree.attrs['not_compared']} not compared (ended near no critical point, no result, or a start §3 "
-            "does not decide)."), ""]
+            "does not decide)."
+        ),
+        "",
+    ]
     escaped = agree.escaped.values.astype(bool) if agree.sizes["cell"] else np.zeros(0, bool)
     for label, which in (("Disagreements", ~escaped), ("Escapes through round-off", escaped)):
         picked = np.flatnonzero(which)
         if not len(picked):
             continue
         if label.startswith("Escapes"):
-            md += [(f"{label}: §3 predicts the exact flow, which stays on a strict saddle's stable set; a simulation "
+            md += [
+                (
+                    f"{label}: §3 predicts the exact flow, which stays on a strict saddle's stable set; a simulation "
                     "leaves it through round-off (growing exponentially) and descends to a critical point of lower "
-                    "loss (`analysis.convergence.agreement`). Not counted as disagreements."), ""]
+                    "loss (`analysis.convergence.agreement`). Not counted as disagreements."
+                ),
+                "",
+            ]
         else:
             md += [f"{label}:", ""]
         rows = []
@@ -202,15 +265,32 @@ def write_report(ds: xr.Dataset, out: str | Path, title: str = "linflow report")
     md += ["Limits: 0 the global minimizer, −1 zero, k ≥ 2 the saddle s_k u_k v_kᵀ.", ""] if agree.sizes["cell"] else []
 
     ev = complexity.empirical_vs_theory(a)
-    md += ["## Bounds (docs/theory.md §5, derived)", "",
-           markdown_table(["bound", "cells where it applies", "violations (bound below observed T_ε)"],
-                  [["certificate (dy = 1, cos θ0 > 0)", ev.attrs["certificate_applicable"], ev.attrs["certificate_violations"]],
-                   ["Arora et al. deficiency margin", ev.attrs["arora_applicable"], ev.attrs["arora_violations"]]]), ""]
+    md += [
+        "## Bounds (docs/theory.md §5, derived)",
+        "",
+        markdown_table(
+            ["bound", "cells where it applies", "violations (bound below observed T_ε)"],
+            [
+                [
+                    "certificate (dy = 1, cos θ0 > 0)",
+                    ev.attrs["certificate_applicable"],
+                    ev.attrs["certificate_violations"],
+                ],
+                ["Arora et al. deficiency margin", ev.attrs["arora_applicable"], ev.attrs["arora_violations"]],
+            ],
+        ),
+        "",
+    ]
     ratio = ev.ratio_exact.values
     ratio = ratio[np.isfinite(ratio)]
     if scalar and ratio.size:
-        md += [(f"Observed over exact T_ε: median {float(np.median(ratio)):.10g}, "
-               f"max |ratio − 1| = {float(np.max(np.abs(ratio - 1))):.3g} over {ratio.size} cells."), ""]
+        md += [
+            (
+                f"Observed over exact T_ε: median {float(np.median(ratio)):.10g}, "
+                f"max |ratio − 1| = {float(np.max(np.abs(ratio - 1))):.3g} over {ratio.size} cells."
+            ),
+            "",
+        ]
 
     figure_notes = []
     figs = _figures(a, out, sizes, pair, scalar, figure_notes)

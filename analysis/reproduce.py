@@ -34,13 +34,26 @@ def specs_for(quick: bool = False) -> dict[str, specs.Spec]:
     angles = [0.5, 1.5, 2.5, 3.0] if quick else ANGLES
     return {
         "euler": specs.parse({**common, "axes": paper_axes, "integrator": {"method": "euler", "step": 1e-6}}),
-        "dopri5": specs.parse({**common, "axes": paper_axes,
-                               "integrator": {"method": "dopri5", "rtol": 1e-11, "atol": 1e-14}}),
-        "angle": specs.parse({
-            **PAPER, "axes": {"depth": [1, 2, 3, 4] if quick else [1, 2, 3, 4, 5], "width": [5], "init_norm": [1.0],
-                              "init_angle": angles, "seed": [0]},
-            "integrator": {"method": "dopri5", "rtol": 1e-9, "atol": 1e-13}, "horizon": 1e3 if quick else 1e4,
-            "eps": 1e-6, "stop_at_eps": True, "checkpoints": {"count": 101, "spacing": "log", "log_start": 1e-4}}),
+        "dopri5": specs.parse(
+            {**common, "axes": paper_axes, "integrator": {"method": "dopri5", "rtol": 1e-11, "atol": 1e-14}}
+        ),
+        "angle": specs.parse(
+            {
+                **PAPER,
+                "axes": {
+                    "depth": [1, 2, 3, 4] if quick else [1, 2, 3, 4, 5],
+                    "width": [5],
+                    "init_norm": [1.0],
+                    "init_angle": angles,
+                    "seed": [0],
+                },
+                "integrator": {"method": "dopri5", "rtol": 1e-9, "atol": 1e-13},
+                "horizon": 1e3 if quick else 1e4,
+                "eps": 1e-6,
+                "stop_at_eps": True,
+                "checkpoints": {"count": 101, "spacing": "log", "log_start": 1e-4},
+            }
+        ),
     }
 
 
@@ -52,8 +65,13 @@ def eftekhari2020(out: str | Path, *, quick: bool = False, address=None, workers
     owner = runner.connect(address, workers)
     try:
         for name, spec in todo.items():
-            runner.run(spec, out / f"{name}.zarr", address=address, workers=workers,
-                       progress=(lambda d, t, n=name: progress(n, d, t)) if progress else None)
+            runner.run(
+                spec,
+                out / f"{name}.zarr",
+                address=address,
+                workers=workers,
+                progress=(lambda d, t, n=name: progress(n, d, t)) if progress else None,
+            )
     finally:
         if owner:
             import ray
@@ -90,11 +108,18 @@ def angle_figure(angle: xr.Dataset):
         obs = sub.time_to_eps.where(sub.status == Status.CONVERGED).values
         ax.semilogy(sub.init_angle.values, obs, "o", color=f"C{i}", label=f"N = {n} (simulated)")
         rr = float(r0.sel(depth=n).isel(init_angle=0).squeeze())
-        ax.semilogy(grid, theory.exact_time_to_eps(int(n), rr, zeta, grid, float(angle.attrs.get("eps", 1e-6))),
-                    color=f"C{i}", lw=1)
+        ax.semilogy(
+            grid,
+            theory.exact_time_to_eps(int(n), rr, zeta, grid, float(angle.attrs.get("eps", 1e-6))),
+            color=f"C{i}",
+            lw=1,
+        )
     ax.plot([], [], "k-", lw=1, label="exact (derived, §4)")
-    ax.set(xlabel="angle θ0 between W(0) and Z (rad)", ylabel="time to ε, T_ε (flow time)",
-           title="Depth helps at small angles and hurts near anti-alignment\n(‖W0‖ = ‖Z‖, T_ε ∝ (sin θ0)^−(N−2) near π)")
+    ax.set(
+        xlabel="angle θ0 between W(0) and Z (rad)",
+        ylabel="time to ε, T_ε (flow time)",
+        title="Depth helps at small angles and hurts near anti-alignment\n(‖W0‖ = ‖Z‖, T_ε ∝ (sin θ0)^−(N−2) near π)",
+    )
     ax.legend(fontsize="small", ncols=2)
     ax.grid(True, which="both", alpha=0.3)
     return fig
@@ -102,25 +127,46 @@ def angle_figure(angle: xr.Dataset):
 
 def write(out: Path, euler: xr.Dataset, dopri: xr.Dataset, angle: xr.Dataset) -> Path:
     fig = plots.excess_vs_time(euler, select={"seed": euler.seed.values[0]})
-    fig.axes[0].set_title("Forward Euler (h = 1e-6) on the induced flow, ‖W0‖ = 10‖Z‖\n"
-                          + fig.axes[0].get_title().split("\n")[-1] + " — solid: simulated, dashed: exact")
+    fig.axes[0].set_title(
+        "Forward Euler (h = 1e-6) on the induced flow, ‖W0‖ = 10‖Z‖\n"
+        + fig.axes[0].get_title().split("\n")[-1]
+        + " — solid: simulated, dashed: exact"
+    )
     fig.savefig(out / "excess_vs_time.png", dpi=110)
     angle_figure(angle).savefig(out / "time_to_eps_vs_angle.png", dpi=110)
     rows = paper_table(euler, dopri)
     worst = max(abs(r[-1]) for r in rows)
-    md = ["# Eftekhari (ICML 2020), numerical example — reproduced by linflow", "",
-          ("m = 50, dx = 5, dy = 1 whitened random data; ‖W0‖₂ = 10‖Z‖₂; forward Euler on the induced flow (17) "
-          "with step 1e-6 for 1e5 steps (t = 0.1), and the same starts with dopri5 (rtol 1e-11). "
-          "Exact: the closed form of docs/theory.md §4 (derived) by quadrature."), "",
-          "## Excess loss at t = 0.1", "",
-          markdown_table(["seed", "cos θ0", "depth", "Euler h=1e-6", "dopri5", "exact", "Euler rel. error"], rows), "",
-          f"Largest relative error of the paper's Euler run against the exact value: {worst:.3g}.", "",
-          "![excess loss against t per depth](excess_vs_time.png)", "",
-          "## Where depth helps and where it hurts", "",
-          "‖W0‖ = ‖Z‖ at a fixed angle θ0 from Z, run until the excess loss reaches ε = 1e-6.", "",
-          markdown_table(["θ0"] + [f"N = {n} simulated" for n in angle.depth.values] + [f"N = {n} exact" for n in angle.depth.values],
-                 _angle_rows(angle)), "",
-          "![T_eps against the angle](time_to_eps_vs_angle.png)", ""]
+    md = [
+        "# Eftekhari (ICML 2020), numerical example — reproduced by linflow",
+        "",
+        (
+            "m = 50, dx = 5, dy = 1 whitened random data; ‖W0‖₂ = 10‖Z‖₂; forward Euler on the induced flow (17) "
+            "with step 1e-6 for 1e5 steps (t = 0.1), and the same starts with dopri5 (rtol 1e-11). "
+            "Exact: the closed form of docs/theory.md §4 (derived) by quadrature."
+        ),
+        "",
+        "## Excess loss at t = 0.1",
+        "",
+        markdown_table(["seed", "cos θ0", "depth", "Euler h=1e-6", "dopri5", "exact", "Euler rel. error"], rows),
+        "",
+        f"Largest relative error of the paper's Euler run against the exact value: {worst:.3g}.",
+        "",
+        "![excess loss against t per depth](excess_vs_time.png)",
+        "",
+        "## Where depth helps and where it hurts",
+        "",
+        "‖W0‖ = ‖Z‖ at a fixed angle θ0 from Z, run until the excess loss reaches ε = 1e-6.",
+        "",
+        markdown_table(
+            ["θ0"]
+            + [f"N = {n} simulated" for n in angle.depth.values]
+            + [f"N = {n} exact" for n in angle.depth.values],
+            _angle_rows(angle),
+        ),
+        "",
+        "![T_eps against the angle](time_to_eps_vs_angle.png)",
+        "",
+    ]
     path = out / "reproduce.md"
     path.write_text("\n".join(md))
     return path

@@ -66,7 +66,9 @@ def predicted_limit(w0, target, depth, tol: float = ALIGN_TOL):
 
 def certificate_time_bound(depth, r0, zeta, theta0, eps):
     """dy = 1, cos θ0 > 0: T_ε ≤ ln(excess(0)/ε) / (2 min(r0, ζ cos θ0)^p); NaN where cos θ0 ≤ 0."""
-    depth, r0, zeta, theta0, eps = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (depth, r0, zeta, theta0, eps)))
+    depth, r0, zeta, theta0, eps = np.broadcast_arrays(
+        *(np.asarray(a, dtype=float) for a in (depth, r0, zeta, theta0, eps))
+    )
     p = 2 - 2 / depth
     c = np.cos(theta0)
     with np.errstate(all="ignore"):
@@ -159,15 +161,30 @@ def annotate(ds: xr.Dataset, tol: float = ALIGN_TOL) -> xr.Dataset:
     out = ds.copy()
 
     limit = predicted_limit(w0.values, z, depth.values, tol)
-    out["theory_limit"] = (depth.dims, limit.astype("i1"), {
-        "long_name": "predicted limit of the balanced flow (docs/theory.md §3, derived)",
-        "flag_values": np.array([-2, -1, 0], dtype="i1"),
-        "flag_meanings": "undecided zero global (k ≥ 2: saddle s_k u_k v_kᵀ)"})
-    out["alignment_p1"] = (depth.dims, alignment(w0.values, z)[..., 0], {"long_name": "alignment coefficient p_1 = u_1ᵀu0 + v_1ᵀv0"})
-    out["arora_covered"] = (depth.dims, arora_covered(w0.values, z, depth.values, width.values), {
-        "long_name": "covered by Arora et al. 2018a (positive deficiency margin, no narrow layer)"})
-    out["arora_time_bound"] = (depth.dims, arora_time_bound(w0.values, z, depth.values, width.values, eps), {
-        "long_name": "Arora et al. deficiency-margin bound on T_ε (derived)", "units": "flow time"})
+    out["theory_limit"] = (
+        depth.dims,
+        limit.astype("i1"),
+        {
+            "long_name": "predicted limit of the balanced flow (docs/theory.md §3, derived)",
+            "flag_values": np.array([-2, -1, 0], dtype="i1"),
+            "flag_meanings": "undecided zero global (k ≥ 2: saddle s_k u_k v_kᵀ)",
+        },
+    )
+    out["alignment_p1"] = (
+        depth.dims,
+        alignment(w0.values, z)[..., 0],
+        {"long_name": "alignment coefficient p_1 = u_1ᵀu0 + v_1ᵀv0"},
+    )
+    out["arora_covered"] = (
+        depth.dims,
+        arora_covered(w0.values, z, depth.values, width.values),
+        {"long_name": "covered by Arora et al. 2018a (positive deficiency margin, no narrow layer)"},
+    )
+    out["arora_time_bound"] = (
+        depth.dims,
+        arora_time_bound(w0.values, z, depth.values, width.values, eps),
+        {"long_name": "Arora et al. deficiency-margin bound on T_ε (derived)", "units": "flow time"},
+    )
 
     tte = np.full(depth.shape, np.nan)
     cert = np.full(depth.shape, np.nan)
@@ -177,8 +194,14 @@ def annotate(ds: xr.Dataset, tol: float = ALIGN_TOL) -> xr.Dataset:
         tte = exact_time_to_eps(depth.values, r0, zeta, theta0, eps)
         tte = np.where(np.isinf(tte), np.nan, tte)
         cert = certificate_time_bound(depth.values, r0, zeta, theta0, eps)
-    out["theory_time_to_eps"] = (depth.dims, tte, {
-        "long_name": "exact T_ε of the balanced flow (docs/theory.md §4, derived)", "units": "flow time"})
-    out["certificate_time_bound"] = (depth.dims, cert, {
-        "long_name": "certificate bound on T_ε for cos θ0 > 0 (docs/theory.md §5, derived)", "units": "flow time"})
+    out["theory_time_to_eps"] = (
+        depth.dims,
+        tte,
+        {"long_name": "exact T_ε of the balanced flow (docs/theory.md §4, derived)", "units": "flow time"},
+    )
+    out["certificate_time_bound"] = (
+        depth.dims,
+        cert,
+        {"long_name": "certificate bound on T_ε for cos θ0 > 0 (docs/theory.md §5, derived)", "units": "flow time"},
+    )
     return out

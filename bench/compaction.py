@@ -47,11 +47,15 @@ def main():
     mixed, r_mixed = timed(w)
     alone, r_alone = timed(w[~early])
     short, _ = timed(w[early])
-    print(f"4096 trajectories: {early.sum()} stop early at ε (median {np.median(r_mixed.steps[early]):.0f} steps), "
-          f"{(~early).sum()} run {np.median(r_alone.steps):.0f} steps")
-    print(f"  mixed batch {mixed:.3f} s; the long ones alone {alone:.3f} s, the early ones alone {short:.3f} s: "
-          f"mixed / (long + early) = {mixed / (alone + short):.2f}  (1: a finished trajectory costs nothing; "
-          f"medians of {args.repeats})")
+    print(
+        f"4096 trajectories: {early.sum()} stop early at ε (median {np.median(r_mixed.steps[early]):.0f} steps), "
+        f"{(~early).sum()} run {np.median(r_alone.steps):.0f} steps"
+    )
+    print(
+        f"  mixed batch {mixed:.3f} s; the long ones alone {alone:.3f} s, the early ones alone {short:.3f} s: "
+        f"mixed / (long + early) = {mixed / (alone + short):.2f}  (1: a finished trajectory costs nothing; "
+        f"medians of {args.repeats})"
+    )
     assert np.array_equal(r_mixed.excess[~early], r_alone.excess, equal_nan=True)
 
 

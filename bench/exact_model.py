@@ -21,15 +21,21 @@ import numpy as np
 from sweep import batch, exact, problem
 from sweep import spec as specs
 
-SWEEP = {"axes": {"depth": [1, 2, 3, 4, 5], "width": [5], "init_norm": [0.3, 1.0, 10.0], "seed": {"start": 0, "stop": 16}},
-         "horizon": 20.0, "eps": 1e-6, "checkpoints": {"count": 101, "spacing": "log"}}
+SWEEP = {
+    "axes": {"depth": [1, 2, 3, 4, 5], "width": [5], "init_norm": [0.3, 1.0, 10.0], "seed": {"start": 0, "stop": 16}},
+    "horizon": 20.0,
+    "eps": 1e-6,
+    "checkpoints": {"count": 101, "spacing": "log"},
+}
 
 
 def compute(raw):
     s = specs.parse(raw)
     p = problem.build(s.problem)
-    out = {k: np.empty(s.shape + ((s.checkpoints["count"],) if k == "excess_loss" else ()))
-           for k in ("excess_loss", "time_to_eps")}
+    out = {
+        k: np.empty(s.shape + ((s.checkpoints["count"],) if k == "excess_loss" else ()))
+        for k in ("excess_loss", "time_to_eps")
+    }
     t = time.perf_counter()
     for region in batch.regions(s.shape, batch.chunk_shape(s.shape, tuple(s.axes), s.batch)):
         res = batch.run_batch(s, p, region)
@@ -61,6 +67,7 @@ class _Inside:
                 return fn(*args)
             finally:
                 self.seconds += time.perf_counter() - t
+
         return run
 
 
@@ -81,11 +88,22 @@ def main():
     t_dp = statistics.median(t for _, t in runs["dopri5"])
     scale = dp["excess_loss"][..., :1]
     print(f"{ex['time_to_eps'].size} cells, 101 checkpoints, horizon {SWEEP['horizon']}")
-    print(f"  time_to_eps: max |exact / dopri5 − 1| = {np.nanmax(np.abs(ex['time_to_eps'] / dp['time_to_eps'] - 1)):.2e}  (target ≤ 1e-7)")
-    print(f"  excess loss: max |exact − dopri5| / excess(0) = {np.nanmax(np.abs(ex['excess_loss'] - dp['excess_loss']) / scale):.2e}")
-    print(f"  wall: exact {t_ex * 1e3:.1f} ms, dopri5 (rtol 1e-12) {t_dp:.2f} s → speed-up {t_dp / t_ex:.0f}x (medians of {args.repeats})")
-    print(f"  exact: first call {first:.2f} s (compile or cache load, not timed above); inside sweep.exact "
-          f"{statistics.median(inside) * 1e3:.1f} ms of the {t_ex * 1e3:.1f} ms (the rest is the batch around it)")
+    print(
+        "  time_to_eps: max |exact / dopri5 − 1| = "
+        f"{np.nanmax(np.abs(ex['time_to_eps'] / dp['time_to_eps'] - 1)):.2e}  (target ≤ 1e-7)"
+    )
+    print(
+        "  excess loss: max |exact − dopri5| / excess(0) = "
+        f"{np.nanmax(np.abs(ex['excess_loss'] - dp['excess_loss']) / scale):.2e}"
+    )
+    print(
+        f"  wall: exact {t_ex * 1e3:.1f} ms, dopri5 (rtol 1e-12) {t_dp:.2f} s → speed-up {t_dp / t_ex:.0f}x "
+        f"(medians of {args.repeats})"
+    )
+    print(
+        f"  exact: first call {first:.2f} s (compile or cache load, not timed above); inside sweep.exact "
+        f"{statistics.median(inside) * 1e3:.1f} ms of the {t_ex * 1e3:.1f} ms (the rest is the batch around it)"
+    )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,9 @@ os.environ["OPENBLAS_NUM_THREADS"] = "1"
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["MKL_NUM_THREADS"] = "1"
 os.environ["NUMBA_NUM_THREADS"] = "1"
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-                           " intra_op_parallelism_threads=1").strip()
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+).strip()
 
 import argparse
 import importlib.util
@@ -109,8 +110,9 @@ def run_kernel(mod, dims, layers, steps):
     t_end = steps * H
 
     def call():
-        return mod.integrate(model, y0, mod.EULER, horizon=t_end, checkpoints=np.array([0.0, t_end]), eps=1e-300,
-                             step=H)
+        return mod.integrate(
+            model, y0, mod.EULER, horizon=t_end, checkpoints=np.array([0.0, t_end]), eps=1e-300, step=H
+        )
 
     return model, call
 
@@ -130,11 +132,13 @@ def jax_candidates():
     previous bench (~2.3x slower than "vmap"), vmap inside the step with the scan outside, the batch-last
     sums written as explicit Python loops (5–20x slower), blocks of 4–32 and 256 for "vmap", 4, 16–256 for
     "last", other unrolls. Differences of ±20% between these are within this shared machine's noise."""
-    return [("vmap, lax.scan (the issue's formulation)", "vmap", None, 1),
-            ("vmap, lax.map over blocks of 64, scan unroll 4", "vmap", 64, 4),
-            ("vmap, lax.map over blocks of 64, scan unroll 8", "vmap", 64, 8),
-            ("batch-last, blocks of 8, scan unroll 2", "last", 8, 2),
-            ("batch-last, blocks of 64, scan unroll 4", "last", 64, 4)]
+    return [
+        ("vmap, lax.scan (the issue's formulation)", "vmap", None, 1),
+        ("vmap, lax.map over blocks of 64, scan unroll 4", "vmap", 64, 4),
+        ("vmap, lax.map over blocks of 64, scan unroll 8", "vmap", 64, 8),
+        ("batch-last, blocks of 8, scan unroll 2", "last", 8, 2),
+        ("batch-last, blocks of 64, scan unroll 4", "last", 64, 4),
+    ]
 
 
 def jax_build(jax, jnp, dims, steps, layout, block, unroll):
@@ -215,14 +219,14 @@ def jax_section(dims, layers, steps, ref, repeats, screen):
     for label, layout, block, unroll in jax_candidates():
         fn, to_jax, from_jax = jax_build(jax, jnp, dims, steps, layout, block, unroll)
         ws = to_jax(layers)
-        out, t_first = first_call(lambda: jax.block_until_ready(fn(ws)))
+        out, t_first = first_call(lambda fn=fn, ws=ws: jax.block_until_ready(fn(ws)))
         diff = rel_diff(from_jax(out), ref)
-        sec = min(median_time(lambda: jax.block_until_ready(fn(ws)), 1) for _ in range(screen))
+        sec = min(median_time(lambda fn=fn, ws=ws: jax.block_until_ready(fn(ws)), 1) for _ in range(screen))
         rows.append((label, t_first, B * steps / sec, diff))
         built.append((B * steps / sec, label, fn, ws))
     finals = []
     for _, label, fn, ws in sorted(built, key=lambda x: -x[0])[:2]:
-        finals.append((B * steps / median_time(lambda: jax.block_until_ready(fn(ws)), repeats), label))
+        finals.append((B * steps / median_time(lambda fn=fn, ws=ws: jax.block_until_ready(fn(ws)), repeats), label))
     rate, label = max(finals)
     return rows, (label, rate), jax.__version__
 
@@ -235,11 +239,15 @@ def main():
     repeats = min(args.repeats, 3) if args.quick else args.repeats
     v1 = load_v1()
     peak = matmul_gflops()
-    print(f"machine: {os.cpu_count()} cores; single-threaded large matmul (NumPy, 1024², float64): {peak:.1f} GFLOP/s "
-          f"(target {100 * PEAK_TARGET:.0f}% = {PEAK_TARGET * peak:.1f} GFLOP/s); "
-          f"load average {os.getloadavg()[0]:.1f}")
-    print(f"batch {B}, dx = {DX}, dy = {DY}, Euler h = {H}; medians of {repeats} repeats; "
-          f"linflow kernel version {getattr(kernel, 'KERNEL_VERSION', '?')}\n")
+    print(
+        f"machine: {os.cpu_count()} cores; single-threaded large matmul (NumPy, 1024², float64): {peak:.1f} GFLOP/s "
+        f"(target {100 * PEAK_TARGET:.0f}% = {PEAK_TARGET * peak:.1f} GFLOP/s); "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"batch {B}, dx = {DX}, dy = {DY}, Euler h = {H}; medians of {repeats} repeats; "
+        f"linflow kernel version {getattr(kernel, 'KERNEL_VERSION', '?')}\n"
+    )
     for depth, width, target in CASES:
         dims = layer_dims(DX, DY, depth, width)
         steps, v1_steps = STEPS[depth]
@@ -248,24 +256,27 @@ def main():
         layers = starts(dims, B)
         fl = flops_per_step(dims)
         P = sum(a * b for a, b in itertools.pairwise(dims))
-        print(f"N = {depth}, width {width}: P = {P} parameters, {fl} flop/traj-step; {steps} steps "
-              f"(v1: {v1_steps})")
+        print(f"N = {depth}, width {width}: P = {P} parameters, {fl} flop/traj-step; {steps} steps (v1: {v1_steps})")
 
         model, call = run_kernel(kernel, dims, layers, steps)
         res, t_first = first_call(call)
         ref = model.layers(res.y_final) if hasattr(model, "layers") else None
         ours = B * steps / median_time(call, repeats)
         gf = ours * fl / 1e9
-        print(f"  linflow kernel        {ours:10.3g} traj-steps/s  {gf:6.2f} GFLOP/s = {100 * gf / peak:4.1f}% of "
-              f"large matmul (target ≥ {100 * PEAK_TARGET:.0f}%)   first call {t_first:.2f} s (incl. compile)")
+        print(
+            f"  linflow kernel        {ours:10.3g} traj-steps/s  {gf:6.2f} GFLOP/s = {100 * gf / peak:4.1f}% of "
+            f"large matmul (target ≥ {100 * PEAK_TARGET:.0f}%)   first call {t_first:.2f} s (incl. compile)"
+        )
 
         m1, call1 = run_kernel(v1, dims, layers, v1_steps)
         r1, _ = first_call(call1)
         old = B * v1_steps / median_time(call1, repeats)
         if ref is None:  # a kernel without .layers: compare packed states
             ref = v1.Layerwise(dims, synthetic(50, DX, DY, 0).target).layers(res.y_final)
-        print(f"  v1 kernel (NumPy)     {old:10.3g} traj-steps/s  {old * fl / 1e9:6.2f} GFLOP/s   "
-              f"linflow / v1 = {ours / old:.1f}x")
+        print(
+            f"  v1 kernel (NumPy)     {old:10.3g} traj-steps/s  {old * fl / 1e9:6.2f} GFLOP/s   "
+            f"linflow / v1 = {ours / old:.1f}x"
+        )
 
         jx = jax_section(dims, layers, steps, ref, repeats, 1 if args.quick else 2)
         if jx is None:
@@ -275,12 +286,13 @@ def main():
         print(f"  JAX {version} candidates (best of {1 if args.quick else 2} timed runs; compile + first call apart):")
         for lab, t_c, r, diff in rows:
             flag = "" if diff < 1e-12 else "   MISMATCH"
-            print(f"    {lab:48s} {r:10.3g} traj-steps/s   compile+first {t_c:5.2f} s   "
-                  f"vs linflow {diff:.1e}{flag}")
+            print(f"    {lab:48s} {r:10.3g} traj-steps/s   compile+first {t_c:5.2f} s   vs linflow {diff:.1e}{flag}")
         print(f"  JAX fastest (median)  {rate:10.3g} traj-steps/s  {rate * fl / 1e9:6.2f} GFLOP/s   [{label}]")
-        print(f"  linflow / JAX = {ours / rate:.2f}x  (target ≥ {target:g}x)   "
-              f"linflow / v1 = {ours / old:.1f}x   linflow = {100 * gf / peak:.1f}% of large matmul "
-              f"(target ≥ {100 * PEAK_TARGET:.0f}%)\n")
+        print(
+            f"  linflow / JAX = {ours / rate:.2f}x  (target ≥ {target:g}x)   "
+            f"linflow / v1 = {ours / old:.1f}x   linflow = {100 * gf / peak:.1f}% of large matmul "
+            f"(target ≥ {100 * PEAK_TARGET:.0f}%)\n"
+        )
 
 
 if __name__ == "__main__":

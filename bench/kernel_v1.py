@@ -139,10 +139,7 @@ class Layerwise:
     def layers(self, y: np.ndarray) -> list[np.ndarray]:
         """Views (B, d_j, d_{j−1}) of the layers packed in ``y`` (B, P)."""
         b = y.shape[0]
-        return [
-            y[:, self.offsets[j] : self.offsets[j + 1]].reshape(b, *self.shapes[j])
-            for j in range(self.depth)
-        ]
+        return [y[:, self.offsets[j] : self.offsets[j + 1]].reshape(b, *self.shapes[j]) for j in range(self.depth)]
 
     def pack(self, layers) -> np.ndarray:
         b = layers[0].shape[0]
@@ -204,8 +201,7 @@ class Layerwise:
         """D_j = W_{j+1}ᵀW_{j+1} − W_jW_jᵀ for j = 1…N−1."""
         ws = self.layers(y)
         return [
-            ws[j + 1].transpose(0, 2, 1) @ ws[j + 1] - ws[j] @ ws[j].transpose(0, 2, 1)
-            for j in range(self.depth - 1)
+            ws[j + 1].transpose(0, 2, 1) @ ws[j + 1] - ws[j] @ ws[j].transpose(0, 2, 1) for j in range(self.depth - 1)
         ]
 
 
@@ -365,8 +361,17 @@ def integrate(
     set stays in cache; trajectories are independent, so blocking never changes a number."""
     y0 = np.ascontiguousarray(y0, dtype=float)
     block = max(MIN_BLOCK, BLOCK_BYTES // (8 * max(1, y0.shape[1])))
-    kw = {"method": method, "horizon": horizon, "checkpoints": checkpoints, "eps": eps, "stop_at_eps": stop_at_eps,
-              "step": step, "rtol": rtol, "atol": atol, "max_steps": max_steps}
+    kw = {
+        "method": method,
+        "horizon": horizon,
+        "checkpoints": checkpoints,
+        "eps": eps,
+        "stop_at_eps": stop_at_eps,
+        "step": step,
+        "rtol": rtol,
+        "atol": atol,
+        "max_steps": max_steps,
+    }
     if len(y0) <= block:
         return _integrate_block(model, y0, **kw)
     parts = [_integrate_block(model, y0[i : i + block], **kw) for i in range(0, len(y0), block)]
@@ -470,9 +475,7 @@ def _integrate_block(model, y0, *, method, horizon, checkpoints, eps, stop_at_ep
             accept = enorm < 1.0
             bad = ~np.isfinite(enorm)
             with np.errstate(all="ignore", divide="ignore"):
-                factor = np.where(
-                    enorm == 0, MAX_FACTOR, SAFETY * enorm ** (-1.0 / (method.error_order + 1))
-                )
+                factor = np.where(enorm == 0, MAX_FACTOR, SAFETY * enorm ** (-1.0 / (method.error_order + 1)))
             grow = np.minimum(MAX_FACTOR, np.where(rejected, np.minimum(1.0, factor), factor))
             shrink = np.maximum(MIN_FACTOR, np.where(bad, MIN_FACTOR, factor))
             h_used = hh[:, 0]
@@ -658,8 +661,6 @@ def _initial_step(model, y0, f0, horizon, order, scale):
         model.rhs(y0 + h0[:, None] * f0, f1)
         d2 = _rms((f1 - f0) / scale) / h0
         dmax = np.maximum(d1, d2)
-        h1 = np.where(
-            dmax <= 1e-15, np.maximum(1e-6, h0 * 1e-3), (0.01 / dmax) ** (1.0 / (order + 1))
-        )
+        h1 = np.where(dmax <= 1e-15, np.maximum(1e-6, h0 * 1e-3), (0.01 / dmax) ** (1.0 / (order + 1)))
     h = np.minimum(np.minimum(100 * h0, h1), horizon)
     return np.where(np.isfinite(h) & (h > 0), h, 1e-6)

@@ -19,8 +19,14 @@ from pathlib import Path
 import yaml
 
 SWEEP = {  # 16,384 cells: 64 tasks at the default batch of 256 cells, 16 of 1,024, … of dopri5
-    "axes": {"depth": [2, 3, 4, 5], "width": [5], "init_norm": [0.3, 1.0, 3.0, 10.0], "seed": {"start": 0, "stop": 1024}},
-    "integrator": {"method": "dopri5", "rtol": 1e-11, "atol": 1e-14}, "horizon": 30.0,
+    "axes": {
+        "depth": [2, 3, 4, 5],
+        "width": [5],
+        "init_norm": [0.3, 1.0, 3.0, 10.0],
+        "seed": {"start": 0, "stop": 1024},
+    },
+    "integrator": {"method": "dopri5", "rtol": 1e-11, "atol": 1e-14},
+    "horizon": 30.0,
 }
 LINFLOW = str(Path(sys.executable).parent / "linflow")
 
@@ -32,8 +38,13 @@ def run(spec: dict, workers: int, folder: Path) -> dict:
     out = path.with_suffix(".zarr")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.setdefault("RAY_AUTH_MODE", "disabled")
-    proc = subprocess.run([LINFLOW, "run", str(path), "--out", str(out), "--workers", str(workers), "--json"],
-                          capture_output=True, text=True, env=env, check=True)
+    proc = subprocess.run(
+        [LINFLOW, "run", str(path), "--out", str(out), "--workers", str(workers), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -65,22 +76,33 @@ def scaling(folder: Path, repeats: int, batch: int) -> None:
         walls[workers] = statistics.median(r["seconds"] - r["startup_seconds"] for r in reports)
         kernels[workers] = statistics.median(r["kernel_seconds"] for r in reports)
         ideal = kernels[workers] / workers
-        print(f"{workers} worker(s): wall {walls[workers]:.2f} s (run, after Ray start), kernel {kernels[workers]:.2f} s "
-              f"summed over {reports[0]['batches_run']} tasks; overhead (wall − kernel/workers) / (kernel/workers) = "
-              f"{100 * (walls[workers] - ideal) / ideal:.1f}%  (target ≤ 10%); "
-              f"{1000 * (walls[workers] - ideal) * workers / reports[0]['batches_run']:.0f} ms per task")
-    print(f"speed-up 1 → 2 workers: {walls[1] / walls[2]:.2f}x  (target ≥ 1.8x; {os.cpu_count()} cores, the driver shares them)\n")
+        print(
+            f"{workers} worker(s): wall {walls[workers]:.2f} s (run, after Ray start), kernel {kernels[workers]:.2f} s "
+            f"summed over {reports[0]['batches_run']} tasks; overhead (wall − kernel/workers) / (kernel/workers) = "
+            f"{100 * (walls[workers] - ideal) / ideal:.1f}%  (target ≤ 10%); "
+            f"{1000 * (walls[workers] - ideal) * workers / reports[0]['batches_run']:.0f} ms per task"
+        )
+    print(
+        f"speed-up 1 → 2 workers: {walls[1] / walls[2]:.2f}x  "
+        f"(target ≥ 1.8x; {os.cpu_count()} cores, the driver shares them)\n"
+    )
 
 
 def memory(folder: Path) -> None:
     """The driver's peak RSS (the `linflow run` process) against the number of cells: flat is the target."""
-    cheap = {"axes": {"depth": [1], "width": [5], "init_norm": [1.0]}, "horizon": 0.01,
-             "checkpoints": {"count": 2, "spacing": "linear"}}
+    cheap = {
+        "axes": {"depth": [1], "width": [5], "init_norm": [1.0]},
+        "horizon": 0.01,
+        "checkpoints": {"count": 2, "spacing": "linear"},
+    }
     rss = {}
     for n in (10_000, 100_000, 1_000_000):
         r = run({**cheap, "axes": {**cheap["axes"], "seed": {"start": 0, "stop": n}}}, 2, folder)
         rss[n] = r["driver_peak_rss_mb"]
-        print(f"{n:>7} cells: driver peak RSS {rss[n]:.0f} MB ({r['batches_run']} batches, {r['seconds']:.1f} s)", flush=True)
+        print(
+            f"{n:>7} cells: driver peak RSS {rss[n]:.0f} MB ({r['batches_run']} batches, {r['seconds']:.1f} s)",
+            flush=True,
+        )
     growth = rss[1_000_000] / rss[100_000] - 1
     print(f"10^5 → 10^6 cells: driver peak RSS {100 * growth:+.1f}%  (target within ±10%)")
 

@@ -30,8 +30,9 @@ import os
 os.environ["OPENBLAS_NUM_THREADS"] = "1"
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["NUMBA_NUM_THREADS"] = "1"
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-                           " intra_op_parallelism_threads=1").strip()
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+).strip()
 
 import argparse
 import statistics
@@ -52,15 +53,32 @@ TARGET = 2.0  # linflow dopri5 ≥ 2x faster than diffrax Dopri5
 
 def exact_final_excess(seeds):
     """(depths, seeds) final excess loss from the closed form, and the wall time."""
-    raw = {"problem": PROBLEM, "init": {"scheme": "balanced"}, "model": "exact",
-           "axes": {"depth": list(DEPTHS), "width": [WIDTH], "init_norm": [INIT_NORM],
-                    "seed": {"start": 0, "stop": seeds}},
-           "horizon": HORIZON, "eps": EPS, "checkpoints": {"count": 2, "spacing": "linear"}, "batch": seeds}
+    raw = {
+        "problem": PROBLEM,
+        "init": {"scheme": "balanced"},
+        "model": "exact",
+        "axes": {
+            "depth": list(DEPTHS),
+            "width": [WIDTH],
+            "init_norm": [INIT_NORM],
+            "seed": {"start": 0, "stop": seeds},
+        },
+        "horizon": HORIZON,
+        "eps": EPS,
+        "checkpoints": {"count": 2, "spacing": "linear"},
+        "batch": seeds,
+    }
     s = specs.parse(raw)
     p = problem.build(s.problem)
     t = time.perf_counter()
-    out = np.stack([batch.run_batch(s, p, (slice(i, i + 1), slice(0, 1), slice(0, 1), slice(0, seeds)))
-                    ["excess_loss"][0, 0, 0, :, -1] for i in range(len(DEPTHS))])
+    out = np.stack(
+        [
+            batch.run_batch(s, p, (slice(i, i + 1), slice(0, 1), slice(0, 1), slice(0, seeds)))["excess_loss"][
+                0, 0, 0, :, -1
+            ]
+            for i in range(len(DEPTHS))
+        ]
+    )
     return out, time.perf_counter() - t
 
 
@@ -72,8 +90,18 @@ def setups(target, seeds):
         dims = layer_dims(PROBLEM["dx"], PROBLEM["dy"], depth, WIDTH)
         tail = kernel.tail_loss(target, rank_of(PROBLEM["dx"], PROBLEM["dy"], depth, WIDTH))
         model = kernel.Layerwise(dims, target, tail)
-        starts = [initial_layers("balanced", target, problem_seed=PROBLEM["seed"], seed=seed, depth=depth,
-                                 width=WIDTH, init_norm=INIT_NORM) for seed in range(seeds)]
+        starts = [
+            initial_layers(
+                "balanced",
+                target,
+                problem_seed=PROBLEM["seed"],
+                seed=seed,
+                depth=depth,
+                width=WIDTH,
+                init_norm=INIT_NORM,
+            )
+            for seed in range(seeds)
+        ]
         out.append((model, [np.stack(ws) for ws in zip(*starts)]))
     return out
 
@@ -108,9 +136,11 @@ def main():
 
     exact, t_exact = exact_final_excess(nb)
     setup = setups(target, nb)
-    print(f"paper's example, layerwise: depths 1–5 × B = {nb} seeds, width 5, ‖W0‖ = 10‖Z‖, t = {HORIZON}; "
-          f"reference: closed form ({t_exact:.2f} s); kernel version {getattr(kernel, 'KERNEL_VERSION', '?')}; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(
+        f"paper's example, layerwise: depths 1–5 × B = {nb} seeds, width 5, ‖W0‖ = 10‖Z‖, t = {HORIZON}; "
+        f"reference: closed form ({t_exact:.2f} s); kernel version {getattr(kernel, 'KERNEL_VERSION', '?')}; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
 
     t = time.perf_counter()
     linflow_run(setup, 2, method=kernel.EULER, step=1e-3)  # compile (excluded)
@@ -118,34 +148,42 @@ def main():
     euler, t_euler = linflow_run(setup, ne, method=kernel.EULER, step=1e-6)
     err_euler = rel_error(euler, exact)
     goal = err_euler.max()
-    print(f"Euler h = 1e-6 (1e5 steps) on {ne} seeds/depth: {t_euler:.1f} s; final excess rel. error max "
-          f"{goal:.2e}, median {np.median(err_euler):.2e}  → accuracy target {goal:.2e}")
+    print(
+        f"Euler h = 1e-6 (1e5 steps) on {ne} seeds/depth: {t_euler:.1f} s; final excess rel. error max "
+        f"{goal:.2e}, median {np.median(err_euler):.2e}  → accuracy target {goal:.2e}"
+    )
 
     t = time.perf_counter()
     linflow_run(setup, 2, method=kernel.DOPRI5, rtol=1e-6, atol=1e-9)
     t_compile = time.perf_counter() - t
-    print(f"linflow first calls (incl. any compile; excluded below): Euler {t_first:.2f} s, "
-          f"then dopri5 {t_compile:.2f} s")
+    print(
+        f"linflow first calls (incl. any compile; excluded below): Euler {t_first:.2f} s, then dopri5 {t_compile:.2f} s"
+    )
     chosen = None
     for rtol in RTOLS:
         final, _ = linflow_run(setup, nb, method=kernel.DOPRI5, rtol=rtol, atol=rtol * 1e-3)
         err = rel_error(final, exact)
         ok = err.max() <= goal
-        print(f"  linflow dopri5 rtol {rtol:.0e}: max rel. error {err.max():.2e} {'≤' if ok else '>'} Euler's "
-              f"(median {np.median(err):.2e})")
+        print(
+            f"  linflow dopri5 rtol {rtol:.0e}: max rel. error {err.max():.2e} {'≤' if ok else '>'} Euler's "
+            f"(median {np.median(err):.2e})"
+        )
         if ok:
             chosen = rtol
             break
     if chosen is None:
         print("  no tolerance down to 1e-10 reaches Euler's accuracy: stopping")
         return
-    times = [linflow_run(setup, nb, method=kernel.DOPRI5, rtol=chosen, atol=chosen * 1e-3)[1]
-             for _ in range(args.repeats)]
+    times = [
+        linflow_run(setup, nb, method=kernel.DOPRI5, rtol=chosen, atol=chosen * 1e-3)[1] for _ in range(args.repeats)
+    ]
     t_linflow = statistics.median(times)
     per_traj_ratio = (t_euler / ne) / (t_linflow / nb)
-    print(f"→ linflow dopri5 at rtol {chosen:.0e}: {t_linflow:.3f} s for {len(DEPTHS)} × {nb} trajectories "
-          f"(median of {args.repeats}); per trajectory "
-          f"Euler / dopri5 = {per_traj_ratio:.0f}x")
+    print(
+        f"→ linflow dopri5 at rtol {chosen:.0e}: {t_linflow:.3f} s for {len(DEPTHS)} × {nb} trajectories "
+        f"(median of {args.repeats}); per trajectory "
+        f"Euler / dopri5 = {per_traj_ratio:.0f}x"
+    )
     diffrax_comparison(setup, exact, goal, chosen, t_linflow, args.repeats)
 
 
@@ -176,9 +214,17 @@ def diffrax_comparison(setup, exact, goal, rtol, t_linflow, repeats):
 
     def make(rtol, block):
         def solve(ws):
-            sol = diffrax.diffeqsolve(diffrax.ODETerm(flow), diffrax.Dopri5(), 0.0, HORIZON, None, ws,
-                                      stepsize_controller=diffrax.PIDController(rtol=rtol, atol=rtol * 1e-3),
-                                      saveat=diffrax.SaveAt(t1=True), max_steps=1_000_000)
+            sol = diffrax.diffeqsolve(
+                diffrax.ODETerm(flow),
+                diffrax.Dopri5(),
+                0.0,
+                HORIZON,
+                None,
+                ws,
+                stepsize_controller=diffrax.PIDController(rtol=rtol, atol=rtol * 1e-3),
+                saveat=diffrax.SaveAt(t1=True),
+                max_steps=1_000_000,
+            )
             w = sol.ys[0][0]
             for layer in sol.ys[1:]:
                 w = layer[0] @ w
@@ -212,8 +258,10 @@ def diffrax_comparison(setup, exact, goal, rtol, t_linflow, repeats):
         solvers, args, finals, t_compile = compiled(rtol, None)
         err = rel_error(np.stack([np.asarray(x) for x in finals]) - tails, exact)
         ok = err.max() <= goal
-        print(f"  diffrax Dopri5 rtol {rtol:.0e}: max rel. error {err.max():.2e} {'≤' if ok else '>'} Euler's "
-              f"(median {np.median(err):.2e})")
+        print(
+            f"  diffrax Dopri5 rtol {rtol:.0e}: max rel. error {err.max():.2e} {'≤' if ok else '>'} Euler's "
+            f"(median {np.median(err):.2e})"
+        )
         if ok or rtol <= RTOLS[-1]:
             break
         rtol /= 10
@@ -227,13 +275,17 @@ def diffrax_comparison(setup, exact, goal, rtol, t_linflow, repeats):
     screened = []
     for label, solvers, args, t_c, diff in variants:
         sec = min(wall(solvers, args) for _ in range(2))
-        print(f"    {label:36s} {sec:7.3f} s (best of 2)   compile + first call {t_c:5.1f} s (all depths)   "
-              f"vs whole batch {diff:.0e}")
+        print(
+            f"    {label:36s} {sec:7.3f} s (best of 2)   compile + first call {t_c:5.1f} s (all depths)   "
+            f"vs whole batch {diff:.0e}"
+        )
         screened.append((sec, label, solvers, args))
     _, label, solvers, args = min(screened, key=lambda x: x[0])
     t_dx = statistics.median([wall(solvers, args) for _ in range(repeats)])
-    print(f"→ diffrax {diffrax.__version__} Dopri5 (jit, {label}; JAX {jax.__version__}) at rtol {rtol:.0e}: "
-          f"{t_dx:.3f} s for {len(setup)} × {nb} trajectories (median of {repeats}; compile excluded)")
+    print(
+        f"→ diffrax {diffrax.__version__} Dopri5 (jit, {label}; JAX {jax.__version__}) at rtol {rtol:.0e}: "
+        f"{t_dx:.3f} s for {len(setup)} × {nb} trajectories (median of {repeats}; compile excluded)"
+    )
     print(f"diffrax / linflow wall = {t_dx / t_linflow:.2f}x  (target ≥ {TARGET:g}x)")
 
 

@@ -76,10 +76,16 @@ def _overrides(**flags) -> dict:
             axes[name] = specs.parse_list(text, "--" + name.replace("_", "-"), kind)
     if axes:
         o["axes"] = axes
-    problem = {k: flags[f] for k, f in (("m", "m"), ("dx", "dx"), ("dy", "dy"), ("seed", "problem_seed")) if flags[f] is not None}
+    problem = {
+        k: flags[f]
+        for k, f in (("m", "m"), ("dx", "dx"), ("dy", "dy"), ("seed", "problem_seed"))
+        if flags[f] is not None
+    }
     if flags["data"] is not None:
         if problem:
-            given = ", ".join("--" + f.replace("_", "-") for f in ("m", "dx", "dy", "problem_seed") if flags[f] is not None)
+            given = ", ".join(
+                "--" + f.replace("_", "-") for f in ("m", "dx", "dy", "problem_seed") if flags[f] is not None
+            )
             raise SpecError("--data", f"cannot be combined with {given} (those describe synthetic data)")
         problem = {"data": str(Path(flags["data"]).resolve())}
     if problem:
@@ -100,7 +106,9 @@ def _overrides(**flags) -> dict:
 @app.command()
 def run(
     spec: Path | None = typer.Argument(None, help="YAML spec; without one, the defaults and the flags make the sweep."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Zarr store to create or resume [default: runs/<spec name>.zarr]."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Zarr store to create or resume [default: runs/<spec name>.zarr]."
+    ),
     depth: str | None = typer.Option(None, help="Depths, e.g. 1,2,3,4 or 1:9."),
     width: str | None = typer.Option(None, help="Hidden-layer widths, e.g. 1,5."),
     init_norm: str | None = typer.Option(None, help="‖W(0)‖₂/‖Z‖₂ values, e.g. 0.1,1,10."),
@@ -108,13 +116,17 @@ def run(
     seed: str | None = typer.Option(None, help="Initialization seeds, e.g. 0:100 or 1,2,3."),
     model: str | None = typer.Option(None, help="layerwise | induced | exact (closed form, dy = 1, balanced)."),
     init: str | None = typer.Option(None, help="Initialization scheme: balanced | gaussian."),
-    method: str | None = typer.Option(None, help="euler | rk4 (need --step) | dopri5 (adaptive; --rtol, --atol default 1e-8, 1e-12)."),
+    method: str | None = typer.Option(
+        None, help="euler | rk4 (need --step) | dopri5 (adaptive; --rtol, --atol default 1e-8, 1e-12)."
+    ),
     step: float | None = typer.Option(None, help="Fixed step for euler and rk4."),
     rtol: float | None = typer.Option(None, help="Relative tolerance for dopri5 [default: 1e-8]."),
     atol: float | None = typer.Option(None, help="Absolute tolerance for dopri5 [default: 1e-12]."),
     horizon: float | None = typer.Option(None, help="Flow time t_max."),
     eps: float | None = typer.Option(None, help="Excess-loss threshold for time_to_eps."),
-    stop_at_eps: bool | None = typer.Option(None, "--stop-at-eps/--no-stop-at-eps", help="Stop each trajectory at eps."),
+    stop_at_eps: bool | None = typer.Option(
+        None, "--stop-at-eps/--no-stop-at-eps", help="Stop each trajectory at eps."
+    ),
     checkpoints: int | None = typer.Option(None, help="Number of checkpoints."),
     m: int | None = typer.Option(None, help="Samples of the synthetic problem."),
     dx: int | None = typer.Option(None, help="Input dimension of the synthetic problem."),
@@ -122,8 +134,14 @@ def run(
     problem_seed: int | None = typer.Option(None, help="Seed of the synthetic data."),
     data: Path | None = typer.Option(None, help=".npz file with X (dx×m) and Y (dy×m) instead of synthetic data."),
     batch: int | None = typer.Option(None, help="At most this many cells per Ray task."),
-    workers: int | None = typer.Option(None, help="CPUs of the local Ray instance (default: all), or tasks in flight ×½ on a cluster."),
-    address: str | None = typer.Option(None, help="Ray cluster: ray://HOST:10001 (Ray Client) or HOST:6379 (its GCS) [default: RAY_ADDRESS, else a local instance]."),
+    workers: int | None = typer.Option(
+        None, help="CPUs of the local Ray instance (default: all), or tasks in flight ×½ on a cluster."
+    ),
+    address: str | None = typer.Option(
+        None,
+        help="Ray cluster: ray://HOST:10001 (Ray Client) or HOST:6379 (its GCS) "
+        "[default: RAY_ADDRESS, else a local instance].",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the final report as JSON."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Also recompute the cells that failed."),
@@ -175,8 +193,11 @@ def run(
         _print_counts(report.counts)
     if report.counts["failed"]:
         first = f"; first: {report.errors[0]}" if report.errors else ""
-        _fail(f"{report.counts['failed']} cells failed (errors: linflow status {out}; rerun with --retry-failed "
-              f"to compute only those){first}", 1)
+        _fail(
+            f"{report.counts['failed']} cells failed (errors: linflow status {out}; rerun with --retry-failed "
+            f"to compute only those){first}",
+            1,
+        )
 
 
 @contextmanager
@@ -239,7 +260,11 @@ def _ray_logs_off_stderr():
 def status(
     path: Path = typer.Argument(..., help="A store made by linflow run."),
     as_json: bool = typer.Option(False, "--json", help="Counts as JSON."),
-    verify: bool = typer.Option(False, "--verify", help="Decode every chunk, and mark the cells of lost or unreadable chunks pending (a rerun recomputes them)."),
+    verify: bool = typer.Option(
+        False,
+        "--verify",
+        help="Decode every chunk, and mark the cells of lost or unreadable chunks pending (a rerun recomputes them).",
+    ),
 ):
     """Counts of cells per status in a store, and what is left to run. Lost chunks (a listing) and
     unreadable ones (decoded with --verify) count their done cells as pending."""
@@ -253,8 +278,11 @@ def status(
             _fail(f"{path} is damaged: {damage.first()}")
         if damage and verify:
             store.mark_pending(group, damage)
-            typer.echo(f"linflow: warning: {damage.summary()}; marked pending — they will be recomputed "
-                       f"(rerun `linflow run … --out {path}`)", err=True)
+            typer.echo(
+                f"linflow: warning: {damage.summary()}; marked pending — they will be recomputed "
+                f"(rerun `linflow run … --out {path}`)",
+                err=True,
+            )
     except (LockError, OSError) as exc:
         _fail(str(exc))
     finally:
@@ -268,10 +296,20 @@ def status(
     left = [r for r in regions(shape, chunks) if (grid[r] == kernel.PENDING).any()]
     lost = [] if verify else damage.chunks
     if as_json:
-        typer.echo(json.dumps({"counts": counts, "cells": int(sum(counts.values())), "pending_batches": len(left),
-                               "fingerprint": group.attrs["fingerprint"], "failures": store.failures(group),
-                               "damaged_cells": 0 if verify else damage.cells, "verified": verify,
-                               "damaged_chunks": [{"chunk": k, "problem": w, "cells": n} for k, w, n in lost]}))
+        typer.echo(
+            json.dumps(
+                {
+                    "counts": counts,
+                    "cells": int(sum(counts.values())),
+                    "pending_batches": len(left),
+                    "fingerprint": group.attrs["fingerprint"],
+                    "failures": store.failures(group),
+                    "damaged_cells": 0 if verify else damage.cells,
+                    "verified": verify,
+                    "damaged_chunks": [{"chunk": k, "problem": w, "cells": n} for k, w, n in lost],
+                }
+            )
+        )
         return
     dims = group["status"].metadata.dimension_names or ()
     typer.echo(f"{path}  (fingerprint {group.attrs['fingerprint']}, linflow {group.attrs.get('linflow_version')})")
@@ -283,10 +321,14 @@ def status(
     if len(failed) > 20:
         typer.echo(f"  … and {len(failed) - 20} more failed cells")
     if lost:
-        typer.echo(f"damaged: {damage.first()}; counted as pending above — `linflow status --verify {path}` "
-                   "marks them pending (a rerun does too)")
+        typer.echo(
+            f"damaged: {damage.first()}; counted as pending above — `linflow status --verify {path}` "
+            "marks them pending (a rerun does too)"
+        )
     if left:
-        typer.echo(f"left: {counts['pending']} cells in {len(left)} batches — rerun `linflow run … --out {path}` to finish")
+        typer.echo(
+            f"left: {counts['pending']} cells in {len(left)} batches — rerun `linflow run … --out {path}` to finish"
+        )
     else:
         typer.echo("complete: no pending cells" + ("" if verify else " (chunks listed; decode them all with --verify)"))
 
@@ -315,7 +357,9 @@ def report(
 @app.command()
 def reproduce(
     name: str = typer.Argument(..., help="Which study: eftekhari2020."),
-    out: Path = typer.Option(Path("runs/eftekhari2020"), "--out", "-o", help="Folder for the stores, figures and reproduce.md."),
+    out: Path = typer.Option(
+        Path("runs/eftekhari2020"), "--out", "-o", help="Folder for the stores, figures and reproduce.md."
+    ),
     quick: bool = typer.Option(False, "--quick", help="Fewer seeds, depths and angles (for tests)."),
     workers: int | None = typer.Option(None, help="CPUs of the local Ray instance (default: all)."),
     address: str | None = typer.Option(None, help="Ray cluster to use (default: RAY_ADDRESS, else local)."),
@@ -349,8 +393,12 @@ def reproduce(
 def export(
     path: Path = typer.Argument(..., help="A store made by linflow run."),
     fmt: str = typer.Option("csv", "--format", "-f", help="csv | parquet."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Output file [default: the store's name with .csv/.parquet]."),
-    with_theory: bool = typer.Option(False, "--theory", help="Add the theory columns (analysis.theory.annotate) and the observed limit class."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Output file [default: the store's name with .csv/.parquet]."
+    ),
+    with_theory: bool = typer.Option(
+        False, "--theory", help="Add the theory columns (analysis.theory.annotate) and the observed limit class."
+    ),
 ):
     """Write one row per cell (axes, status, time_to_eps, final losses, …) as CSV or Parquet."""
     from analysis.export import cell_table, write_table
@@ -455,9 +503,16 @@ class _ProgressBar:
                 TimeRemainingColumn,
             )
 
-            self.bar = Progress(TextColumn("cells"), BarColumn(), MofNCompleteColumn(), TextColumn("elapsed"),
-                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                console=Console(stderr=True))
+            self.bar = Progress(
+                TextColumn("cells"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("elapsed"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
             self.task = self.bar.add_task("cells", total=total, completed=done)
             self.bar.start()
         self.bar.update(self.task, completed=done, total=total)

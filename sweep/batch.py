@@ -87,8 +87,13 @@ def empty_results(spec: Spec, problem: Problem, shape: tuple[int, ...]) -> dict[
 
 def _start_args(spec: Spec, c: dict[str, np.ndarray], i: int) -> dict:
     """What the start of cell i depends on (sweep.init): the problem seed and the cell's coordinates."""
-    args = {"problem_seed": spec.problem.get("seed", 0), "seed": int(c["seed"][i]), "depth": int(c["depth"][i]),
-            "width": int(c["width"][i]), "init_norm": float(c["init_norm"][i])}
+    args = {
+        "problem_seed": spec.problem.get("seed", 0),
+        "seed": int(c["seed"][i]),
+        "depth": int(c["depth"][i]),
+        "width": int(c["width"][i]),
+        "init_norm": float(c["init_norm"][i]),
+    }
     if "init_angle" in c:
         args["init_angle"] = float(c["init_angle"][i])
     return args
@@ -110,8 +115,14 @@ def _compute(spec: Spec, problem: Problem, c: dict[str, np.ndarray]) -> dict[str
 
     settings = {k: v for k, v in spec.integrator.items() if k != "method"}
     result = kernel.integrate(
-        model, y0, kernel.METHODS[spec.integrator["method"]], horizon=spec.horizon,
-        checkpoints=spec.checkpoint_times(), eps=spec.eps, stop_at_eps=spec.stop_at_eps, **settings,
+        model,
+        y0,
+        kernel.METHODS[spec.integrator["method"]],
+        horizon=spec.horizon,
+        checkpoints=spec.checkpoint_times(),
+        eps=spec.eps,
+        stop_at_eps=spec.stop_at_eps,
+        **settings,
     )
 
     floor = loss_floor(problem, rank_of(problem.dx, problem.dy, depth, width))
@@ -168,7 +179,9 @@ def _compute_exact(spec: Spec, problem: Problem, c: dict, depth: int, width: int
     tte = exact_time_to_eps(depth, r0, zeta, theta0, spec.eps)
     reached = tte <= spec.horizon
     t_end = np.where(reached & spec.stop_at_eps, tte, spec.horizon)
-    r, cos, sin, excess = exact_path(np.full(n, depth), r0, zeta, theta0, np.column_stack([np.minimum(times, t_end[:, None]), t_end]))
+    r, cos, sin, excess = exact_path(
+        np.full(n, depth), r0, zeta, theta0, np.column_stack([np.minimum(times, t_end[:, None]), t_end])
+    )
     shown = times[None, :] <= t_end[:, None]
     floor = loss_floor(problem, 1)
     out["excess_loss"] = np.where(shown, excess[:, :-1], np.nan)

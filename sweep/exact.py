@@ -124,8 +124,20 @@ def _binomial(m, log_a, log_b):
 @jit
 def _cell(n, r0, zeta, log_a, log_b, gap0):
     tan0 = math.exp(0.5 * (log_b - log_a))
-    return (n, r0, zeta, log_a, log_b, gap0, math.exp(log_a), math.exp(log_b), tan0,
-            _binomial(n, log_a, log_b), _binomial(n - 2, log_a, log_b), np.empty(n + 1))
+    return (
+        n,
+        r0,
+        zeta,
+        log_a,
+        log_b,
+        gap0,
+        math.exp(log_a),
+        math.exp(log_b),
+        tan0,
+        _binomial(n, log_a, log_b),
+        _binomial(n - 2, log_a, log_b),
+        np.empty(n + 1),
+    )
 
 
 @jit
@@ -416,7 +428,7 @@ def _time_to_eps_cells(n, r0, zeta, log_a, log_b, gap0, log_eps, out):
             out[c] = s / zeta[c]
         else:
             one[0] = s
-            _march(cell, one, False, out[c:c + 1])
+            _march(cell, one, False, out[c : c + 1])
 
 
 @jit

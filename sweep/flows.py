@@ -40,7 +40,7 @@ def _cache_dir() -> Path:
 CACHE_DIR = Path(os.environ["NUMBA_CACHE_DIR"]) if os.environ.get("NUMBA_CACHE_DIR") else _cache_dir()
 os.environ.setdefault("NUMBA_CACHE_DIR", str(CACHE_DIR))  # read when numba is first imported, and by workers
 
-import numba
+import numba  # noqa: E402 — after NUMBA_CACHE_DIR is set
 
 if not numba.config.CACHE_DIR:  # numba was imported before us
     numba.config.CACHE_DIR = str(CACHE_DIR)
@@ -172,7 +172,8 @@ def _matmul(out, x, z, rows, inner, cols, lo, hi):
                 x2, z2, x3, z3, x4, z4 = x1 + xcs, z1 + zrs, x1 + 2 * xcs, z1 + 2 * zrs, x1 + 3 * xcs, z1 + 3 * zrs
                 for b in range(lo, hi):
                     oa[o, b] += (xa[x1, b] * za[z1, b] + xa[x2, b] * za[z2, b]) + (
-                        xa[x3, b] * za[z3, b] + xa[x4, b] * za[z4, b])
+                        xa[x3, b] * za[z3, b] + xa[x4, b] * za[z4, b]
+                    )
                 k += 4
             while k < inner:
                 x1, z1 = xr + k * xcs, zr + k * zrs

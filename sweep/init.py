@@ -47,8 +47,9 @@ def _unit_orthogonal(rng, z: np.ndarray) -> np.ndarray:
 def end_to_end_start(target, *, problem_seed, seed, depth, width, init_norm, init_angle=None):
     """W0 for a balanced start: random of rank r (or at ``init_angle`` from the vector target),
     scaled to ‖W0‖₂ = init_norm · ‖Z‖₂."""
-    w, norm = start_direction(target, problem_seed, seed, rank_of(target.shape[1], target.shape[0], depth, width),
-                              init_angle)
+    w, norm = start_direction(
+        target, problem_seed, seed, rank_of(target.shape[1], target.shape[0], depth, width), init_angle
+    )
     return init_norm * np.linalg.norm(target, 2) * w / norm
 
 
@@ -103,5 +104,6 @@ def initial_layers(scheme, target, **cell):
         cell.pop("init_angle", None)
         return gaussian_layers(target, **cell)
     w0 = end_to_end_start(target, **cell)
-    return balanced_layers(w0, problem_seed=cell["problem_seed"], seed=cell["seed"],
-                           depth=cell["depth"], width=cell["width"])
+    return balanced_layers(
+        w0, problem_seed=cell["problem_seed"], seed=cell["seed"], depth=cell["depth"], width=cell["width"]
+    )

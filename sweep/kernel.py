@@ -21,7 +21,6 @@ from .tableau import DOPRI5, EULER, METHODS, RK4, Tableau  # noqa: F401 — the 
 KERNEL_VERSION = "3"  # 3: the compiled kernel (its rounding differs from version 2's in the last bits)
 
 
-
 def tail_loss(target: np.ndarray, rank: int) -> float:
     """½ Σ_{k>r} s_k² — the part of ½‖W − Z‖² no rank-r product can remove (Eckart–Young)."""
     s = np.linalg.svd(target, compute_uv=False)
@@ -83,10 +82,22 @@ class Layerwise(_Model):
         e_off = int(s_off[-1])
         v_off = np.concatenate([[0], e_off + r * d[0] + np.cumsum([0] + [d[i] * r for i in range(1, n)])]).astype(int)
         target = np.ascontiguousarray(self.target.T if self.flip else self.target)
-        return flows.Geometry(flows.LAYERWISE, n, int(r), d.astype(np.int64), off.astype(np.int64),
-                              rs.astype(np.int64), cs.astype(np.int64), target, self.tail,
-                              0.5 * float(np.sum(target**2)), s_off[:-1] if n > 1 else np.zeros(1, np.int64),
-                              e_off, v_off[:-1] if n > 1 else np.zeros(1, np.int64), int(v_off[-1]))
+        return flows.Geometry(
+            flows.LAYERWISE,
+            n,
+            int(r),
+            d.astype(np.int64),
+            off.astype(np.int64),
+            rs.astype(np.int64),
+            cs.astype(np.int64),
+            target,
+            self.tail,
+            0.5 * float(np.sum(target**2)),
+            s_off[:-1] if n > 1 else np.zeros(1, np.int64),
+            e_off,
+            v_off[:-1] if n > 1 else np.zeros(1, np.int64),
+            int(v_off[-1]),
+        )
 
     def layers(self, y: np.ndarray) -> list[np.ndarray]:
         """Views (B, d_j, d_{j−1}) of the layers packed in ``y`` (B, P)."""
@@ -108,8 +119,9 @@ class Layerwise(_Model):
     def imbalance(self, y: np.ndarray) -> list[np.ndarray]:
         """D_j = W_{j+1}ᵀW_{j+1} − W_jW_jᵀ for j = 1…N−1."""
         ws = self.layers(y)
-        return [ws[j + 1].transpose(0, 2, 1) @ ws[j + 1] - ws[j] @ ws[j].transpose(0, 2, 1)
-                for j in range(self.depth - 1)]
+        return [
+            ws[j + 1].transpose(0, 2, 1) @ ws[j + 1] - ws[j] @ ws[j].transpose(0, 2, 1) for j in range(self.depth - 1)
+        ]
 
 
 class Induced(_Model):
@@ -137,9 +149,22 @@ class Induced(_Model):
     def geometry(self) -> flows.Geometry:
         rank = min(self.dx, self.dy) if self.rank is None else int(self.rank)
         none = np.zeros(1, np.int64)
-        return flows.Geometry(flows.INDUCED, self.depth, rank, np.array([self.dx, self.dy], np.int64), none, none,
-                              none, np.ascontiguousarray(self.target), self.tail, 0.5 * float(np.sum(self.target**2)),
-                              none, 0, none, 0)
+        return flows.Geometry(
+            flows.INDUCED,
+            self.depth,
+            rank,
+            np.array([self.dx, self.dy], np.int64),
+            none,
+            none,
+            none,
+            np.ascontiguousarray(self.target),
+            self.tail,
+            0.5 * float(np.sum(self.target**2)),
+            none,
+            0,
+            none,
+            0,
+        )
 
     def product(self, y: np.ndarray) -> np.ndarray:
         return y.reshape(y.shape[0], self.dy, self.dx)
@@ -215,10 +240,23 @@ def integrate(
         n_steps = round(horizon / step)
         if abs(n_steps * step - horizon) > 1e-9 * step:
             n_steps = int(np.ceil(horizon / step))
-    opt = stepper.Options(float(horizon), float(step or 0.0), int(n_steps), float(rtol or 0.0), float(atol or 0.0),
-                          float(eps), bool(stop_at_eps), int(max_steps))
-    out = stepper.Output(np.full((nb, len(tc)), np.nan), np.full((nb, size), np.nan), np.full(nb, np.nan),
-                         np.zeros(nb), np.zeros((3, nb), np.int64))
+    opt = stepper.Options(
+        float(horizon),
+        float(step or 0.0),
+        int(n_steps),
+        float(rtol or 0.0),
+        float(atol or 0.0),
+        float(eps),
+        bool(stop_at_eps),
+        int(max_steps),
+    )
+    out = stepper.Output(
+        np.full((nb, len(tc)), np.nan),
+        np.full((nb, size), np.nan),
+        np.full(nb, np.nan),
+        np.zeros(nb),
+        np.zeros((3, nb), np.int64),
+    )
     g = model.geometry
     blk = stepper.block_arrays(size, max(1, g.work_rows), method.stages, block or block_width(size))
     stepper.integrate(g, _compiled(method), opt, y0, tc, out, blk)
@@ -229,5 +267,11 @@ def integrate(
 def _compiled(method: Tableau) -> stepper.Method:
     e = np.zeros(method.stages + 1) if method.e is None else method.e
     p = np.zeros((method.stages + 1, 0)) if method.p is None else method.p
-    return stepper.Method(np.ascontiguousarray(method.a, dtype=float), method.b.astype(float), e.astype(float),
-                          np.ascontiguousarray(p, dtype=float), bool(method.adaptive), int(method.error_order))
+    return stepper.Method(
+        np.ascontiguousarray(method.a, dtype=float),
+        method.b.astype(float),
+        e.astype(float),
+        np.ascontiguousarray(p, dtype=float),
+        bool(method.adaptive),
+        int(method.error_order),
+    )

@@ -136,8 +136,12 @@ class StoreLock:
         return False
 
     def acquire(self):
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "token": secrets.token_hex(8)}
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "token": secrets.token_hex(8),
+        }
         for _ in range(ATTEMPTS):
             if _place(self.path, me):
                 self.info = me
@@ -156,10 +160,14 @@ class StoreLock:
 
     def _busy(self, info: dict, age: float) -> str:
         if not info:
-            return (f"{self.store} is being written by another linflow run (its lock {self.path} was made "
-                    f"{age:.1f} s ago and is not readable yet); wait for it to finish")
-        return (f"{self.store} is being written by linflow run pid {info['pid']} on {info['host']} since "
-                f"{info.get('since')}; wait for it to finish (or, if that process is gone, delete {self.path})")
+            return (
+                f"{self.store} is being written by another linflow run (its lock {self.path} was made "
+                f"{age:.1f} s ago and is not readable yet); wait for it to finish"
+            )
+        return (
+            f"{self.store} is being written by linflow run pid {info['pid']} on {info['host']} since "
+            f"{info.get('since')}; wait for it to finish (or, if that process is gone, delete {self.path})"
+        )
 
     def _take_over(self, raw: bytes, info: dict, age: float, me: dict) -> bool:
         """Replace the stale lock ``raw`` by ours if this process wins the claim on it."""

@@ -59,7 +59,9 @@ def _headers(p: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     with p.open("rb") as f:
         magic = f.read(6)
     if magic == b"\x93NUMPY":
-        raise SpecError(field, f"{p.name} is a single .npy array; save X and Y together with numpy.savez(path, X=X, Y=Y)")
+        raise SpecError(
+            field, f"{p.name} is a single .npy array; save X and Y together with numpy.savez(path, X=X, Y=Y)"
+        )
     if not zipfile.is_zipfile(p):
         raise SpecError(field, f"cannot read {p} as .npz: not a zip archive (save with numpy.savez(path, X=X, Y=Y))")
     out = {}
@@ -75,7 +77,9 @@ def _headers(p: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
                 elif version == (2, 0):
                     shape, _, dtype = npformat.read_array_header_2_0(member)
                 else:
-                    raise SpecError(field, f"{key} is stored as .npy version {version[0]}.{version[1]}; save it with numpy.savez")
+                    raise SpecError(
+                        field, f"{key} is stored as .npy version {version[0]}.{version[1]}; save it with numpy.savez"
+                    )
             out[key] = (tuple(shape), np.dtype(dtype))
     return out
 
@@ -104,7 +108,9 @@ def from_file(path: str) -> Problem:
         if len(shape) != 2 or dtype.kind not in "iuf":
             raise SpecError(field, f"{key} must be a 2-D real numeric array, got shape {shape}, dtype {dtype}")
         if 0 in shape:
-            raise SpecError(field, f"{key} is empty (shape {shape[0]}×{shape[1]}): it needs at least one row and one sample")
+            raise SpecError(
+                field, f"{key} is empty (shape {shape[0]}×{shape[1]}): it needs at least one row and one sample"
+            )
     (dx, m), (dy, my) = headers["X"][0], headers["Y"][0]
     if my != m:
         raise SpecError(field, f"X is {dx}×{m} but Y is {dy}×{my}: both need m = {m} columns (samples)")
@@ -112,8 +118,11 @@ def from_file(path: str) -> Problem:
         raise SpecError(field, f"needs at least as many samples as inputs to whiten (m = {m} < dx = {dx})")
     size = data_bytes(m, dx, dy)
     if size > MAX_DATA_BYTES:
-        raise SpecError(field, f"X ({dx:,}×{m:,}) and Y ({dy:,}×{m:,}) would take {size / 2**20:,.0f} MiB "
-                               f"(limit {MAX_DATA_BYTES / 2**20:.0f} MiB)")
+        raise SpecError(
+            field,
+            f"X ({dx:,}×{m:,}) and Y ({dy:,}×{m:,}) would take {size / 2**20:,.0f} MiB "
+            f"(limit {MAX_DATA_BYTES / 2**20:.0f} MiB)",
+        )
     try:
         with np.load(p, allow_pickle=False) as f:
             arrays = {k: np.asarray(f[k]) for k in ("X", "Y")}
@@ -132,7 +141,9 @@ def from_file(path: str) -> Problem:
     if not np.all(np.isfinite(gram)):
         raise SpecError(field, f"X's entries (up to {big:.3g}) overflow X Xᵀ: rescale X")
     if not np.isfinite(y_square) or y_square > 1e300:
-        raise SpecError(field, f"Y's entries (up to {float(np.max(np.abs(y))):.3g}) overflow the loss ½‖Y − W X‖²: rescale Y")
+        raise SpecError(
+            field, f"Y's entries (up to {float(np.max(np.abs(y))):.3g}) overflow the loss ½‖Y − W X‖²: rescale Y"
+        )
     if np.allclose(gram, np.eye(dx), atol=1e-10):
         return Problem(x=x, y=y)
     rank = np.linalg.matrix_rank(gram)

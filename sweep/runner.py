@@ -56,7 +56,11 @@ def prepare(spec: Spec, out: str | Path) -> tuple[Problem, str, bool]:
     Returns (problem, fingerprint, exists). Raises SpecError on a bad spec, StoreError on a bad ``out``."""
     problem = build(spec.problem)
     if spec.model == "exact" and problem.dy != 1:
-        raise SpecError("model", f"exact (the closed form of docs/theory.md §4) needs a scalar output, dy = 1; the data has dy = {problem.dy}")
+        raise SpecError(
+            "model",
+            "exact (the closed form of docs/theory.md §4) needs a scalar output, dy = 1; "
+            f"the data has dy = {problem.dy}",
+        )
     check_memory(spec, problem)
     fingerprint = spec.fingerprint(problem.digest())
     path = Path(out)
@@ -98,12 +102,18 @@ def check_memory(spec: Spec, problem: Problem) -> None:
     per_cell = schema.cell_bytes(count, problem.dy, problem.dx)
     cells = math.prod(spec.shape)
     if per_cell > MEMORY_LIMIT:
-        raise SpecError("checkpoints.count", f"one cell's {count:,} checkpoints need {per_cell / 2**30:.1f} GiB "
-                                             f"(limit {MEMORY_LIMIT / 2**30:.0f} GiB); use fewer checkpoints")
+        raise SpecError(
+            "checkpoints.count",
+            f"one cell's {count:,} checkpoints need {per_cell / 2**30:.1f} GiB "
+            f"(limit {MEMORY_LIMIT / 2**30:.0f} GiB); use fewer checkpoints",
+        )
     if cells * per_cell > MEMORY_LIMIT:
         advice = " or use fewer checkpoints" if 2 * count > 2 * problem.dy * problem.dx + 6 else ""
-        raise SpecError("axes", f"the grid has {cells:,} cells: its results need {cells * per_cell / 2**30:.1f} GiB "
-                                f"(limit {MEMORY_LIMIT / 2**30:.0f} GiB); split the sweep into several stores{advice}")
+        raise SpecError(
+            "axes",
+            f"the grid has {cells:,} cells: its results need {cells * per_cell / 2**30:.1f} GiB "
+            f"(limit {MEMORY_LIMIT / 2**30:.0f} GiB); split the sweep into several stores{advice}",
+        )
     method = kernel.METHODS[spec.integrator["method"]]
     per_task = math.prod(chunk_shape(spec.shape, tuple(spec.axes), spec.batch))
     depth, width = max(spec.axes["depth"]), max(spec.axes["width"])  # the parameters grow with both
@@ -123,13 +133,22 @@ def check_memory(spec: Spec, problem: Problem) -> None:
     gib = MEMORY_LIMIT / 2**30
     if one <= MEMORY_LIMIT:
         fits = (MEMORY_LIMIT - transient) // (per_state + per_cell)
-        raise SpecError("batch", f"{per_task} cells per task need {need / 2**30:.1f} GiB {where} (limit {gib:.0f} GiB); "
-                                 f"use --batch {fits} or less")
+        raise SpecError(
+            "batch",
+            f"{per_task} cells per task need {need / 2**30:.1f} GiB {where} (limit {gib:.0f} GiB); "
+            f"use --batch {fits} or less",
+        )
     if per_cell >= per_state:
-        raise SpecError("checkpoints.count", f"one cell needs {one / 2**30:.1f} GiB {where}, mostly its {count:,} "
-                                             f"checkpoints (limit {gib:.0f} GiB); use fewer checkpoints")
-    raise SpecError("axes.width", f"one cell needs {one / 2**30:.1f} GiB {where}: its layers hold {layers:,} numbers "
-                                  f"(limit {gib:.0f} GiB); use a smaller width or depth")
+        raise SpecError(
+            "checkpoints.count",
+            f"one cell needs {one / 2**30:.1f} GiB {where}, mostly its {count:,} "
+            f"checkpoints (limit {gib:.0f} GiB); use fewer checkpoints",
+        )
+    raise SpecError(
+        "axes.width",
+        f"one cell needs {one / 2**30:.1f} GiB {where}: its layers hold {layers:,} numbers "
+        f"(limit {gib:.0f} GiB); use a smaller width or depth",
+    )
 
 
 def runtime_env(address: str | None) -> dict:
@@ -161,13 +180,19 @@ def check_address(address: str | None) -> None:
     scheme, _, hostport = address.rpartition("://")
     host, _, port = hostport.rstrip("/").rpartition(":")
     if scheme in ("http", "https"):
-        raise ClusterError("address", f"{address} is the job-submission (dashboard) address: submit the run "
-                                     f"with `ray job submit --address {address} -- linflow run …`, or drive the "
-                                     f"cluster from here with ray://{host or 'HOST'}:10001 (Ray Client) or "
-                                     f"{host or 'HOST'}:6379 (the GCS)")
+        raise ClusterError(
+            "address",
+            f"{address} is the job-submission (dashboard) address: submit the run "
+            f"with `ray job submit --address {address} -- linflow run …`, or drive the "
+            f"cluster from here with ray://{host or 'HOST'}:10001 (Ray Client) or "
+            f"{host or 'HOST'}:6379 (the GCS)",
+        )
     if scheme not in ("", "ray") or not host or not port.isdigit() or "/" in host:
-        raise ClusterError("address", f"expected HOST:PORT (the GCS, e.g. 10.0.0.1:6379) or ray://HOST:PORT "
-                                     f"(Ray Client, e.g. ray://10.0.0.1:10001), got {address!r}")
+        raise ClusterError(
+            "address",
+            f"expected HOST:PORT (the GCS, e.g. 10.0.0.1:6379) or ray://HOST:PORT "
+            f"(Ray Client, e.g. ray://10.0.0.1:10001), got {address!r}",
+        )
     if scheme == "ray":
         import importlib.util
 
@@ -176,7 +201,9 @@ def check_address(address: str | None) -> None:
     try:
         conn = socket.create_connection((host, int(port)), timeout=ADDRESS_SECONDS)
     except OSError as exc:
-        raise ClusterError("address", f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); is it up?") from None
+        raise ClusterError(
+            "address", f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); is it up?"
+        ) from None
     with conn:
         if os.environ.get("RAY_USE_TLS", "0").lower() not in ("0", "false", ""):
             return  # TLS: no cleartext gRPC to probe
@@ -188,8 +215,11 @@ def check_address(address: str | None) -> None:
         except OSError:
             head = b""
     if len(head) < 9 or head[3] != 4:  # no answer in time, or no SETTINGS frame
-        raise ClusterError("address", f"{address} is open but does not answer as Ray does (gRPC) within "
-                                     f"{ADDRESS_SECONDS:.0f} s; is it the GCS port (6379) or the Ray Client port (10001)?")
+        raise ClusterError(
+            "address",
+            f"{address} is open but does not answer as Ray does (gRPC) within "
+            f"{ADDRESS_SECONDS:.0f} s; is it the GCS port (6379) or the Ray Client port (10001)?",
+        )
 
 
 def connect(address: str | None = None, workers: int | None = None) -> bool:
@@ -344,8 +374,17 @@ def run(spec: Spec, out: str | Path, *, address=None, workers=None, progress=Non
         if progress:
             progress(done, total)
         if work:
-            _dispatch(spec, problem, group, work, report, lock, address, workers,
-                      lambda n: progress(done + n, total) if progress else None)
+            _dispatch(
+                spec,
+                problem,
+                group,
+                work,
+                report,
+                lock,
+                address,
+                workers,
+                lambda n: progress(done + n, total) if progress else None,
+            )
         report.counts = store.counts(group)
     finally:
         lock.release()
@@ -437,7 +476,8 @@ def _dispatch(spec, problem, group, work, report, lock, address, workers, progre
             except OSError as exc:
                 raise StoreWriteError(
                     f"writing {report.path} failed ({exc.strerror or exc}); every batch written before "
-                    "is intact — fix the cause and rerun the same command to finish") from None
+                    "is intact — fix the cause and rerun the same command to finish"
+                ) from None
             report.errors += [f"{cell}: {error}" for cell, error in errors]
             if node:
                 nodes.add(node)
@@ -478,8 +518,10 @@ def _lost_batch(spec, problem, region, mask) -> dict:
 def _cell_errors(spec, region, mask, error: str) -> list:
     """(cell coordinates, error) for each cell of ``mask`` in ``region``."""
     names = list(spec.axes)
-    return [({n: _plain(spec.axes[n][s.start + i]) for n, s, i in zip(names, region, idx)}, error)
-            for idx in zip(*np.nonzero(mask))]
+    return [
+        ({n: _plain(spec.axes[n][s.start + i]) for n, s, i in zip(names, region, idx)}, error)
+        for idx in zip(*np.nonzero(mask))
+    ]
 
 
 def _plain(v):

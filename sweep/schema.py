@@ -25,8 +25,10 @@ class Status(IntEnum):
     @classmethod
     def flag_attrs(cls) -> dict:
         """The CF attributes of the ``status`` variable."""
-        return {"flag_values": np.array([s.value for s in cls], dtype="i1"),
-                "flag_meanings": " ".join(s.name.lower() for s in cls)}
+        return {
+            "flag_values": np.array([s.value for s in cls], dtype="i1"),
+            "flag_meanings": " ".join(s.name.lower() for s in cls),
+        }
 
     @classmethod
     def names(cls, ds) -> list[str]:
@@ -78,11 +80,11 @@ def tail_shape(var: Variable, checkpoints: int, dy: int, dx: int) -> tuple[int, 
 
 def empty(shape: tuple[int, ...], checkpoints: int, dy: int, dx: int) -> dict[str, np.ndarray]:
     """Every result variable of ``shape`` cells, holding the pending fill values."""
-    return {name: np.full(shape + tail_shape(v, checkpoints, dy, dx), v.fill, dtype=v.dtype)
-            for name, v in RESULTS.items()}
+    return {
+        name: np.full(shape + tail_shape(v, checkpoints, dy, dx), v.fill, dtype=v.dtype) for name, v in RESULTS.items()
+    }
 
 
 def cell_bytes(checkpoints: int, dy: int, dx: int) -> int:
     """The bytes of one cell's results."""
-    return sum(np.dtype(v.dtype).itemsize * int(np.prod(tail_shape(v, checkpoints, dy, dx)))
-               for v in RESULTS.values())
+    return sum(np.dtype(v.dtype).itemsize * int(np.prod(tail_shape(v, checkpoints, dy, dx))) for v in RESULTS.values())

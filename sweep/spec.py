@@ -108,8 +108,7 @@ def _mapping(value, field, allowed):
         raise SpecError(field, f"expected a mapping with keys {', '.join(allowed)}, got {_show(value)}")
     for key in value:
         if key not in allowed:
-            raise SpecError(f"{field}.{key}" if field else str(key),
-                            f"unknown key (allowed: {', '.join(allowed)})")
+            raise SpecError(f"{field}.{key}" if field else str(key), f"unknown key (allowed: {', '.join(allowed)})")
     return value
 
 
@@ -271,12 +270,17 @@ def _problem(value, base: Path | None):
         "seed": _int(out["seed"], "problem.seed", lo=0),
     }
     if out["m"] < out["dx"]:
-        raise SpecError("problem.m", f"needs m ≥ dx to whiten the data (X Xᵀ = I), got m = {out['m']} < dx = {out['dx']}")
+        raise SpecError(
+            "problem.m", f"needs m ≥ dx to whiten the data (X Xᵀ = I), got m = {out['m']} < dx = {out['dx']}"
+        )
     size = data_bytes(out["m"], out["dx"], out["dy"])
     if size > MAX_DATA_BYTES:
         field = "problem." + max(("m", "dx", "dy"), key=lambda k: out[k])  # the largest is the one to cut
-        raise SpecError(field, f"the data (m = {out['m']:,}, dx = {out['dx']:,}, dy = {out['dy']:,}) would take "
-                               f"{size / 2**20:,.0f} MiB (limit {MAX_DATA_BYTES / 2**20:.0f} MiB); use fewer samples or dimensions")
+        raise SpecError(
+            field,
+            f"the data (m = {out['m']:,}, dx = {out['dx']:,}, dy = {out['dy']:,}) would take "
+            f"{size / 2**20:,.0f} MiB (limit {MAX_DATA_BYTES / 2**20:.0f} MiB); use fewer samples or dimensions",
+        )
     return out
 
 
@@ -317,7 +321,9 @@ def parse(raw: dict | None, base: Path | None = None) -> Spec:
     init = _mapping(d["init"], "init", ("scheme",))
     init = {"scheme": _choice(init.get("scheme", DEFAULTS["init"]["scheme"]), "init.scheme", ("balanced", "gaussian"))}
     if model in ("induced", "exact") and init["scheme"] != "balanced":
-        raise SpecError("model", f"the {model} flow holds only for balanced starts; use init.scheme: balanced or model: layerwise")
+        raise SpecError(
+            "model", f"the {model} flow holds only for balanced starts; use init.scheme: balanced or model: layerwise"
+        )
 
     axes_raw = _mapping(d["axes"], "axes", AXES)
     if "axes" in raw:  # a spec's own axes replace the defaults, but missing required axes default
@@ -325,8 +331,12 @@ def parse(raw: dict | None, base: Path | None = None) -> Spec:
     lengths = {name: _axis_length(name, axes_raw[name]) for name in AXES if name in axes_raw}
     cells = math.prod(lengths.values())
     if cells > MAX_CELLS:
-        raise SpecError("axes", f"the grid has {cells:,} cells (" + " × ".join(f"{n} {k:,}" for n, k in lengths.items())
-                        + f"); at most {MAX_CELLS:,} cells per store: split the sweep into several stores")
+        raise SpecError(
+            "axes",
+            f"the grid has {cells:,} cells ("
+            + " × ".join(f"{n} {k:,}" for n, k in lengths.items())
+            + f"); at most {MAX_CELLS:,} cells per store: split the sweep into several stores",
+        )
     axes = {name: _axis(name, axes_raw[name]) for name in AXES if name in axes_raw}
 
     integrator = _integrator(d["integrator"])
@@ -335,14 +345,19 @@ def parse(raw: dict | None, base: Path | None = None) -> Spec:
         if integrator["step"] > horizon:
             raise SpecError("integrator.step", f"is longer than the horizon ({integrator['step']} > {horizon})")
         if horizon / integrator["step"] > 1e9:
-            raise SpecError("integrator.step", f"gives {horizon / integrator['step']:.3g} steps (> 1e9); use dopri5 or a larger step")
+            raise SpecError(
+                "integrator.step",
+                f"gives {horizon / integrator['step']:.3g} steps (> 1e9); use dopri5 or a larger step",
+            )
     eps = _float(d["eps"], "eps", positive=True)
     if not isinstance(d["stop_at_eps"], bool):
         raise SpecError("stop_at_eps", f"expected true or false, got {_show(d['stop_at_eps'])}")
     ck = _mapping(d["checkpoints"], "checkpoints", ("count", "spacing", "log_start"))
     checkpoints = {
         "count": _int(ck.get("count", DEFAULTS["checkpoints"]["count"]), "checkpoints.count", lo=2),
-        "spacing": _choice(ck.get("spacing", DEFAULTS["checkpoints"]["spacing"]), "checkpoints.spacing", ("log", "linear")),
+        "spacing": _choice(
+            ck.get("spacing", DEFAULTS["checkpoints"]["spacing"]), "checkpoints.spacing", ("log", "linear")
+        ),
     }
     if "log_start" in ck:
         if checkpoints["spacing"] != "log":
@@ -353,12 +368,19 @@ def parse(raw: dict | None, base: Path | None = None) -> Spec:
         raise SpecError("batch", f"must be ≤ {MAX_BATCH} cells per task, got {batch}")
 
     if model == "exact" and "data" not in problem and problem["dy"] != 1:
-        raise SpecError("model", f"exact (the closed form of docs/theory.md §4) needs a scalar output, dy = 1; got dy = {problem['dy']}")
+        raise SpecError(
+            "model",
+            f"exact (the closed form of docs/theory.md §4) needs a scalar output, dy = 1; got dy = {problem['dy']}",
+        )
     if "init_angle" in axes:
         if init["scheme"] != "balanced":
             raise SpecError("axes.init_angle", "needs init.scheme: balanced (a Gaussian start has no set angle)")
         if "data" not in problem and min(problem["dx"], problem["dy"]) != 1:
-            raise SpecError("axes.init_angle", f"is defined for vector targets only (dy = 1 or dx = 1), got dy = {problem['dy']}, dx = {problem['dx']}")
+            raise SpecError(
+                "axes.init_angle",
+                "is defined for vector targets only (dy = 1 or dx = 1), "
+                f"got dy = {problem['dy']}, dx = {problem['dx']}",
+            )
 
     return Spec(problem, model, init, axes, integrator, horizon, eps, d["stop_at_eps"], checkpoints, batch)
 
@@ -378,7 +400,9 @@ class _BoundedLoader(yaml.SafeLoader):
         self._depth += 1
         if self._depth > MAX_YAML_DEPTH:
             mark = self.peek_event().start_mark
-            raise SpecError("spec", f"nested deeper than {MAX_YAML_DEPTH} levels at line {mark.line + 1}, column {mark.column + 1}")
+            raise SpecError(
+                "spec", f"nested deeper than {MAX_YAML_DEPTH} levels at line {mark.line + 1}, column {mark.column + 1}"
+            )
         try:
             return super().compose_node(parent, index)
         finally:
@@ -399,8 +423,11 @@ class _BoundedLoader(yaml.SafeLoader):
 
         # a spec written out in full is bounded by the file's size; aliases must not expand it further
         if node is not None and size(node) > max(MAX_YAML_NODES, len(sizes)):
-            raise SpecError("spec", f"expands to more than {MAX_YAML_NODES:,} values through its aliases (*name); "
-                                    "write the values out or use fewer aliases")
+            raise SpecError(
+                "spec",
+                f"expands to more than {MAX_YAML_NODES:,} values through its aliases (*name); "
+                "write the values out or use fewer aliases",
+            )
         return node
 
 
@@ -480,5 +507,7 @@ def parse_list(text: str, flag: str, kind=float) -> list:
     except ValueError:
         raise SpecError(flag, f"expected {what}, got {_show(text)}") from None
     if _count(values) > MAX_CELLS:  # before building it
-        raise SpecError(flag, f"the range {_show(text)} has {_count(values):,} values (a grid has at most {MAX_CELLS:,} cells)")
+        raise SpecError(
+            flag, f"the range {_show(text)} has {_count(values):,} values (a grid has at most {MAX_CELLS:,} cells)"
+        )
     return values  # a range stays one (its values are built only where needed)

@@ -97,9 +97,17 @@ class Block(NamedTuple):
 
 def block_arrays(size: int, work_rows: int, stages: int, width: int) -> Block:
     z = np.zeros
-    return Block(ys=z((2, size, width)), k=z((stages + 1, size, width)), kmap=np.arange(stages + 1),
-                 tmp=z((size, width)), work=z((work_rows, width)), col=z((size, 1)), col_work=z((work_rows, 1)),
-                 f=z((12, width)), i=np.zeros((8, width), np.int64))
+    return Block(
+        ys=z((2, size, width)),
+        k=z((stages + 1, size, width)),
+        kmap=np.arange(stages + 1),
+        tmp=z((size, width)),
+        work=z((work_rows, width)),
+        col=z((size, 1)),
+        col_work=z((work_rows, 1)),
+        f=z((12, width)),
+        i=np.zeros((8, width), np.int64),
+    )
 
 
 @jit
@@ -342,7 +350,9 @@ def _checkpoints(g, meth, tc, out, blk, cur, b, t_stop):
     t0, h = blk.f[T, b], blk.f[T_NEW, b] - blk.f[T, b]
     while blk.i[NXT, b] < len(tc) and tc[blk.i[NXT, b]] <= t_stop:
         theta = (tc[blk.i[NXT, b]] - t0) / h
-        out.excess[blk.i[INDEX, b], blk.i[NXT, b]] = blk.f[EXC_NEW, b] if theta >= 1.0 else _excess_at(g, meth, blk, cur, b, theta)
+        out.excess[blk.i[INDEX, b], blk.i[NXT, b]] = (
+            blk.f[EXC_NEW, b] if theta >= 1.0 else _excess_at(g, meth, blk, cur, b, theta)
+        )
         blk.i[NXT, b] += 1
 
 

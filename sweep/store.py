@@ -53,16 +53,22 @@ def template(spec: Spec, problem: Problem, fingerprint: str, range_coords: bool 
     data_vars, encoding = {}, {}
     for name, var in RESULTS.items():
         tail = tail_shape(var, count, problem.dy, problem.dx)
-        data_vars[name] = (axes + var.tail, np.broadcast_to(np.array(var.fill, dtype=var.dtype), shape + tail),
-                           var.attrs())  # a broadcast: no memory
+        data_vars[name] = (
+            axes + var.tail,
+            np.broadcast_to(np.array(var.fill, dtype=var.dtype), shape + tail),
+            var.attrs(),
+        )  # a broadcast: no memory
         encoding[name] = {"chunks": chunks + tail}
         if var.dtype != "f8":
             encoding[name]["_FillValue"] = None
     data_vars["target"] = (("out", "in"), problem.target, {"long_name": "target Z = Y Xᵀ"})
     data_vars["x"] = (("in", "sample"), problem.x, {"long_name": "inputs X (whitened, X Xᵀ = I)"})
     data_vars["y"] = (("out", "sample"), problem.y, {"long_name": "outputs Y"})
-    coords = {name: (name, spec.values(name), AXIS_ATTRS[name]) for name, values in spec.axes.items()
-              if range_coords or not isinstance(values, range)}
+    coords = {
+        name: (name, spec.values(name), AXIS_ATTRS[name])
+        for name, values in spec.axes.items()
+        if range_coords or not isinstance(values, range)
+    }
     coords["checkpoint"] = ("checkpoint", np.arange(count), {"long_name": "checkpoint index"})
     coords["time"] = ("checkpoint", spec.checkpoint_times(), {"long_name": "flow time", "units": "flow time"})
     attrs = {
@@ -112,11 +118,18 @@ def create(path: str | Path, spec: Spec, problem: Problem, fingerprint: str) -> 
 def _write_range(group: zarr.Group, name: str, values: range) -> None:
     """The coordinate of an axis given as a range, as xarray writes it (Zarr's chunks for it),
     written a chunk at a time from the range: never all of its values at once."""
-    arr = group.create_array(name, shape=(len(values),), chunks="auto", dtype=np.int64, fill_value=0,
-                             dimension_names=(name,), attributes=AXIS_ATTRS[name])
+    arr = group.create_array(
+        name,
+        shape=(len(values),),
+        chunks="auto",
+        dtype=np.int64,
+        fill_value=0,
+        dimension_names=(name,),
+        attributes=AXIS_ATTRS[name],
+    )
     step = arr.chunks[0]
     for start in range(0, len(values), step):
-        arr[start:start + step] = axis_values(values, slice(start, start + step))
+        arr[start : start + step] = axis_values(values, slice(start, start + step))
 
 
 def _declare(group: zarr.Group, var: xr.DataArray, encoding: dict) -> None:
@@ -132,8 +145,15 @@ def _declare(group: zarr.Group, var: xr.DataArray, encoding: dict) -> None:
     fill = var.data.flat[0]  # the template holds its fill value everywhere
     if encoding.get("_FillValue", "default") is not None:  # floats: NaN, masked on reading
         attrs["_FillValue"] = base64.standard_b64encode(np.asarray(fill, dtype=dtype).tobytes()).decode()
-    group.create_array(var.name, shape=var.shape, chunks=encoding["chunks"], dtype=dtype, fill_value=fill,
-                       dimension_names=var.dims, attributes=attrs)
+    group.create_array(
+        var.name,
+        shape=var.shape,
+        chunks=encoding["chunks"],
+        dtype=dtype,
+        fill_value=fill,
+        dimension_names=var.dims,
+        attributes=attrs,
+    )
 
 
 def is_store(path: str | Path) -> bool:
@@ -151,8 +171,9 @@ def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
         attrs = dict(group.attrs)
         status = group["status"] if "status" in group else None
     except Exception as exc:  # zarr raises JSONDecodeError, TypeError, KeyError, … on a torn zarr.json
-        raise StoreDamaged(path, f"its metadata {Path(path) / 'zarr.json'} cannot be read "
-                                 f"({type(exc).__name__}: {_first_line(exc)})") from None
+        raise StoreDamaged(
+            path, f"its metadata {Path(path) / 'zarr.json'} cannot be read ({type(exc).__name__}: {_first_line(exc)})"
+        ) from None
     if "fingerprint" not in attrs or status is None:
         raise StoreError("out", f"{path} is a Zarr store but not a linflow store (no fingerprint/status)")
     if not isinstance(status, zarr.Array) or status.ndim < 1 or status.dtype != np.int8:
@@ -284,8 +305,12 @@ def failures(group: zarr.Group, path=None) -> list[dict]:
         out = json.loads(text) if isinstance(text, str) else None
         names = list(group["status"].metadata.dimension_names or ())
         ok = isinstance(out, list) and all(
-            isinstance(f, dict) and isinstance(f.get("cell"), dict) and set(names) <= set(f["cell"])
-            and isinstance(f.get("error"), str) for f in out)
+            isinstance(f, dict)
+            and isinstance(f.get("cell"), dict)
+            and set(names) <= set(f["cell"])
+            and isinstance(f.get("error"), str)
+            for f in out
+        )
     except ValueError as exc:
         out, ok = None, False
         text = _first_line(exc)
@@ -335,8 +360,13 @@ def open_results(path: str | Path):
 # detectable by a directory listing. Older stores skipped all-fill chunks; there a chunk must exist
 # only where a done cell of these statuses holds a value other than the fill.
 EVERY_CHUNK = "every_chunk_written"
-_NEEDED_BEFORE_EVERY_CHUNK = {"loss": DONE, "excess_loss": DONE, "w_init": DONE, "imbalance": DONE,
-                              "time_to_eps": (Status.CONVERGED,)}
+_NEEDED_BEFORE_EVERY_CHUNK = {
+    "loss": DONE,
+    "excess_loss": DONE,
+    "w_init": DONE,
+    "imbalance": DONE,
+    "time_to_eps": (Status.CONVERGED,),
+}
 SUSPICIOUS_BYTES = 64  # a chunk file smaller than this, or than a quarter of its variable's median, is decoded
 
 
@@ -370,8 +400,10 @@ class Damage:
     def first(self) -> str:
         """The first damaged chunk, by name: 'chunk loss/c/0/0/1/0 is missing (4 done cells)'."""
         if self.fixed:
-            return (f"{', '.join(self.fixed)} cannot be read; written when the store was made, it cannot be "
-                    "recomputed — run the sweep into a new store")
+            return (
+                f"{', '.join(self.fixed)} cannot be read; written when the store was made, it cannot be "
+                "recomputed — run the sweep into a new store"
+            )
         key, what, n = self.chunks[0]
         text = f"chunk {key} is {what} ({n} {'cells of unknown status' if key.startswith('status/') else 'done cells'})"
         if len(self.chunks) > 1:
@@ -416,7 +448,9 @@ def inspect(group: zarr.Group, path: str | Path, verify: bool = False) -> Damage
     for i, (r, key) in enumerate(zip(grid, keys["status"])):
         unreadable = tuple(s.start for s in r) in bad_status
         lost = unreadable
-        if not lost and every and key not in present["status"]:  # results on disk, no status: lost (or a write cut short)
+        if (
+            not lost and every and key not in present["status"]
+        ):  # results on disk, no status: lost (or a write cut short)
             lost = all(keys[n][i] in present[n] for n in RESULTS if n != "status")
         if lost:
             n = int(np.prod([s.stop - s.start for s in r]))

@@ -36,7 +36,9 @@ def _cell_by_cell(spec, problem, region, mask):
             part = batches.run_batch(spec, problem, region, one)
         except Exception as exc:  # noqa: BLE001
             results["status"][idx] = kernel.FAILED
-            cell = {n: _plain(v[s.start + i]) for (n, v), s, i in zip(spec.axes.items(), region, idx)}  # a range: no array
+            cell = {
+                n: _plain(v[s.start + i]) for (n, v), s, i in zip(spec.axes.items(), region, idx)
+            }  # a range: no array
             errors.append((cell, f"{type(exc).__name__}: {exc}"))
             continue
         for name in results:

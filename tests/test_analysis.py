@@ -10,9 +10,19 @@ from analysis import complexity, convergence, theory
 
 @pytest.fixture(scope="module")
 def paper_sweep():
-    return sweep_dataset({
-        "axes": {"depth": [1, 2, 3, 5], "width": [5], "init_norm": [0.3, 1.0, 10.0], "seed": {"start": 0, "stop": 5}},
-        "integrator": {"method": "dopri5", "rtol": 1e-10, "atol": 1e-13}, "horizon": 40.0, "eps": 1e-6})
+    return sweep_dataset(
+        {
+            "axes": {
+                "depth": [1, 2, 3, 5],
+                "width": [5],
+                "init_norm": [0.3, 1.0, 10.0],
+                "seed": {"start": 0, "stop": 5},
+            },
+            "integrator": {"method": "dopri5", "rtol": 1e-10, "atol": 1e-13},
+            "horizon": 40.0,
+            "eps": 1e-6,
+        }
+    )
 
 
 def crafted(cells):
@@ -29,7 +39,8 @@ def crafted(cells):
     dims = ("depth", "width", "init_norm", "seed")
     return xr.Dataset(
         {"w_final": (dims + ("out", "in"), w), "status": (dims, status), "target": (("out", "in"), z)},
-        coords={"depth": [2], "width": [1, 5], "init_norm": [1.0], "seed": np.arange(n)})
+        coords={"depth": [2], "width": [1, 5], "init_norm": [1.0], "seed": np.arange(n)},
+    )
 
 
 def test_classify_every_class():
@@ -43,8 +54,14 @@ def test_classify_every_class():
         5: [(zz, 1), (z1, 2), (rng.standard_normal((3, 5)), 2), (np.full((3, 5), np.nan), 0)],  # rank-3 problem
     }
     cls = convergence.classify(crafted(cells)).values[0, :, 0, :]
-    G, S, Z0, U, D, K = (convergence.GLOBAL, convergence.SADDLE, convergence.ZERO, convergence.UNCONVERGED,
-                         convergence.DIVERGED, convergence.UNKNOWN)
+    G, S, Z0, U, D, K = (
+        convergence.GLOBAL,
+        convergence.SADDLE,
+        convergence.ZERO,
+        convergence.UNCONVERGED,
+        convergence.DIVERGED,
+        convergence.UNKNOWN,
+    )
     assert cls.tolist() == [[G, S, Z0, D], [G, S, U, K]]
     _, index = convergence.nearest_critical_point(crafted(cells))
     assert index.values[0, 0, 0, :3].tolist() == [0, 2, -1]
@@ -60,8 +77,13 @@ def test_convergence_rate_and_agreement_on_a_real_sweep(paper_sweep):
 
 
 def test_agreement_flags_an_anti_aligned_start():
-    ds = sweep_dataset({"model": "induced", "axes": {"depth": [1, 3], "width": [5], "init_norm": [1.0],
-                        "init_angle": [1.0, np.pi], "seed": [0]}, "horizon": 20.0})
+    ds = sweep_dataset(
+        {
+            "model": "induced",
+            "axes": {"depth": [1, 3], "width": [5], "init_norm": [1.0], "init_angle": [1.0, np.pi], "seed": [0]},
+            "horizon": 20.0,
+        }
+    )
     a = theory.annotate(ds)
     assert a.theory_limit.sel(depth=3, init_angle=np.pi).item() == -1
     assert a.theory_limit.sel(depth=1, init_angle=np.pi).item() == 0
@@ -81,10 +103,13 @@ def test_observed_times_match_the_exact_form_and_no_bound_is_below_them(paper_sw
     assert float(ev.ratio_certificate.max()) <= 1.0 + 1e-6  # depth 1: the bound is the exact time
 
 
-@pytest.mark.parametrize("form, along, values, truth", [
-    ("power", "init_norm", [0.1, 0.3, 1.0, 3.0, 10.0, 30.0], -0.7),
-    ("loglinear", "depth", [1, 2, 3, 4, 5, 6], 0.25),
-])
+@pytest.mark.parametrize(
+    "form, along, values, truth",
+    [
+        ("power", "init_norm", [0.1, 0.3, 1.0, 3.0, 10.0, 30.0], -0.7),
+        ("loglinear", "depth", [1, 2, 3, 4, 5, 6], 0.25),
+    ],
+)
 def test_fit_scaling_recovers_a_known_exponent(form, along, values, truth):
     rng = np.random.default_rng(1)
     x = np.asarray(values, dtype=float)
@@ -93,8 +118,12 @@ def test_fit_scaling_recovers_a_known_exponent(form, along, values, truth):
     t = np.exp(0.5 + truth * g[:, None] + 0.05 * rng.standard_normal((len(x), seeds)))
     other = "depth" if along == "init_norm" else "init_norm"
     ds = xr.Dataset(
-        {"time_to_eps": ((along, other, "seed"), t[:, None, :]), "status": ((along, other, "seed"), np.ones((len(x), 1, seeds), "i1"))},
-        coords={along: x, other: [1.0], "seed": np.arange(seeds)})
+        {
+            "time_to_eps": ((along, other, "seed"), t[:, None, :]),
+            "status": ((along, other, "seed"), np.ones((len(x), 1, seeds), "i1")),
+        },
+        coords={along: x, other: [1.0], "seed": np.arange(seeds)},
+    )
     fit = complexity.fit_scaling(ds, along=along, form=form, n_boot=500)
     b = fit.exponent.item()
     assert fit.exponent_low.item() <= truth <= fit.exponent_high.item()
@@ -136,16 +165,29 @@ def saddle_start_sweep(tmp_path, horizon):
     x = np.linalg.qr(rng.standard_normal((20, 5)))[0].T  # whitened: X Xᵀ = I
     np.savez(tmp_path / "data.npz", X=x, Y=q3 @ z @ q5 @ x)
     depths = [2, 3, 4]
-    s = specs.parse({"problem": {"data": str(tmp_path / "data.npz")}, "horizon": horizon,
-                     "axes": {"depth": depths, "width": [1], "init_norm": [1.0], "seed": [0]}})
+    s = specs.parse(
+        {
+            "problem": {"data": str(tmp_path / "data.npz")},
+            "horizon": horizon,
+            "axes": {"depth": depths, "width": [1], "init_norm": [1.0], "seed": [0]},
+        }
+    )
     p = problem.build(s.problem)
     ds, _ = store.template(s, p, s.fingerprint(p.digest()))
     ds = ds.copy(deep=True)
     for i, n in enumerate(depths):
         model = kernel.Layerwise(layer_dims(5, 3, n, 1), p.target)
         y0 = model.pack([w[None] for w in balanced_layers(w0, problem_seed=0, seed=0, depth=n, width=1)])
-        r = kernel.integrate(model, y0, kernel.DOPRI5, horizon=horizon, checkpoints=np.array([0.0, horizon]),
-                             eps=1e-30, rtol=1e-10, atol=1e-13)
+        r = kernel.integrate(
+            model,
+            y0,
+            kernel.DOPRI5,
+            horizon=horizon,
+            checkpoints=np.array([0.0, horizon]),
+            eps=1e-30,
+            rtol=1e-10,
+            atol=1e-13,
+        )
         ds.w_init.values[i, 0, 0, 0] = model.product(y0)[0]
         ds.w_final.values[i, 0, 0, 0] = model.product(r.y_final)[0]
         ds.status.values[i, 0, 0, 0] = r.status[0]
@@ -170,8 +212,14 @@ def test_agreement_counts_a_round_off_escape_from_a_strict_saddle_apart(tmp_path
 def test_agreement_escape_from_zero_only_where_zero_is_strict():
     # anti-aligned (θ0 = π): the exact flow ends at zero. At depth 2 zero is a strict saddle and the
     # run leaves it through round-off by t = 100; at depth 3 it is not, and the run stays there
-    ds = sweep_dataset({"model": "induced", "axes": {"depth": [2, 3], "width": [5], "init_norm": [1.0],
-                        "init_angle": [np.pi], "seed": [0]}, "horizon": 100.0, "checkpoints": {"count": 11}})
+    ds = sweep_dataset(
+        {
+            "model": "induced",
+            "axes": {"depth": [2, 3], "width": [5], "init_norm": [1.0], "init_angle": [np.pi], "seed": [0]},
+            "horizon": 100.0,
+            "checkpoints": {"count": 11},
+        }
+    )
     table = convergence.agreement(ds)
     assert table.attrs["compared"] == 2 and table.attrs["escapes"] == 1 and table.attrs["disagreements"] == 0
     assert table.depth.values.tolist() == [2] and table.predicted.item() == -1 and table.observed.item() == 0
@@ -189,9 +237,19 @@ def test_agreement_a_limit_that_is_not_a_descent_from_a_strict_saddle_is_a_disag
         return w
 
     # (depth, predicted, observed, escape?)
-    cases = [(2, 2, 0, True), (2, 3, 2, True), (2, -1, 0, True), (3, 2, 0, True), (3, 3, 0, True),
-             (2, 2, 3, False), (2, 2, -1, False), (2, 0, 2, False), (3, -1, 0, False), (3, -1, 2, False),
-             (3, 3, -1, False)]
+    cases = [
+        (2, 2, 0, True),
+        (2, 3, 2, True),
+        (2, -1, 0, True),
+        (3, 2, 0, True),
+        (3, 3, 0, True),
+        (2, 2, 3, False),
+        (2, 2, -1, False),
+        (2, 0, 2, False),
+        (3, -1, 0, False),
+        (3, -1, 2, False),
+        (3, 3, -1, False),
+    ]
     n = max(sum(c[0] == d for c in cases) for d in (2, 3))
     w = np.full((2, 1, 1, n, 3, 5), np.nan)
     status = np.zeros((2, 1, 1, n), dtype="i1")
@@ -202,14 +260,28 @@ def test_agreement_a_limit_that_is_not_a_descent_from_a_strict_saddle_is_a_disag
             w[di, 0, 0, si], status[di, 0, 0, si], limit[di, 0, 0, si] = point(obs), 1, pred
             expect[di, 0, 0, si] = esc
     dims = ("depth", "width", "init_norm", "seed")
-    ds = xr.Dataset({"w_final": (dims + ("out", "in"), w), "status": (dims, status), "target": (("out", "in"), z),
-                     "theory_limit": (dims, limit)},
-                    coords={"depth": [2, 3], "width": [1], "init_norm": [1.0], "seed": np.arange(n)})
+    ds = xr.Dataset(
+        {
+            "w_final": (dims + ("out", "in"), w),
+            "status": (dims, status),
+            "target": (("out", "in"), z),
+            "theory_limit": (dims, limit),
+        },
+        coords={"depth": [2, 3], "width": [1], "init_norm": [1.0], "seed": np.arange(n)},
+    )
     table = convergence.agreement(ds)
     assert table.attrs["compared"] == len(cases) and table.sizes["cell"] == len(cases)
     assert table.attrs["escapes"] == 5 and table.attrs["disagreements"] == 6
-    got = {(int(c.depth), int(c.predicted), int(c.observed)): bool(c.escaped) for c in
-           (table.isel(cell=i) for i in range(table.sizes["cell"]))}
+    got = {
+        (int(c.depth), int(c.predicted), int(c.observed)): bool(c.escaped)
+        for c in (table.isel(cell=i) for i in range(table.sizes["cell"]))
+    }
     assert got == {(d, p, o): e for d, p, o, e in cases}
-    assert convergence.strict_saddle(np.array([2, 3, -1, -1, 0, -2]), np.array([2, 5, 2, 3, 2, 2]), z).tolist() == \
-        [True, True, True, False, False, False]
+    assert convergence.strict_saddle(np.array([2, 3, -1, -1, 0, -2]), np.array([2, 5, 2, 3, 2, 2]), z).tolist() == [
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]

@@ -23,11 +23,21 @@ from cli.main import app
 GOOD = {"axes": {"depth": [1, 2], "width": [3], "init_norm": [1.0], "seed": [0, 1]}, "horizon": 1.0}
 
 # (id, spec text or None for the good spec, extra flags, words that must be in the one-line error)
+# a YAML alias bomb: nine levels of nine aliases (9⁹ nodes once expanded)
+BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
 CORPUS = [
     ("malformed yaml", "axes: {depth: [1, 2\n", [], "spec: malformed YAML"),
     ("not a mapping", "- depth\n- width\n", [], "must hold a mapping"),
     ("unknown top-level key", "horizen: 3\n", [], "horizen: unknown key"),
-    ("unknown nested key", "integrator: {method: dopri5, rtol: 1.0e-8, atol: 1.0e-12, rtoll: 1}\n", [], "integrator.rtoll: unknown key"),
+    (
+        "unknown nested key",
+        "integrator: {method: dopri5, rtol: 1.0e-8, atol: 1.0e-12, rtoll: 1}\n",
+        [],
+        "integrator.rtoll: unknown key",
+    ),
     ("unknown axis", "axes: {sed: [1]}\n", [], "axes.sed: unknown key"),
     ("depth < 1", "axes: {depth: [0]}\n", [], "axes.depth[0]: must be ≥ 1"),
     ("depth wrong type", "axes: {depth: [two]}\n", [], "axes.depth[0]: expected an integer"),
@@ -42,43 +52,113 @@ CORPUS = [
     ("negative seed", "axes: {seed: [-1]}\n", [], "axes.seed[0]: must be ≥ 0"),
     ("duplicate in axis", "axes: {depth: [2, 3, 2]}\n", [], "axes.depth: value 2 appears twice"),
     ("angle beyond pi", "axes: {init_angle: [3.5]}\n", [], "axes.init_angle[0]: must be ≤ 3.14159"),
-    ("angle for matrix target", "problem: {dy: 3}\naxes: {init_angle: [1.0]}\n", [], "axes.init_angle: is defined for vector targets"),
-    ("angle with gaussian init", "init: {scheme: gaussian}\naxes: {init_angle: [1.0]}\n", [], "axes.init_angle: needs init.scheme: balanced"),
-    ("induced with gaussian", "model: induced\ninit: {scheme: gaussian}\n", [], "model: the induced flow holds only for balanced"),
+    (
+        "angle for matrix target",
+        "problem: {dy: 3}\naxes: {init_angle: [1.0]}\n",
+        [],
+        "axes.init_angle: is defined for vector targets",
+    ),
+    (
+        "angle with gaussian init",
+        "init: {scheme: gaussian}\naxes: {init_angle: [1.0]}\n",
+        [],
+        "axes.init_angle: needs init.scheme: balanced",
+    ),
+    (
+        "induced with gaussian",
+        "model: induced\ninit: {scheme: gaussian}\n",
+        [],
+        "model: the induced flow holds only for balanced",
+    ),
     ("unknown model", "model: end-to-end\n", [], "model: must be one of layerwise, induced"),
     ("negative step", "integrator: {method: euler, step: -1.0e-6}\n", [], "integrator.step: must be > 0"),
     ("euler without step", "integrator: {method: euler}\n", [], "integrator.step: method euler needs a fixed step"),
     ("dopri5 tolerance zero", "integrator: {method: dopri5, rtol: 0}\n", [], "integrator.rtol: must be > 0"),
-    ("dopri5 with a step", "integrator: {method: dopri5, rtol: 1.0e-8, atol: 1.0e-12, step: 0.1}\n", [], "integrator.step: method dopri5 chooses its own steps"),
-    ("rk4 with rtol", "integrator: {method: rk4, step: 0.01, rtol: 1.0e-6}\n", [], "integrator.rtol: not used by the fixed-step method rk4"),
-    ("unknown method", "integrator: {method: rk45, rtol: 1.0e-6, atol: 1.0e-9}\n", [], "integrator.method: must be one of"),
-    ("step longer than horizon", "integrator: {method: euler, step: 5.0}\nhorizon: 1.0\n", [], "integrator.step: is longer than the horizon"),
-    ("too many steps", "integrator: {method: euler, step: 1.0e-12}\nhorizon: 10.0\n", [], "integrator.step: gives 1e+13 steps"),
+    (
+        "dopri5 with a step",
+        "integrator: {method: dopri5, rtol: 1.0e-8, atol: 1.0e-12, step: 0.1}\n",
+        [],
+        "integrator.step: method dopri5 chooses its own steps",
+    ),
+    (
+        "rk4 with rtol",
+        "integrator: {method: rk4, step: 0.01, rtol: 1.0e-6}\n",
+        [],
+        "integrator.rtol: not used by the fixed-step method rk4",
+    ),
+    (
+        "unknown method",
+        "integrator: {method: rk45, rtol: 1.0e-6, atol: 1.0e-9}\n",
+        [],
+        "integrator.method: must be one of",
+    ),
+    (
+        "step longer than horizon",
+        "integrator: {method: euler, step: 5.0}\nhorizon: 1.0\n",
+        [],
+        "integrator.step: is longer than the horizon",
+    ),
+    (
+        "too many steps",
+        "integrator: {method: euler, step: 1.0e-12}\nhorizon: 10.0\n",
+        [],
+        "integrator.step: gives 1e+13 steps",
+    ),
     ("horizon zero", "horizon: 0\n", [], "horizon: must be > 0"),
     ("eps negative", "eps: -1.0e-6\n", [], "eps: must be > 0"),
     ("stop_at_eps not a bool", "stop_at_eps: yes please\n", [], "stop_at_eps: expected true or false"),
     ("one checkpoint", "checkpoints: {count: 1}\n", [], "checkpoints.count: must be ≥ 2"),
-    ("unknown spacing", "checkpoints: {count: 5, spacing: cubic}\n", [], "checkpoints.spacing: must be one of log, linear"),
-    ("log_start with linear", "checkpoints: {count: 5, spacing: linear, log_start: 0.1}\n", [], "checkpoints.log_start: only used with spacing: log"),
+    (
+        "unknown spacing",
+        "checkpoints: {count: 5, spacing: cubic}\n",
+        [],
+        "checkpoints.spacing: must be one of log, linear",
+    ),
+    (
+        "log_start with linear",
+        "checkpoints: {count: 5, spacing: linear, log_start: 0.1}\n",
+        [],
+        "checkpoints.log_start: only used with spacing: log",
+    ),
     ("batch zero", "batch: 0\n", [], "batch: must be ≥ 1"),
     ("m < dx", "problem: {m: 4, dx: 5}\n", [], "problem.m: needs m ≥ dx"),
     ("data file missing", "problem: {data: nowhere.npz}\n", [], "problem.data: no such file"),
     ("data wrong shapes", "problem: {data: shapes.npz}\n", [], "problem.data: X is 3×10 but Y is 1×9"),
     ("data not npz", "problem: {data: garbage.npz}\n", [], "problem.data: cannot read"),
     ("data with synthetic keys", "problem: {data: shapes.npz, m: 5}\n", [], "problem.m: unknown key"),
-    ("grid too large for memory", "axes: {depth: [1], width: [1], init_norm: [1.0], seed: {start: 0, stop: 2000000}}\n", [], "axes: the grid has 2,000,000 cells"),
-    ("batch too large for memory", "axes: {depth: [8], width: [200], seed: {start: 0, stop: 60000}}\nbatch: 60000\n", [], "batch: 60000 cells per task need"),
+    (
+        "grid too large for memory",
+        "axes: {depth: [1], width: [1], init_norm: [1.0], seed: {start: 0, stop: 2000000}}\n",
+        [],
+        "axes: the grid has 2,000,000 cells",
+    ),
+    (
+        "batch too large for memory",
+        "axes: {depth: [8], width: [200], seed: {start: 0, stop: 60000}}\nbatch: 60000\n",
+        [],
+        "batch: 60000 cells per task need",
+    ),
     ("flag: bad depth list", None, ["--depth", "2,x"], "--depth: expected integers"),
     ("flag: bad seed range", None, ["--seed", "a:b"], "--seed: expected integers"),
     ("flag: empty seed range", None, ["--seed", "5:1"], "axes.seed: is empty"),
     ("flag: init_norm negative", None, ["--init-norm", "-1"], "axes.init_norm[0]: must be > 0"),
     ("flag: negative step", None, ["--method", "euler", "--step", "-1e-3"], "integrator.step: must be > 0"),
     ("flag: dopri5 negative atol", None, ["--method", "dopri5", "--atol", "-1e-8"], "integrator.atol: must be > 0"),
-    ("flag: euler with rtol", None, ["--method", "euler", "--step", "1e-3", "--rtol", "1e-8"], "integrator.rtol: not used"),
+    (
+        "flag: euler with rtol",
+        None,
+        ["--method", "euler", "--step", "1e-3", "--rtol", "1e-8"],
+        "integrator.rtol: not used",
+    ),
     ("flag: not a number", None, ["--horizon", "soon"], "'--horizon'"),
     ("flag: workers zero", None, ["--workers", "0"], "--workers: must be ≥ 1"),
     ("flag: unknown option", None, ["--bogus"], "--bogus"),
-    ("flag: data with synthetic sizes", None, ["--data", "shapes.npz", "--m", "50"], "--data: cannot be combined with --m"),
+    (
+        "flag: data with synthetic sizes",
+        None,
+        ["--data", "shapes.npz", "--m", "50"],
+        "--data: cannot be combined with --m",
+    ),
     ("flag: unknown model", None, ["--model", "deep"], "model: must be one of"),
     ("flag: cluster not reachable", None, ["--address", "127.0.0.1:9"], "--address: cannot reach the Ray cluster"),
     ("flag: address not host:port", None, ["--address", "ray://nowhere"], "--address: expected HOST:PORT"),
@@ -86,59 +166,169 @@ CORPUS = [
     ("spec not UTF-8", b"horizon: \xff\xfe 1\n", [], "spec: bad.yaml is not UTF-8 text (byte 0xff"),
     ("spec in UTF-16", "horizon: 1.0\n".encode("utf-16"), [], "is not UTF-8 text"),
     ("spec Latin-1 comment", "# réglage\nhorizon: 1.0\n".encode("latin-1"), [], "is not UTF-8 text (byte 0xe9"),
-    ("spec nested 20,000 deep (flow)", "a: " + "[" * 20000 + "]" * 20000 + "\n", [], "spec: nested deeper than 50 levels"),
-    ("spec nested 100 deep (block)", "".join(" " * i + "a:\n" for i in range(100)) + " " * 100 + "1\n", [], "spec: nested deeper than 50"),
+    (
+        "spec nested 20,000 deep (flow)",
+        "a: " + "[" * 20000 + "]" * 20000 + "\n",
+        [],
+        "spec: nested deeper than 50 levels",
+    ),
+    (
+        "spec nested 100 deep (block)",
+        "".join(" " * i + "a:\n" for i in range(100)) + " " * 100 + "1\n",
+        [],
+        "spec: nested deeper than 50",
+    ),
     ("spec nested in axes", "axes: {seed: " + "[" * 60 + "0" + "]" * 60 + "}\n", [], "spec: nested deeper than 50"),
-    ("spec alias bomb", 'a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\ng: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\nh: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]\ni: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]\n', [], "spec: expands to more than 100,000 values through its aliases"),
-    ("spec alias bomb under axes", 'a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\ng: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\nh: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]\ni: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]\n' + "axes: {seed: *i}\n", [], "spec: expands to more than 100,000"),
-    ("spec alias bomb as a key", 'a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\ng: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\nh: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]\ni: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]\n' + "? *i\n: 1\n", [], "spec: expands to more than 100,000"),
-    ("spec alias bomb in a valid key", "horizon:\n  - &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"  - &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")), [], "spec: expands to more than"),
+    (
+        "spec alias bomb",
+        BILLION_LAUGHS,
+        [],
+        "spec: expands to more than 100,000 values through its aliases",
+    ),
+    (
+        "spec alias bomb under axes",
+        BILLION_LAUGHS + "axes: {seed: *i}\n",
+        [],
+        "spec: expands to more than 100,000",
+    ),
+    (
+        "spec alias bomb as a key",
+        BILLION_LAUGHS + "? *i\n: 1\n",
+        [],
+        "spec: expands to more than 100,000",
+    ),
+    (
+        "spec alias bomb in a valid key",
+        "horizon:\n  - &a [x, x, x, x, x, x, x, x, x]\n"
+        + "".join(f"  - &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")),
+        [],
+        "spec: expands to more than",
+    ),
     ("spec alias to itself", "horizon: &h [*h]\n", [], "horizon: expected a number"),
     ("spec alias undefined", "horizon: *nowhere\n", [], "spec: malformed YAML"),
     ("spec python tag", "horizon: !!python/object/apply:os.system [ls]\n", [], "spec: malformed YAML"),
     ("spec larger than 1 MiB", "# " + "x" * 2**20 + "\n", [], "spec: bad.yaml is larger than 1024 KiB"),
     ("spec is a folder", None, ["specdir"], "spec: specdir is a folder, not a YAML file"),
     ("spec missing", None, ["nothing.yaml"], "spec: no such file: nothing.yaml"),
-    ("spec a list of 100,000 as horizon", "horizon: [" + "1, " * 100000 + "1]\n", [], "horizon: expected a number, got [1, 1"),
+    (
+        "spec a list of 100,000 as horizon",
+        "horizon: [" + "1, " * 100000 + "1]\n",
+        [],
+        "horizon: expected a number, got [1, 1",
+    ),
     ("spec a 100,000-char model name", "model: " + "x" * 100000 + "\n", [], "model: must be one of"),
     ("spec key not a string", "1: 2\n", [], "1: unknown key"),
     ("spec batch a nested list", "batch: [[[1]]]\n", [], "batch: expected an integer"),
-    ("spec seed beyond int64", "axes: {seed: [9223372036854775808]}\n", [], "axes.seed[0]: must be ≤ 9223372036854775807"),
+    (
+        "spec seed beyond int64",
+        "axes: {seed: [9223372036854775808]}\n",
+        [],
+        "axes.seed[0]: must be ≤ 9223372036854775807",
+    ),
     ("spec seed 2**70", "axes: {seed: [1180591620717411303424]}\n", [], "axes.seed[0]: must be ≤"),
     ("spec depth 100,000", "axes: {depth: [100000]}\n", [], "axes.depth[0]: must be ≤ 10000"),
     ("spec depth 1e300", "axes: {depth: [1.0e+300]}\n", [], "axes.depth[0]: must be ≤ 10000"),
     ("spec width nan", "axes: {width: [.nan]}\n", [], "axes.width[0]: expected an integer"),
     ("spec width beyond int64", "axes: {width: [9223372036854775808]}\n", [], "axes.width[0]: must be ≤"),
-    ("spec seed range of 1e10", "axes: {seed: {start: 0, stop: 10000000000}}\n", [], "axes: the grid has 40,000,000,000 cells"),
-    ("spec seed range of 2e7", "axes: {depth: [1], seed: {start: 0, stop: 20000000}}\n", [], "axes: the grid has 20,000,000 cells"),
-    ("spec grid product of two ranges", "axes: {depth: {start: 1, stop: 1001}, seed: {start: 0, stop: 20000}}\n", [], "axes: the grid has 20,000,000 cells"),
-    ("spec range start beyond int64", "axes: {seed: {start: 9223372036854775808, stop: 0}}\n", [], "axes.seed.start: must be ≤"),
-    ("spec range stop beyond int64", "axes: {seed: {start: 0, stop: 9223372036854775808}}\n", [], "axes.seed.stop: must be ≤"),
+    (
+        "spec seed range of 1e10",
+        "axes: {seed: {start: 0, stop: 10000000000}}\n",
+        [],
+        "axes: the grid has 40,000,000,000 cells",
+    ),
+    (
+        "spec seed range of 2e7",
+        "axes: {depth: [1], seed: {start: 0, stop: 20000000}}\n",
+        [],
+        "axes: the grid has 20,000,000 cells",
+    ),
+    (
+        "spec grid product of two ranges",
+        "axes: {depth: {start: 1, stop: 1001}, seed: {start: 0, stop: 20000}}\n",
+        [],
+        "axes: the grid has 20,000,000 cells",
+    ),
+    (
+        "spec range start beyond int64",
+        "axes: {seed: {start: 9223372036854775808, stop: 0}}\n",
+        [],
+        "axes.seed.start: must be ≤",
+    ),
+    (
+        "spec range stop beyond int64",
+        "axes: {seed: {start: 0, stop: 9223372036854775808}}\n",
+        [],
+        "axes.seed.stop: must be ≤",
+    ),
     ("spec range step zero", "axes: {seed: {start: 0, stop: 5, step: 0}}\n", [], "axes.seed.step: must be ≥ 1"),
     ("spec range without stop", "axes: {seed: {start: 0}}\n", [], "axes.seed: a range needs start and stop"),
     ("spec range unknown key", "axes: {seed: {start: 0, end: 5}}\n", [], "axes.seed.end: unknown key"),
     ("spec range start text", "axes: {seed: {start: a, stop: 5}}\n", [], "axes.seed.start: expected an integer"),
     ("spec range of negative seeds", "axes: {seed: {start: -3, stop: 5}}\n", [], "axes.seed[0]: must be ≥ 0"),
-    ("spec range of depths beyond 10,000", "axes: {depth: {start: 9999, stop: 10002}}\n", [], "axes.depth[2]: must be ≤ 10000"),
+    (
+        "spec range of depths beyond 10,000",
+        "axes: {depth: {start: 9999, stop: 10002}}\n",
+        [],
+        "axes.depth[2]: must be ≤ 10000",
+    ),
     ("spec m of 1e12", "problem: {m: 1000000000000}\n", [], "problem.m: the data (m = 1,000,000,000,000"),
     ("spec m and dx of 1e5", "problem: {m: 100000, dx: 100000}\n", [], "problem.m: the data"),
     ("spec dy of 1e8", "problem: {m: 10, dx: 5, dy: 100000000}\n", [], "problem.dy: the data"),
     ("spec problem seed beyond int64", "problem: {seed: 18446744073709551616}\n", [], "problem.seed: must be ≤"),
-    ("spec max_steps beyond int64", "integrator: {method: dopri5, max_steps: 1180591620717411303424}\n", [], "integrator.max_steps: must be ≤"),
-    ("spec checkpoints 1e12", "checkpoints: {count: 1000000000000}\n", [], "checkpoints.count: one cell's 1,000,000,000,000 checkpoints need"),
-    ("spec checkpoints beyond int64", "checkpoints: {count: 9223372036854775808}\n", [], "checkpoints.count: must be ≤"),
-    ("spec many checkpoints on a grid", "checkpoints: {count: 1000000}\naxes: {seed: {start: 0, stop: 200}}\n", [], "axes: the grid has 800 cells"),
-    ("spec induced width 60,000", "model: induced\naxes: {depth: [3], width: [60000]}\n", [], "axes.width: one cell needs"),
+    (
+        "spec max_steps beyond int64",
+        "integrator: {method: dopri5, max_steps: 1180591620717411303424}\n",
+        [],
+        "integrator.max_steps: must be ≤",
+    ),
+    (
+        "spec checkpoints 1e12",
+        "checkpoints: {count: 1000000000000}\n",
+        [],
+        "checkpoints.count: one cell's 1,000,000,000,000 checkpoints need",
+    ),
+    (
+        "spec checkpoints beyond int64",
+        "checkpoints: {count: 9223372036854775808}\n",
+        [],
+        "checkpoints.count: must be ≤",
+    ),
+    (
+        "spec many checkpoints on a grid",
+        "checkpoints: {count: 1000000}\naxes: {seed: {start: 0, stop: 200}}\n",
+        [],
+        "axes: the grid has 800 cells",
+    ),
+    (
+        "spec induced width 60,000",
+        "model: induced\naxes: {depth: [3], width: [60000]}\n",
+        [],
+        "axes.width: one cell needs",
+    ),
     ("spec layerwise width 60,000", "axes: {depth: [3], width: [60000]}\n", [], "axes.width: one cell needs"),
-    ("spec induced deep and wide", "model: induced\naxes: {depth: [10000], width: [1000]}\n", [], "axes.width: one cell needs"),
+    (
+        "spec induced deep and wide",
+        "model: induced\naxes: {depth: [10000], width: [1000]}\n",
+        [],
+        "axes.width: one cell needs",
+    ),
     ("spec batch too large", "batch: 1000000\n", [], "batch: must be ≤ 65536"),
     # hostile and odd flags
     ("flag: seed beyond int64", None, ["--seed", "9223372036854775808"], "axes.seed[0]: must be ≤ 9223372036854775807"),
-    ("flag: seed range of 1e10", None, ["--seed", "0:10000000000"], "--seed: the range '0:10000000000' has 10,000,000,000 values"),
+    (
+        "flag: seed range of 1e10",
+        None,
+        ["--seed", "0:10000000000"],
+        "--seed: the range '0:10000000000' has 10,000,000,000 values",
+    ),
     ("flag: seed range of 2e7", None, ["--seed", "0:20000000"], "--seed: the range '0:20000000' has 20,000,000 values"),
     ("flag: seed range of 2**70", None, ["--seed", "0:1180591620717411303424"], "--seed: the range"),
-    ("flag: grid of 2e7 from two ranges", None, ["--seed", "0:5000000", "--depth", "1:5"], "axes: the grid has 20,000,000 cells"),
+    (
+        "flag: grid of 2e7 from two ranges",
+        None,
+        ["--seed", "0:5000000", "--depth", "1:5"],
+        "axes: the grid has 20,000,000 cells",
+    ),
     ("flag: seed range step zero", None, ["--seed", "0:10:0"], "--seed: expected integers"),
     ("flag: seed range negative", None, ["--seed", "-5:3"], "axes.seed[0]: must be ≥ 0"),
     ("flag: depth float", None, ["--depth", "1e3"], "--depth: expected integers"),
@@ -147,11 +337,26 @@ CORPUS = [
     ("flag: dx and m of 1e5", None, ["--dx", "100000", "--m", "100000"], "problem.m: the data"),
     ("flag: dy of 1e8", None, ["--dy", "100000000", "--m", "10"], "problem.dy: the data"),
     ("flag: problem seed beyond int64", None, ["--problem-seed", "99999999999999999999"], "problem.seed: must be ≤"),
-    ("flag: induced width 60,000", None, ["--model", "induced", "--depth", "3", "--width", "60000"], "axes.width: one cell needs"),
-    ("flag: width 60,000 batch 1", None, ["--depth", "3", "--width", "60000", "--batch", "1"], "use a smaller width or depth"),
+    (
+        "flag: induced width 60,000",
+        None,
+        ["--model", "induced", "--depth", "3", "--width", "60000"],
+        "axes.width: one cell needs",
+    ),
+    (
+        "flag: width 60,000 batch 1",
+        None,
+        ["--depth", "3", "--width", "60000", "--batch", "1"],
+        "use a smaller width or depth",
+    ),
     ("flag: checkpoints 1e12", None, ["--checkpoints", "1000000000000"], "checkpoints.count: one cell's"),
     ("flag: checkpoints on a grid", None, ["--checkpoints", "1000000", "--seed", "0:1000"], "or use fewer checkpoints"),
-    ("flag: batch advice names a batch that fits", None, ["--depth", "8", "--width", "200", "--seed", "0:60000", "--batch", "60000"], "use --batch 92 or less"),
+    (
+        "flag: batch advice names a batch that fits",
+        None,
+        ["--depth", "8", "--width", "200", "--seed", "0:60000", "--batch", "60000"],
+        "use --batch 92 or less",
+    ),
     ("flag: init_norm nan", None, ["--init-norm", "nan"], "axes.init_norm[0]: must be finite"),
     ("flag: init_norm inf", None, ["--init-norm", "inf"], "axes.init_norm[0]: must be finite"),
     ("flag: horizon inf", None, ["--horizon", "inf"], "horizon: must be finite"),
@@ -177,7 +382,12 @@ CORPUS = [
     ("data: Y·1e200", None, ["--data", "huge_y.npz"], "problem.data: Y's entries (up to"),
     ("data: X·1e-200", None, ["--data", "tiny_x.npz"], "problem.data: X X^T is singular"),
     ("data: X nearly rank-deficient", None, ["--data", "illcond_x.npz"], "problem.data: X X^T is"),
-    ("data: header of 20,000×20,000", None, ["--data", "header_bomb.npz"], "problem.data: X (20,000×20,000) and Y (1×20,000) would take"),
+    (
+        "data: header of 20,000×20,000",
+        None,
+        ["--data", "header_bomb.npz"],
+        "problem.data: X (20,000×20,000) and Y (1×20,000) would take",
+    ),
     ("data: header longer than its data", None, ["--data", "truncated.npz"], "problem.data: cannot read"),
     ("data: Y columns differ", None, ["--data", "shapes.npz"], "problem.data: X is 3×10 but Y is 1×9"),
     ("data: dy ≠ 1 for exact", None, ["--data", "dy2.npz", "--model", "exact"], "model: exact"),
@@ -337,8 +547,12 @@ def test_store_made_by_another_program(workdir):
     zarr.open_group(str(foreign), mode="w").create_array("a", shape=(3,), dtype="f8")
     before = digest(foreign)
     (workdir / "good.yaml").write_text(yaml.safe_dump(GOOD))
-    for args in (["run", "good.yaml", "--out", str(foreign)], ["status", str(foreign)],
-                 ["report", str(foreign), "--out", "rep"], ["export", str(foreign)]):
+    for args in (
+        ["run", "good.yaml", "--out", str(foreign)],
+        ["status", str(foreign)],
+        ["report", str(foreign), "--out", "rep"],
+        ["export", str(foreign)],
+    ):
         r = CliRunner().invoke(app, args)
         check_refused(r, "not a linflow store")
     assert digest(foreign) == before and not (workdir / "rep").exists()
@@ -370,7 +584,7 @@ def zip_bomb(path: Path, n: int = 12000):
             chunk = bytes(2**24)
             left = n * n * 8
             while left:
-                f.write(chunk[:min(left, len(chunk))])
+                f.write(chunk[: min(left, len(chunk))])
                 left -= min(left, len(chunk))
         with z.open("Y.npy", "w") as f:
             npformat.write_array(f, np.ones((1, n)))
@@ -380,7 +594,8 @@ ALIAS_BOMB = next(c[1] for c in CORPUS if c[0] == "spec alias bomb")
 # the same nine levels inside one valid key (before the fix: its error message repr()'d 9⁹ values — 54 s, 2.6 GB
 # and a MemoryError under a 4 GiB cap; one more level needs ~60 GB)
 ALIAS_BOMB_IN_A_KEY = "horizon:\n  - &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"  - &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    f"  - &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")
+)
 
 # (id, spec text or None, flags, words)
 BLOWUPS = [
@@ -396,7 +611,12 @@ BLOWUPS = [
     ("spec seed range of 1e10", "axes: {seed: {start: 0, stop: 10000000000}}\n", [], "axes: the grid has"),
     ("m of 1e12", None, ["--m", "1000000000000"], "problem.m: the data"),
     ("dx and m of 1e5", None, ["--dx", "100000", "--m", "100000"], "problem.m: the data"),
-    ("induced width 60,000", None, ["--model", "induced", "--depth", "3", "--width", "60000"], "axes.width: one cell needs"),
+    (
+        "induced width 60,000",
+        None,
+        ["--model", "induced", "--depth", "3", "--width", "60000"],
+        "axes.width: one cell needs",
+    ),
     ("checkpoints 1e12", None, ["--checkpoints", "1000000000000", "--seed", "0"], "checkpoints.count: one cell's"),
     ("depth 1e18", None, ["--depth", "1000000000000000000"], "axes.depth[0]: must be ≤"),
 ]
@@ -422,8 +642,15 @@ def test_blowups_are_refused_in_bounded_memory_and_time(blowup_root, name, text,
         args.append("bad.yaml")
     before = sorted(p.name for p in blowup_root.iterdir())
     started = time.monotonic()
-    r = subprocess.run(args, cwd=blowup_root, capture_output=True, text=True, preexec_fn=_cap_memory,
-                       timeout=TIME_CAP, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    r = subprocess.run(
+        args,
+        cwd=blowup_root,
+        capture_output=True,
+        text=True,
+        preexec_fn=_cap_memory,
+        timeout=TIME_CAP,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
     seconds = time.monotonic() - started
     assert r.returncode == 2, r.stderr[-2000:]
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("linflow: error: ") and words in r.stderr, r.stderr[-2000:]
@@ -442,15 +669,17 @@ def test_memory_bound_counts_the_cells_a_task_really_holds():
     from sweep.problem import synthetic
 
     problem = synthetic(50, 5, 1, 0)
-    one = specs.parse({"axes": {"depth": [1], "width": [1], "init_norm": [1.0], "seed": [0]},
-                       "checkpoints": {"count": 2_000_000}})
+    one = specs.parse(
+        {"axes": {"depth": [1], "width": [1], "init_norm": [1.0], "seed": [0]}, "checkpoints": {"count": 2_000_000}}
+    )
     runner.check_memory(one, problem)  # one cell: 32 MB, whatever batch says
     wide = specs.parse({"model": "induced", "axes": {"depth": [3], "width": [60000], "seed": [0]}})
     with pytest.raises(specs.SpecError, match="use a smaller width or depth") as info:
         runner.check_memory(wide, problem)  # the balanced start builds a 60000×60000 layer
     assert info.value.field == "axes.width"
-    many = specs.parse({"axes": {"depth": [1], "seed": {"start": 0, "stop": 1000}},
-                        "checkpoints": {"count": 1_000_000}, "batch": 1})
+    many = specs.parse(
+        {"axes": {"depth": [1], "seed": {"start": 0, "stop": 1000}}, "checkpoints": {"count": 1_000_000}, "batch": 1}
+    )
     with pytest.raises(specs.SpecError, match="fewer checkpoints") as info:
         runner.check_memory(many, problem)
     assert "batch" not in str(info.value)
@@ -467,21 +696,37 @@ COMMANDS = [
     ("status: a plain folder", ["status", "{dir}"], "PATH: {dir} exists but is not a linflow store"),
     ("status --verify: a file", ["status", "--verify", "{file}"], "PATH: {file} is a file"),
     ("report: a file", ["report", "{file}", "--out", "{dir}/rep"], "PATH: {file} is a file"),
-    ("report --out: an existing file", ["report", "{store}", "--out", "{file}"], "--out: {file} is a file, not a folder"),
+    (
+        "report --out: an existing file",
+        ["report", "{store}", "--out", "{file}"],
+        "--out: {file} is a file, not a folder",
+    ),
     ("report --out: under a file", ["report", "{store}", "--out", "{file}/rep"], "--out: cannot create {file}/rep"),
     ("report --out: /proc/x", ["report", "{store}", "--out", "/proc/x"], "--out: cannot"),
     ("report --out: inside the store", ["report", "{store}", "--out", "{store}/rep"], "inside the store"),
     ("export: a file", ["export", "{file}"], "PATH: {file} is a file"),
     ("export: missing", ["export", "{dir}/none.zarr"], "PATH: no such store"),
     ("export --out: a folder", ["export", "{store}", "--out", "{dir}"], "--out: {dir} is a folder; give a file name"),
-    ("export --out: a missing folder", ["export", "{store}", "--out", "{dir}/no/x.csv"], "the folder {dir}/no does not exist"),
+    (
+        "export --out: a missing folder",
+        ["export", "{store}", "--out", "{dir}/no/x.csv"],
+        "the folder {dir}/no does not exist",
+    ),
     ("export --out: under a file", ["export", "{store}", "--out", "{file}/x.csv"], "is a file, not a folder"),
     ("export --out: inside the store", ["export", "{store}", "--out", "{store}/x.csv"], "inside the store"),
     ("export --format: unknown", ["export", "{store}", "--format", "xlsx"], "--format: must be csv or parquet"),
-    ("reproduce --out: an existing file", ["reproduce", "eftekhari2020", "--out", "{file}"], "--out: {file} is a file, not a folder"),
+    (
+        "reproduce --out: an existing file",
+        ["reproduce", "eftekhari2020", "--out", "{file}"],
+        "--out: {file} is a file, not a folder",
+    ),
     ("reproduce --out: under a file", ["reproduce", "eftekhari2020", "--out", "{file}/repro"], "--out: cannot create"),
     ("reproduce: unknown study", ["reproduce", "smith2030", "--out", "{dir}/r"], "name: unknown study"),
-    ("run --out: a new store inside a store", ["run", "good.yaml", "--out", "{store}/inner.zarr"], "--out: cannot create"),
+    (
+        "run --out: a new store inside a store",
+        ["run", "good.yaml", "--out", "{store}/inner.zarr"],
+        "--out: cannot create",
+    ),
     ("run --out: a file in a store", ["run", "good.yaml", "--out", "{store}/zarr.json"], "not a linflow store"),
 ]
 

@@ -78,8 +78,11 @@ def test_run_writes_the_contract_dataset(ray_local, tmp_path):
 
     # the numbers: norms at t = 0, loss = excess + L*, time_to_eps exactly where converged
     z = ds.target.values
-    assert np.allclose(np.linalg.norm(ds.w_init.values, ord=2, axis=(-2, -1)),
-                       ds.init_norm.values[None, None, :, None] * np.linalg.norm(z, 2), rtol=1e-12)
+    assert np.allclose(
+        np.linalg.norm(ds.w_init.values, ord=2, axis=(-2, -1)),
+        ds.init_norm.values[None, None, :, None] * np.linalg.norm(z, 2),
+        rtol=1e-12,
+    )
     floor = 0.5 * (np.sum(ds.y.values**2) - np.sum(z**2))  # rank Z = 1 ≤ r: L* is the data's residual
     assert np.allclose(ds.loss - ds.excess_loss, floor, rtol=1e-12)
     converged = ds.status.values == 1
@@ -94,7 +97,9 @@ def test_run_writes_the_contract_dataset(ray_local, tmp_path):
     n, p = 3, 2 - 2 / 3
     th0 = np.arccos(w0 @ z.ravel() / (np.linalg.norm(w0) * zeta))
     f = lambda t, s: [n * s[0] ** p * (zeta * np.cos(s[1]) - s[0]), -zeta * s[0] ** (p - 1) * np.sin(s[1])]
-    sol = solve_ivp(f, (0, 8), [np.linalg.norm(w0), th0], t_eval=ds.time.values, method="DOP853", rtol=1e-13, atol=1e-16)
+    sol = solve_ivp(
+        f, (0, 8), [np.linalg.norm(w0), th0], t_eval=ds.time.values, method="DOP853", rtol=1e-13, atol=1e-16
+    )
     ref = 0.5 * ((sol.y[0] - zeta * np.cos(sol.y[1])) ** 2 + zeta**2 * np.sin(sol.y[1]) ** 2)
     big = ref > 1e-8
     assert np.max(np.abs(cell.excess_loss.values[big] / ref[big] - 1)) < 1e-6
@@ -165,8 +170,22 @@ def test_batch_size_does_not_change_a_single_bit(ray_local, tmp_path):
 
 def test_flags_alone_run_a_sweep(ray_local, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    r = cli("run", "--depth", "2", "--seed", "0:3", "--init-norm", "1", "--method", "rk4", "--step", "1e-3",
-            "--horizon", "1", "--quiet")
+    r = cli(
+        "run",
+        "--depth",
+        "2",
+        "--seed",
+        "0:3",
+        "--init-norm",
+        "1",
+        "--method",
+        "rk4",
+        "--step",
+        "1e-3",
+        "--horizon",
+        "1",
+        "--quiet",
+    )
     assert r.exit_code == 0, r.output
     ds = xr.open_zarr(tmp_path / "runs" / "sweep.zarr")
     assert ds.sizes["seed"] == 3 and ds.sizes["depth"] == 1
@@ -190,19 +209,29 @@ def test_console_script_starts_its_own_local_ray(tmp_path):
     out = tmp_path / "q.zarr"
     spec = write_spec(tmp_path / "s.yaml", axes={"depth": [2], "width": [3], "init_norm": [1.0], "seed": [0, 1]})
     linflow = Path(sys.executable).parent / "linflow"
-    proc = subprocess.run([str(linflow), "run", str(spec), "--out", str(out), "--workers", "2"],
-                          check=False, capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [str(linflow), "run", str(spec), "--out", str(out), "--workers", "2"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "2 cells computed" in proc.stdout
     assert store.counts(out)["pending"] == 0
-    proc = subprocess.run([str(linflow), "status", str(out)], check=False, capture_output=True, text=True, env=env, timeout=60)
+    proc = subprocess.run(
+        [str(linflow), "status", str(out)], check=False, capture_output=True, text=True, env=env, timeout=60
+    )
     assert proc.returncode == 0 and "complete" in proc.stdout
 
 
 def test_layerwise_and_induced_sweeps_agree_for_balanced_starts(ray_local, tmp_path):
     # the induced flow (17) is exact for balanced starts: two models, one set of numbers
-    changes = {"problem": {"m": 20, "dx": 4, "dy": 3, "seed": 1},
-                   "axes": {"depth": [2, 3], "width": [2, 4], "init_norm": [0.5, 3.0], "seed": [0, 1]}}
+    changes = {
+        "problem": {"m": 20, "dx": 4, "dy": 3, "seed": 1},
+        "axes": {"depth": [2, 3], "width": [2, 4], "init_norm": [0.5, 3.0], "seed": [0, 1]},
+    }
     for model in ("layerwise", "induced"):
         spec = write_spec(tmp_path / f"{model}.yaml", model=model, **changes)
         assert cli("run", spec, "--out", tmp_path / f"{model}.zarr", "--quiet").exit_code == 0
@@ -222,8 +251,24 @@ def test_layerwise_and_induced_sweeps_agree_for_balanced_starts(ray_local, tmp_p
 
 def test_blow_up_is_recorded_as_diverged(ray_local, tmp_path):
     # Euler is stable only for h·N·‖W‖^p ≲ 2: at init_norm 30 and h = 0.05 it blows up; a result, not a crash
-    r = cli("run", "--out", tmp_path / "d.zarr", "--depth", "3", "--init-norm", "0.5,30", "--seed", "0:2",
-            "--method", "euler", "--step", "0.05", "--horizon", "5", "--json")
+    r = cli(
+        "run",
+        "--out",
+        tmp_path / "d.zarr",
+        "--depth",
+        "3",
+        "--init-norm",
+        "0.5,30",
+        "--seed",
+        "0:2",
+        "--method",
+        "euler",
+        "--step",
+        "0.05",
+        "--horizon",
+        "5",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     ds = xr.open_zarr(tmp_path / "d.zarr")
     assert np.all(ds.status.sel(init_norm=30.0).values == 3)
@@ -233,8 +278,22 @@ def test_blow_up_is_recorded_as_diverged(ray_local, tmp_path):
 
 def test_init_angle_axis(ray_local, tmp_path):
     angles = [0.0, 1.0, 2.5]
-    r = cli("run", "--out", tmp_path / "a.zarr", "--depth", "2,4", "--init-angle", ",".join(map(str, angles)),
-            "--seed", "0", "--model", "induced", "--horizon", "30", "--quiet")
+    r = cli(
+        "run",
+        "--out",
+        tmp_path / "a.zarr",
+        "--depth",
+        "2,4",
+        "--init-angle",
+        ",".join(map(str, angles)),
+        "--seed",
+        "0",
+        "--model",
+        "induced",
+        "--horizon",
+        "30",
+        "--quiet",
+    )
     assert r.exit_code == 0, r.output
     ds = xr.open_zarr(tmp_path / "a.zarr")
     assert ds.w_init.dims[:5] == ("depth", "width", "init_norm", "init_angle", "seed")
@@ -252,13 +311,24 @@ def test_report_writes_markdown_and_figures(ray_local, tmp_path):
     r = cli("report", out, "--out", tmp_path / "rep")
     assert r.exit_code == 0, r.output
     text = (tmp_path / "rep" / "report.md").read_text()
-    for heading in ("## Status", "## Where the runs ended", "## Time to ε", "## Scaling fits",
-                    "## Theory agreement", "## Bounds"):
+    for heading in (
+        "## Status",
+        "## Where the runs ended",
+        "## Time to ε",
+        "## Scaling fits",
+        "## Theory agreement",
+        "## Bounds",
+    ):
         assert heading in text
     assert "**0 disagree**" in text
     pngs = sorted((tmp_path / "rep").glob("*.png"))
-    assert {p.name for p in pngs} >= {"excess_vs_time.png", "time_to_eps_init_norm.png", "time_to_eps_depth.png",
-                                      "convergence.png", "theory_scatter.png"}
+    assert {p.name for p in pngs} >= {
+        "excess_vs_time.png",
+        "time_to_eps_init_norm.png",
+        "time_to_eps_depth.png",
+        "convergence.png",
+        "theory_scatter.png",
+    }
     for p in pngs:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
         assert f"]({p.name})" in text
@@ -278,6 +348,7 @@ def test_reproduce_eftekhari2020_quick(ray_local, tmp_path):
     assert np.all(euler.steps.values == 100_000) and np.all(euler.status.values > 0)
     # the paper's discretization against the exact closed form at t = 0.1 (rows of the table)
     from analysis.reproduce import paper_table
+
     rows = paper_table(euler.load(), xr.open_zarr(out / "dopri5.zarr").load())
     assert len(rows) == 10 and max(abs(row[-1]) for row in rows) < 1e-4
     assert max(abs(row[4] / row[5] - 1) for row in rows) < 1e-8  # dopri5 against exact
@@ -293,8 +364,9 @@ def test_analysis_notebook_runs(ray_local, tmp_path):
     nb = nbformat.read(ROOT / "examples" / "analysis.ipynb", as_version=4)
     os.environ["LINFLOW_STORE"] = str(out)
     try:
-        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                resources={"metadata": {"path": str(ROOT / "examples")}}).execute()
+        nbclient.NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "examples")}}
+        ).execute()
     finally:
         del os.environ["LINFLOW_STORE"]
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
@@ -315,7 +387,9 @@ def test_export_csv_and_parquet_one_row_per_cell(ray_local, tmp_path):
     df = pd.read_csv(tmp_path / "s.csv")
     assert len(df) == ds.status.size == 20
     assert list(df.columns[:4]) == ["depth", "width", "init_norm", "seed"]
-    assert {"status", "time_to_eps", "final_loss", "final_excess_loss", "theory_time_to_eps", "limit_class"} <= set(df.columns)
+    assert {"status", "time_to_eps", "final_loss", "final_excess_loss", "theory_time_to_eps", "limit_class"} <= set(
+        df.columns
+    )
     row = df[(df.depth == 3) & (df.init_norm == 4.0) & (df.seed == 2)].iloc[0]
     cell = ds.sel(depth=3, init_norm=4.0, seed=2).squeeze()
     assert row.time_to_eps == cell.time_to_eps.item() and row.final_loss == cell.loss.isel(checkpoint=-1).item()
@@ -331,8 +405,20 @@ def test_run_on_a_data_file(ray_local, tmp_path):
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((4, 40)) * np.array([[1.0], [3.0], [0.5], [2.0]]), rng.standard_normal((2, 40))
     np.savez(tmp_path / "data.npz", X=x, Y=y)
-    r = cli("run", "--data", tmp_path / "data.npz", "--depth", "2", "--width", "2", "--seed", "0:3",
-            "--out", tmp_path / "d.zarr", "--quiet")
+    r = cli(
+        "run",
+        "--data",
+        tmp_path / "data.npz",
+        "--depth",
+        "2",
+        "--width",
+        "2",
+        "--seed",
+        "0:3",
+        "--out",
+        tmp_path / "d.zarr",
+        "--quiet",
+    )
     assert r.exit_code == 0, r.output
     ds = xr.open_zarr(tmp_path / "d.zarr")
     assert ds.attrs["data_whitened_by_linflow"] == 1

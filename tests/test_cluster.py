@@ -19,7 +19,9 @@ from sweep import spec as specs
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = {
     "axes": {"depth": [2, 3], "width": [5], "init_norm": [0.5, 5.0], "seed": {"start": 0, "stop": 16}},
-    "integrator": {"method": "rk4", "step": 2e-3}, "horizon": 6.0, "checkpoints": {"count": 21, "spacing": "log"},
+    "integrator": {"method": "rk4", "step": 2e-3},
+    "horizon": 6.0,
+    "checkpoints": {"count": 21, "spacing": "log"},
     "batch": 4,
 }
 
@@ -70,9 +72,24 @@ def test_sweep_on_a_multi_node_cluster_matches_a_local_run(cluster, tmp_path):
     spec.write_text(yaml.safe_dump(SWEEP))
     out = tmp_path / "s.zarr"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run([str(Path(sys.executable).parent / "linflow"), "run", str(spec), "--out", str(out),
-                           "--address", cluster.address, "--json"],
-                          check=False, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "linflow"),
+            "run",
+            str(spec),
+            "--out",
+            str(out),
+            "--address",
+            cluster.address,
+            "--json",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(report["nodes"]) == 2  # both worker nodes ran batches

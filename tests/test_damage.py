@@ -16,10 +16,45 @@ from cli.main import app
 
 # 2 depths × 2 norms × 5 seeds in chunks of 4 seeds: 8 chunks per variable, 4 cells each but 1 in the
 # chunks of seed 4; horizon long enough that both converged and unconverged cells are stored
-SPEC = ["--depth", "1,3", "--width", "3", "--init-norm", "0.5,4", "--seed", "0:5", "--m", "20", "--dx", "4",
-        "--dy", "1", "--horizon", "8", "--checkpoints", "21", "--batch", "4", "--quiet"]
-VARIABLES = ["loss", "excess_loss", "time_to_eps", "status", "steps", "rhs_evals", "w_init", "w_final",
-             "imbalance", "imbalance_drift", "target", "x", "y", "time"]
+SPEC = [
+    "--depth",
+    "1,3",
+    "--width",
+    "3",
+    "--init-norm",
+    "0.5,4",
+    "--seed",
+    "0:5",
+    "--m",
+    "20",
+    "--dx",
+    "4",
+    "--dy",
+    "1",
+    "--horizon",
+    "8",
+    "--checkpoints",
+    "21",
+    "--batch",
+    "4",
+    "--quiet",
+]
+VARIABLES = [
+    "loss",
+    "excess_loss",
+    "time_to_eps",
+    "status",
+    "steps",
+    "rhs_evals",
+    "w_init",
+    "w_final",
+    "imbalance",
+    "imbalance_drift",
+    "target",
+    "x",
+    "y",
+    "time",
+]
 
 
 def cli(*args):
@@ -75,7 +110,9 @@ LOST = {
     "w_final missing": ([("w_final", 1, 1, 0, "rm")], 4),
     "steps torn": ([("steps", 1, 0, 0, 10)], 4),
     "loss and w_final torn, time_to_eps missing": (
-        [("loss", 0, 1, 0, 10), ("w_final", 1, 0, 1, 10), ("time_to_eps", 0, 0, 0, "rm")], 9),
+        [("loss", 0, 1, 0, 10), ("w_final", 1, 0, 1, 10), ("time_to_eps", 0, 0, 0, "rm")],
+        9,
+    ),
     "status torn": ([("status", 1, 1, 0, 5)], 4),
     "status missing": ([("status", 0, 1, 0, "rm")], 4),
 }
@@ -139,7 +176,10 @@ def test_verify_marks_the_damaged_cells_pending_then_export_shows_them_pending(r
 
     r = cli("status", copy, "--verify")
     assert r.exit_code == 0, r.output
-    assert r.stderr.startswith(f"linflow: warning: {cells} cells had missing or unreadable chunks") and r.stderr.count("\n") == 1
+    assert (
+        r.stderr.startswith(f"linflow: warning: {cells} cells had missing or unreadable chunks")
+        and r.stderr.count("\n") == 1
+    )
     assert f"left: {cells} cells" in r.stdout
     assert cli("status", copy, "--verify").stderr == ""  # marked: nothing damaged any more
 
@@ -194,15 +234,25 @@ BAD_ROOT = {
 def test_malformed_root_metadata_is_one_line_for_every_command(reference, copy, tmp_path, case):
     meta = copy / "zarr.json"
     meta.write_text(BAD_ROOT[case](meta.read_text()))
-    for args in (("status", copy), ("status", copy, "--verify"), ("status", copy, "--json"),
-                 ("export", copy, "--out", tmp_path / "c.csv"), ("report", copy, "--out", tmp_path / "rep"),
-                 ("run", *SPEC, "--out", copy)):
+    for args in (
+        ("status", copy),
+        ("status", copy, "--verify"),
+        ("status", copy, "--json"),
+        ("export", copy, "--out", tmp_path / "c.csv"),
+        ("report", copy, "--out", tmp_path / "rep"),
+        ("run", *SPEC, "--out", copy),
+    ):
         one_line(cli(*args), "is damaged", "zarr.json")
 
 
 @pytest.mark.parametrize("failures", ["[{", '{"cell": 1}', '[{"cell": {"seed": 0}, "error": "x"}]', "[1]"])
 def test_malformed_failures_attribute_is_one_line_for_every_command(reference, copy, tmp_path, failures):
     zarr.open_group(str(copy), mode="r+").attrs["failures"] = failures
-    for args in (("status", copy), ("status", copy, "--verify"), ("export", copy, "--out", tmp_path / "c.csv"),
-                 ("report", copy, "--out", tmp_path / "rep"), ("run", *SPEC, "--out", copy)):
+    for args in (
+        ("status", copy),
+        ("status", copy, "--verify"),
+        ("export", copy, "--out", tmp_path / "c.csv"),
+        ("report", copy, "--out", tmp_path / "rep"),
+        ("run", *SPEC, "--out", copy),
+    ):
         one_line(cli(*args), "is damaged", '"failures" attribute')

@@ -111,8 +111,9 @@ def integrate(name, method, y0, stop_at_eps=True):
     model, horizon, eps = case(name)
     m, kw = METHODS[method]
     tc = np.linspace(0, horizon, 7)
-    r = kernel.integrate(model, np.ascontiguousarray(y0), m, horizon=horizon, checkpoints=tc, eps=eps,
-                         stop_at_eps=stop_at_eps, **kw)
+    r = kernel.integrate(
+        model, np.ascontiguousarray(y0), m, horizon=horizon, checkpoints=tc, eps=eps, stop_at_eps=stop_at_eps, **kw
+    )
     assert_shapes(r, len(y0), len(tc), model.size)
     return r
 
@@ -121,10 +122,14 @@ def integrate(name, method, y0, stop_at_eps=True):
 # 1. Alone or anywhere in any batch: the same bits
 # --------------------------------------------------------------------------------------------------
 
-CASES = [(name, method, (1, 7, 8, 64)) for name in ("layerwise-scalar", "layerwise-flip", "induced", "induced-rank1")
-         for method in METHODS]
-CASES = [(n, m, sizes + (4097,) if n == "layerwise-scalar" and m in ("euler", "dopri5") else sizes)
-         for n, m, sizes in CASES]
+CASES = [
+    (name, method, (1, 7, 8, 64))
+    for name in ("layerwise-scalar", "layerwise-flip", "induced", "induced-rank1")
+    for method in METHODS
+]
+CASES = [
+    (n, m, sizes + (4097,) if n == "layerwise-scalar" and m in ("euler", "dopri5") else sizes) for n, m, sizes in CASES
+]
 
 
 @pytest.mark.parametrize(("name", "method", "sizes"), CASES, ids=[f"{n}-{m}" for n, m, _ in CASES])
@@ -178,9 +183,15 @@ def test_every_trajectory_of_a_varied_batch_has_its_own_bits():
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "method", "norm"), [("induced", "euler", 60.0), ("induced-rank1", "rk4", 60.0),
-                                                      ("layerwise-scalar", "euler", 3000.0),
-                                                      ("layerwise-flip", "dopri5", np.nan)])
+@pytest.mark.parametrize(
+    ("name", "method", "norm"),
+    [
+        ("induced", "euler", 60.0),
+        ("induced-rank1", "rk4", 60.0),
+        ("layerwise-scalar", "euler", 3000.0),
+        ("layerwise-flip", "dopri5", np.nan),
+    ],
+)
 def test_a_diverging_trajectory_leaves_its_companions_bitwise_alone(name, method, norm):
     # (tests/test_kernel.py::test_blow_up_is_a_result_and_leaves_the_batch_alone: one companion, two fields)
     # mid-run blow-ups of euler and rk4 from a start too far for the step; for dopri5 a start that is not
@@ -231,8 +242,14 @@ LINFLOW = str(Path(sys.executable).parent / "linflow")
 
 def linflow_run(spec, out, *args):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run([LINFLOW, "run", str(spec), "--out", str(out), "--quiet", *map(str, args)],
-                          check=False, capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [LINFLOW, "run", str(spec), "--out", str(out), "--quiet", *map(str, args)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     return xr.open_zarr(out).load()
 

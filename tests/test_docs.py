@@ -5,8 +5,12 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = [p for pattern in ("sweep/*.py", "analysis/*.py", "cli/*.py", "bench/*", "examples/*", "tests/*.py", "*.md")
-           for p in ROOT.glob(pattern) if p.is_file()]
+SOURCES = [
+    p
+    for pattern in ("sweep/*.py", "analysis/*.py", "cli/*.py", "bench/*", "examples/*", "tests/*.py", "*.md")
+    for p in ROOT.glob(pattern)
+    if p.is_file()
+]
 
 
 def sections() -> set[str]:

@@ -41,8 +41,13 @@ def test_the_library_speaks_of_address_not_of_a_flag():
 
 def test_the_cli_names_the_flag(tmp_path):
     (tmp_path / "file").write_text("not a folder")
-    proc = subprocess.run([sys.executable, "-m", "cli.main", "run", "--out", str(tmp_path / "file" / "s.zarr")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.main", "run", "--out", str(tmp_path / "file" / "s.zarr")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"linflow: error: --out: cannot create {tmp_path / 'file' / 's.zarr'}: "
-                                                f"{tmp_path / 'file'} is a file, not a folder"]
+    assert proc.stderr.strip().splitlines() == [
+        f"linflow: error: --out: cannot create {tmp_path / 'file' / 's.zarr'}: "
+        f"{tmp_path / 'file'} is a file, not a folder"
+    ]

@@ -178,8 +178,17 @@ def polar_reference(n, r0, zeta, theta0, times=(), eps=(), horizon=HORIZON, rtol
 
     floor.terminal, floor.direction = True, -1
     t_sorted, inverse = np.unique(times, return_inverse=True)
-    sol = solve_ivp(rhs, (0.0, horizon * scale), y0, method="DOP853", rtol=rtol, atol=atol,
-                    t_eval=t_sorted * scale, events=events + [floor], dense_output=True)
+    sol = solve_ivp(
+        rhs,
+        (0.0, horizon * scale),
+        y0,
+        method="DOP853",
+        rtol=rtol,
+        atol=atol,
+        t_eval=t_sorted * scale,
+        events=events + [floor],
+        dense_output=True,
+    )
     assert sol.status >= 0, sol.message
     cols = np.full((4, t_sorted.size), np.nan)
     for i in range(len(sol.t)):
@@ -204,7 +213,7 @@ def _refine_event(dense, ev, tau):
     return brentq(lambda x: ev(x, dense(x)), lo, hi, xtol=1e-300, rtol=4 * np.finfo(float).eps)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def grid_reference(n, ratio, zeta, theta0):
     r0 = ratio * zeta
     e0 = 0.5 * (((ratio - 1.0) + 2.0 * math.sin(theta0 / 2) ** 2) ** 2 + math.sin(theta0) ** 2) * zeta**2
@@ -413,8 +422,9 @@ def check_time_to_eps(n, r0, zeta, theta0, ref):
     """Return the worst relative error of T_ε; assert the ∞ / > horizon / 0 cases."""
     with deadline():
         got = np.asarray(exact_time_to_eps(n, r0, zeta, theta0, ref.eps), dtype=float)
-    where = (f"N={n} r0={r0!r} ζ={zeta!r} θ0={theta0!r} ε={ref.eps.tolist()}\n"
-             f" got {got.tolist()}\nwant {ref.tte.tolist()}")
+    where = (
+        f"N={n} r0={r0!r} ζ={zeta!r} θ0={theta0!r} ε={ref.eps.tolist()}\n got {got.tolist()}\nwant {ref.tte.tolist()}"
+    )
     assert got.shape == ref.eps.shape, where
     assert not np.isnan(got).any() and (got >= 0).all(), where
     zero = ref.tte == 0
@@ -444,11 +454,14 @@ def check_excess(n, r0, zeta, theta0, ref):
     if err > EXCESS_RTOL:
         i = int(np.argmax(rel))
         t = ref.times[compared][i]
-        pytest.fail(f"excess relative error {err:.3g} at t = {t!r}: got {got[compared][i]!r}, "
-                    f"want {ref.excess[compared][i]!r}; " + where)
+        pytest.fail(
+            f"excess relative error {err:.3g} at t = {t!r}: got {got[compared][i]!r}, "
+            f"want {ref.excess[compared][i]!r}; " + where
+        )
     small = ~compared  # the oracle is below EXCESS_MIN·ζ² (NaN: below FLOOR·ζ²)
     assert (got[small] >= 0).all() and (got[small] <= 1.001 * EXCESS_MIN * zeta**2).all(), (
-        f"excess where the oracle is below {EXCESS_MIN}·ζ²: {got[small].tolist()}; " + where)
+        f"excess where the oracle is below {EXCESS_MIN}·ζ²: {got[small].tolist()}; " + where
+    )
     return err
 
 
@@ -508,8 +521,17 @@ def test_time_to_eps_near_anti_aligned_depth_two():
 
 def test_exact_path_against_the_oracle():
     """(r, cos θ, sin θ, excess) at sorted times; the excess column equals exact_excess_loss."""
-    cases = [(1, 1.0, 0.5), (1, 0.01, math.pi), (2, 1e-2, 3.1), (3, 100.0, 0.5), (5, 1e-4, 1e-7), (10, 1.0, 0.0),
-             (30, 1e4, math.pi / 2), (2, 1.0, math.pi - 1e-9), (3, 1.0, math.pi)]
+    cases = [
+        (1, 1.0, 0.5),
+        (1, 0.01, math.pi),
+        (2, 1e-2, 3.1),
+        (3, 100.0, 0.5),
+        (5, 1e-4, 1e-7),
+        (10, 1.0, 0.0),
+        (30, 1e4, math.pi / 2),
+        (2, 1.0, math.pi - 1e-9),
+        (3, 1.0, math.pi),
+    ]
     times = np.concatenate([[0.0], np.logspace(-4, 2, 25)])
     for k, (n, ratio, theta0) in enumerate(cases):
         zeta = ZETAS[k % len(ZETAS)]
@@ -538,8 +560,7 @@ def test_exact_path_against_the_oracle():
 SPECIAL_THETAS = [0.0, 1e-16, 1e-12, 1e-7, math.pi / 2, math.pi - 1e-6, math.pi - 1e-9, math.pi]
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     n=st.integers(1, 30),
     log_ratio=st.floats(-4, 4),
@@ -580,8 +601,10 @@ def test_extreme_inputs_are_finite_bounded_and_monotone():
         ex = np.asarray(exact_excess_loss(depth, r0, zeta, theta0, EXTREME_TIMES), dtype=float)
     assert ex.shape == (30, len(EXTREME_THETAS), len(EXTREME_RATIOS), EXTREME_TIMES.size)
     bad = np.argwhere(~np.isfinite(ex))
-    assert bad.size == 0, [(int(depth.flat[i]), EXTREME_THETAS[j], EXTREME_RATIOS[k], EXTREME_TIMES[m], ex[i, j, k, m])
-                           for i, j, k, m in bad[:10]]
+    assert bad.size == 0, [
+        (int(depth.flat[i]), EXTREME_THETAS[j], EXTREME_RATIOS[k], EXTREME_TIMES[m], ex[i, j, k, m])
+        for i, j, k, m in bad[:10]
+    ]
     d0 = (r0 - zeta) + 2 * zeta * np.sin(theta0 / 2) ** 2
     e0 = 0.5 * (d0**2 + (zeta * np.sin(theta0)) ** 2)  # (1, 3, 3)
     np.testing.assert_allclose(ex[..., 0], np.broadcast_to(e0, ex.shape[:3]), rtol=1e-12)
@@ -589,8 +612,17 @@ def test_extreme_inputs_are_finite_bounded_and_monotone():
     assert (ex <= e0[..., None] * (1 + 1e-12)).all()
     rise = np.diff(ex, axis=-1) - 1e-13 * ex[..., :-1]
     bad = np.argwhere(rise > 0)
-    assert bad.size == 0, [(int(depth.flat[i]), EXTREME_THETAS[j], EXTREME_RATIOS[k], EXTREME_TIMES[m + 1],
-                            ex[i, j, k, m], ex[i, j, k, m + 1]) for i, j, k, m in bad[:10]]
+    assert bad.size == 0, [
+        (
+            int(depth.flat[i]),
+            EXTREME_THETAS[j],
+            EXTREME_RATIOS[k],
+            EXTREME_TIMES[m + 1],
+            ex[i, j, k, m],
+            ex[i, j, k, m + 1],
+        )
+        for i, j, k, m in bad[:10]
+    ]
 
     eps = zeta**2 * np.array([0.6, 0.49, 1e-3, 1e-9])
     with deadline(2 * CALL_SECONDS):

@@ -29,7 +29,9 @@ LINFLOW = str(Path(sys.executable).parent / "linflow")
 # 24 batches of 4 cells, ~0.3 s of kernel time each: long enough to be hit mid-run
 SWEEP = {
     "axes": {"depth": [2, 3], "width": [5], "init_norm": [0.5, 5.0], "seed": {"start": 0, "stop": 24}},
-    "integrator": {"method": "rk4", "step": 2e-3}, "horizon": 6.0, "checkpoints": {"count": 21, "spacing": "log"},
+    "integrator": {"method": "rk4", "step": 2e-3},
+    "horizon": 6.0,
+    "checkpoints": {"count": 21, "spacing": "log"},
     "batch": 4,
 }
 
@@ -54,8 +56,14 @@ def env(**extra):
 
 def start(args, **extra):
     """``linflow`` in its own session, so that the Ray processes it starts can be reaped after a kill."""
-    return subprocess.Popen([LINFLOW, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env(**extra), start_new_session=True)
+    return subprocess.Popen(
+        [LINFLOW, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(**extra),
+        start_new_session=True,
+    )
 
 
 def reap(proc):
@@ -204,7 +212,9 @@ def tiny_disk(tmp_path):
     mnt.mkdir()
 
     def mount(size):
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=False, capture_output=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=False, capture_output=True
+        )
         if done.returncode:
             pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
         return mnt

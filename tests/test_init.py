@@ -31,8 +31,10 @@ def test_balanced_start_is_balanced_with_the_asked_norm_and_rank(dy, depth, widt
 
 def test_same_seed_same_end_to_end_start_across_depth_and_norm():
     z = synthetic(50, 5, 1, seed=0).target
-    w = [product(initial_layers("balanced", z, problem_seed=0, seed=3, depth=n, width=5, init_norm=a))
-         for n, a in ((1, 1.0), (3, 1.0), (5, 10.0))]
+    w = [
+        product(initial_layers("balanced", z, problem_seed=0, seed=3, depth=n, width=5, init_norm=a))
+        for n, a in ((1, 1.0), (3, 1.0), (5, 10.0))
+    ]
     assert np.allclose(w[0], w[1], rtol=1e-12) and np.allclose(10 * w[0], w[2], rtol=1e-12)
     other = product(initial_layers("balanced", z, problem_seed=0, seed=4, depth=3, width=5, init_norm=1.0))
     assert not np.allclose(other, w[1])

@@ -94,8 +94,11 @@ def test_depth_one_matches_closed_form_for_every_method():
     tc = np.array([0, 0.01, 0.1, 0.5, 1.0])
     exact = 0.5 * np.sum((w0 - z) ** 2, axis=(1, 2))[:, None] * np.exp(-2 * tc)
     for model in (kernel.Induced(1, z), kernel.Layerwise((5, 1), z)):
-        for method, kw, tol in ((kernel.EULER, {"step": 1e-5}, 2e-5), (kernel.RK4, {"step": 1e-3}, 1e-11),
-                                (kernel.DOPRI5, {}, 1e-8)):
+        for method, kw, tol in (
+            (kernel.EULER, {"step": 1e-5}, 2e-5),
+            (kernel.RK4, {"step": 1e-3}, 1e-11),
+            (kernel.DOPRI5, {}, 1e-8),
+        ):
             r = run(model, w0.reshape(3, -1), method, tc=tc, horizon=1.0, **kw)
             assert np.max(np.abs(r.excess / exact - 1)) < tol, (type(model).__name__, method.name)
 
@@ -140,7 +143,8 @@ def test_vector_output_dy3_layerwise_balanced_equals_induced():
 
 
 def test_width_one_layer_follows_the_rank_one_form():
-    # docs/theory.md §2: W = σ u vᵀ with dσ/dt = −Nσ^p(σ − uᵀZv), du/dt = σ^{p−1}(I − uuᵀ)Zv, dv/dt = σ^{p−1}(I − vvᵀ)Zᵀu
+    # docs/theory.md §2: W = σ u vᵀ with dσ/dt = −Nσ^p(σ − uᵀZv),
+    # du/dt = σ^{p−1}(I − uuᵀ)Zv, dv/dt = σ^{p−1}(I − vvᵀ)Zᵀu
     z = paper_problem(dy=3)
     rng = np.random.default_rng(7)
     u0, v0 = rng.standard_normal(3), rng.standard_normal(5)
@@ -152,8 +156,13 @@ def test_width_one_layer_follows_the_rank_one_form():
     def f(t, s):
         sig, u, v = s[0], s[1:4], s[4:]
         zv, zu = z @ v, z.T @ u
-        return np.concatenate([[-depth * sig**p * (sig - u @ zv)], sig ** (p - 1) * (zv - (u @ zv) * u),
-                               sig ** (p - 1) * (zu - (v @ zu) * v)])
+        return np.concatenate(
+            [
+                [-depth * sig**p * (sig - u @ zv)],
+                sig ** (p - 1) * (zv - (u @ zv) * u),
+                sig ** (p - 1) * (zu - (v @ zu) * v),
+            ]
+        )
 
     tc = np.linspace(0, 1.0, 6)
     sol = solve_ivp(f, (0, 1.0), np.concatenate([[sigma0], u0, v0]), t_eval=tc, **TIGHT)
@@ -188,8 +197,14 @@ def test_euler_paper_step_matches_tight_solution():
     tc = np.array([0.0, 0.1])
     for depth in (1, 3, 5):
         ref = polar_excess(z, w0, depth, tc)
-        r = run(kernel.Layerwise(layer_dims(5, 1, depth, 5), z), layerwise_start(w0, depth, 5), kernel.EULER,
-                tc=tc, horizon=0.1, step=1e-6)
+        r = run(
+            kernel.Layerwise(layer_dims(5, 1, depth, 5), z),
+            layerwise_start(w0, depth, 5),
+            kernel.EULER,
+            tc=tc,
+            horizon=0.1,
+            step=1e-6,
+        )
         assert r.steps[0] == 100_000
         assert np.max(np.abs(r.excess[0] / ref - 1)) < 1e-4, depth
 
@@ -248,9 +263,12 @@ def test_exact_model_agrees_with_dopri5():
     # model: exact (closed form of docs/theory.md §4 by quadrature) against the integrated induced flow
     from reference import compute
 
-    raw = {"axes": {"depth": [1, 2, 3, 5], "width": [5], "init_norm": [0.3, 1.0, 10.0], "seed": [0, 1]},
-           "horizon": 20.0, "integrator": {"method": "dopri5", "rtol": 1e-12, "atol": 1e-15},
-           "checkpoints": {"count": 21, "spacing": "log"}}
+    raw = {
+        "axes": {"depth": [1, 2, 3, 5], "width": [5], "init_norm": [0.3, 1.0, 10.0], "seed": [0, 1]},
+        "horizon": 20.0,
+        "integrator": {"method": "dopri5", "rtol": 1e-12, "atol": 1e-15},
+        "checkpoints": {"count": 21, "spacing": "log"},
+    }
     flow, exact = compute({**raw, "model": "induced"}), compute({**raw, "model": "exact"})
     assert np.array_equal(flow.status.values, exact.status.values)
     assert float(abs(exact.time_to_eps / flow.time_to_eps - 1).max()) < 1e-7
@@ -285,12 +303,15 @@ def test_blocked_batches_give_the_same_bits():
     model = kernel.Layerwise(layer_dims(5, 1, 8, 16), z)
     block = kernel.block_width(model.size)
     rng = np.random.default_rng(0)
-    starts = np.stack([layerwise_start(w0_for(z, a, seed=i), 8, 16)[0]
-                       for i, a in enumerate(rng.uniform(0.2, 3, block + 7))])
+    starts = np.stack(
+        [layerwise_start(w0_for(z, a, seed=i), 8, 16)[0] for i, a in enumerate(rng.uniform(0.2, 3, block + 7))]
+    )
     together = run(model, starts, kernel.RK4, horizon=0.05, step=1e-3)
     for i in (0, block - 1, block, block + 6):
         alone = run(model, starts[i], kernel.RK4, horizon=0.05, step=1e-3)
-        assert np.array_equal(together.excess[i], alone.excess[0]) and np.array_equal(together.y_final[i], alone.y_final[0])
+        assert np.array_equal(together.excess[i], alone.excess[0]) and np.array_equal(
+            together.y_final[i], alone.y_final[0]
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -311,8 +332,9 @@ def narrow_case(dx, dy, depth, width):
     tail = kernel.tail_loss(z, rank_of(dx, dy, depth, width))
     layerwise = kernel.Layerwise(layer_dims(dx, dy, depth, width), z, tail)
     induced = kernel.Induced(depth, z, tail, rank=rank_of(dx, dy, depth, width))
-    y0 = np.concatenate([layerwise_start(w0_for(z, a, seed=s), depth, width, seed=s)
-                         for a in (0.5, 2.0) for s in range(4)])
+    y0 = np.concatenate(
+        [layerwise_start(w0_for(z, a, seed=s), depth, width, seed=s) for a in (0.5, 2.0) for s in range(4)]
+    )
     return z, layerwise, induced, y0, layerwise.product(y0).reshape(len(y0), -1)
 
 
@@ -320,8 +342,9 @@ def narrow_case(dx, dy, depth, width):
 def narrow_reference(dx, dy, depth, width, eps):
     """The layerwise flow at rtol 1e-12: independent of the induced implementation."""
     _, layerwise, _, y0, _ = narrow_case(dx, dy, depth, width)
-    return kernel.integrate(layerwise, y0, kernel.DOPRI5, horizon=NARROW_HORIZON, checkpoints=NARROW_TIMES, eps=eps,
-                            rtol=1e-12, atol=1e-16)
+    return kernel.integrate(
+        layerwise, y0, kernel.DOPRI5, horizon=NARROW_HORIZON, checkpoints=NARROW_TIMES, eps=eps, rtol=1e-12, atol=1e-16
+    )
 
 
 def narrow_errors(dx, dy, depth, width, eps, **tol):
@@ -409,10 +432,20 @@ def test_induced_time_to_eps_near_zero_is_as_accurate_as_layerwise(depth):
         w0 = end_to_end_start(z, problem_seed=0, seed=0, depth=depth, width=5, init_norm=init_norm, init_angle=3.1)
         expected = polar_time_to_eps(z, w0, depth, eps)
         errors = []
-        for model, y0 in ((kernel.Induced(depth, z, rank=1), w0.reshape(1, -1)),
-                          (kernel.Layerwise(layer_dims(5, 1, depth, 5), z), layerwise_start(w0, depth, 5))):
-            r = kernel.integrate(model, y0, kernel.DOPRI5, horizon=2 * expected, checkpoints=np.array([0.0]), eps=eps,
-                                 stop_at_eps=True, **DEFAULT_TOL)
+        for model, y0 in (
+            (kernel.Induced(depth, z, rank=1), w0.reshape(1, -1)),
+            (kernel.Layerwise(layer_dims(5, 1, depth, 5), z), layerwise_start(w0, depth, 5)),
+        ):
+            r = kernel.integrate(
+                model,
+                y0,
+                kernel.DOPRI5,
+                horizon=2 * expected,
+                checkpoints=np.array([0.0]),
+                eps=eps,
+                stop_at_eps=True,
+                **DEFAULT_TOL,
+            )
             assert r.status[0] == kernel.CONVERGED
             errors.append(abs(r.time_to_eps[0] / expected - 1))
         induced, layerwise = errors

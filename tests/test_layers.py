@@ -21,9 +21,9 @@ PACKAGES = ("sweep", "analysis", "cli")
 # Each is to be removed; when it is, delete its line here and in docs/architecture.md.
 KNOWN = {
     ("analysis.reproduce", "sweep.runner"): "reproduce runs its three sweeps itself (runner.connect, runner.run): "
-                                            "analysis should receive finished stores, the running belongs above it",
+    "analysis should receive finished stores, the running belongs above it",
     ("analysis.reproduce", "ray"): "reproduce shuts down the Ray instance it started (ray.shutdown), the same "
-                                   "running that belongs above analysis",
+    "running that belongs above analysis",
 }
 
 # Layers, bottom to top: a module may import its own layer (no cycles) and the layers below, never above.
@@ -33,10 +33,15 @@ BASE = ("sweep.schema", "sweep.version", "sweep.errors")  # result table and sta
 LAYER = {
     **{m: "base" for m in BASE},
     **{m: "kernel" for m in KERNEL},
-    "sweep.spec": "cells", "sweep.problem": "cells", "sweep.init": "cells",
+    "sweep.spec": "cells",
+    "sweep.problem": "cells",
+    "sweep.init": "cells",
     "sweep.batch": "batch",
-    "sweep.task": "worker", "sweep.store": "worker", "sweep.lock": "worker",
-    "sweep.runner": "driver", "sweep": "driver",  # the package __init__: the public face (open_results, __version__)
+    "sweep.task": "worker",
+    "sweep.store": "worker",
+    "sweep.lock": "worker",
+    "sweep.runner": "driver",
+    "sweep": "driver",  # the package __init__: the public face (open_results, __version__)
 }
 PREFIX_LAYER = {"analysis": "analysis", "cli": "cli"}  # every module of these packages
 
@@ -116,8 +121,9 @@ def _imports() -> list[Import]:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 for target in dict.fromkeys(_targets(module, path.name == "__init__.py", node)):
                     if target != module:
-                        found.append(Import(module, target, str(path.relative_to(ROOT)), node.lineno,
-                                            id(node) in nested))
+                        found.append(
+                            Import(module, target, str(path.relative_to(ROOT)), node.lineno, id(node) in nested)
+                        )
     return found
 
 
@@ -130,8 +136,11 @@ def layer(module: str) -> str | None:
 
 
 def _fail_on(violations: list[Import], rule: str) -> None:
-    assert not violations, f"{rule}:\n  " + "\n  ".join(map(str, violations)) + (
-        "\n(the layering is in docs/architecture.md; tests/test_layers.py checks it)")
+    assert not violations, (
+        f"{rule}:\n  "
+        + "\n  ".join(map(str, violations))
+        + ("\n(the layering is in docs/architecture.md; tests/test_layers.py checks it)")
+    )
 
 
 def _within(module: str, group) -> bool:
@@ -151,8 +160,10 @@ def test_the_import_graph_is_read():
 
 def test_every_module_has_a_place_in_the_layers():
     unplaced = sorted(m for m in MODULES if layer(m) is None)
-    assert not unplaced, (f"modules with no layer: {unplaced}; give each one in LAYER (tests/test_layers.py) "
-                          "and a line in docs/architecture.md")
+    assert not unplaced, (
+        f"modules with no layer: {unplaced}; give each one in LAYER (tests/test_layers.py) "
+        "and a line in docs/architecture.md"
+    )
 
 
 def test_kernel_imports_only_numpy_numba_and_itself():
@@ -160,17 +171,24 @@ def test_kernel_imports_only_numpy_numba_and_itself():
     spec, store, task, lock, runner, analysis or CLI — only the standard library, numpy, numba, itself and
     the base layer below it (which obeys the same rule)."""
     pure = KERNEL + BASE
-    bad = [i for i in CHECKED if i.importer in pure and (
-        (i.internal and i.target not in pure)
-        or (not i.internal and i.target not in STDLIB | KERNEL_LIBRARIES))]
+    bad = [
+        i
+        for i in CHECKED
+        if i.importer in pure
+        and ((i.internal and i.target not in pure) or (not i.internal and i.target not in STDLIB | KERNEL_LIBRARIES))
+    ]
     _fail_on(bad, "the kernel layer imports outside itself, the base layer, numpy, numba and the standard library")
 
 
 def test_batches_and_tasks_never_touch_stores_or_the_interface():
     forbidden_libraries = STORE_LIBRARIES | UI_LIBRARIES | {"matplotlib"}
     forbidden_modules = ("sweep.store", "sweep.lock", "sweep.runner", "analysis", "cli")
-    bad = [i for i in CHECKED if i.importer in ("sweep.batch", "sweep.task") and (
-        i.target in forbidden_libraries or _within(i.target, forbidden_modules))]
+    bad = [
+        i
+        for i in CHECKED
+        if i.importer in ("sweep.batch", "sweep.task")
+        and (i.target in forbidden_libraries or _within(i.target, forbidden_modules))
+    ]
     _fail_on(bad, "sweep.batch / sweep.task import a store library, the store, lock, runner, analysis or the CLI")
 
 
@@ -184,29 +202,48 @@ def test_what_a_worker_loads_stays_in_sweep_and_off_the_store():
         if m not in seen:
             seen.add(m)
             todo.extend(graph.get(m, ()))
-    bad = [i for i in CHECKED if i.importer in seen and (
-        (i.internal and (not _within(i.target, ("sweep",)) or i.target in ("sweep.store", "sweep.lock",
-                                                                            "sweep.runner")))
-        or i.target in STORE_LIBRARIES | UI_LIBRARIES | {"matplotlib", "psutil"})]
+    bad = [
+        i
+        for i in CHECKED
+        if i.importer in seen
+        and (
+            (
+                i.internal
+                and (not _within(i.target, ("sweep",)) or i.target in ("sweep.store", "sweep.lock", "sweep.runner"))
+            )
+            or i.target in STORE_LIBRARIES | UI_LIBRARIES | {"matplotlib", "psutil"}
+        )
+    ]
     _fail_on(bad, f"a module a worker loads ({', '.join(sorted(seen))}) imports beyond it")
 
 
 def test_analysis_reads_results_and_never_runs_sweeps():
     forbidden = ("sweep.runner", "sweep.task", "sweep.lock", "cli")
-    bad = [i for i in CHECKED if _within(i.importer, ("analysis",)) and (
-        _within(i.target, forbidden) or i.target in {"ray", "psutil"} | UI_LIBRARIES)]
+    bad = [
+        i
+        for i in CHECKED
+        if _within(i.importer, ("analysis",))
+        and (_within(i.target, forbidden) or i.target in {"ray", "psutil"} | UI_LIBRARIES)
+    ]
     _fail_on(bad, "analysis imports the runner, a task, the lock, Ray, the CLI or its libraries")
 
 
 def test_nothing_below_the_cli_imports_it_and_sweep_never_imports_analysis():
-    bad = [i for i in CHECKED if (_within(i.importer, ("sweep", "analysis")) and _within(i.target, ("cli",)))
-           or (_within(i.importer, ("sweep",)) and _within(i.target, ("analysis",)))]
+    bad = [
+        i
+        for i in CHECKED
+        if (_within(i.importer, ("sweep", "analysis")) and _within(i.target, ("cli",)))
+        or (_within(i.importer, ("sweep",)) and _within(i.target, ("analysis",)))
+    ]
     _fail_on(bad, "an import up to the CLI, or from sweep up to analysis")
 
 
 def test_imports_point_down_the_layers():
-    bad = [i for i in CHECKED if i.internal and layer(i.importer) and layer(i.target)
-           and RANK[layer(i.target)] > RANK[layer(i.importer)]]
+    bad = [
+        i
+        for i in CHECKED
+        if i.internal and layer(i.importer) and layer(i.target) and RANK[layer(i.target)] > RANK[layer(i.importer)]
+    ]
     _fail_on(bad, "an import up the layers (base < kernel < cells < batch < task/store/lock < runner < analysis < cli)")
 
 
@@ -214,8 +251,14 @@ def test_package_inits_import_only_leaves_at_module_level():
     """Importing sweep.kernel runs sweep/__init__.py first: on a worker, anything it imported eagerly (the
     store, xarray, Zarr) would load with every task. At module level a package init imports only the
     standard library and the base layer; everything else waits inside functions."""
-    bad = [i for i in CHECKED if MODULES[i.importer].name == "__init__.py" and not i.in_function
-           and i.target not in STDLIB and i.target not in BASE]
+    bad = [
+        i
+        for i in CHECKED
+        if MODULES[i.importer].name == "__init__.py"
+        and not i.in_function
+        and i.target not in STDLIB
+        and i.target not in BASE
+    ]
     _fail_on(bad, "a package __init__ imports beyond the standard library and the base layer at module level")
 
 
@@ -294,5 +337,7 @@ def test_each_known_exception_still_occurs():
     """A fixed exception leaves the list (here and in docs/architecture.md), so the list never hides a new one."""
     present = {(i.importer, i.target) for i in IMPORTS}
     gone = sorted(set(KNOWN) - present)
-    assert not gone, (f"fixed, well done: remove {gone} from KNOWN in tests/test_layers.py and from "
-                      "'Known exceptions (to remove)' in docs/architecture.md")
+    assert not gone, (
+        f"fixed, well done: remove {gone} from KNOWN in tests/test_layers.py and from "
+        "'Known exceptions (to remove)' in docs/architecture.md"
+    )

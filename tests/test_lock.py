@@ -22,8 +22,22 @@ from sweep.lock import GRACE_SECONDS, LockError, StoreLock, lock_path
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["--dx", "3", "--m", "12", "--depth", "1,2", "--width", "3", "--seed", "0:2", "--horizon", "2",
-         "--checkpoints", "5"]
+SMALL = [
+    "--dx",
+    "3",
+    "--m",
+    "12",
+    "--depth",
+    "1,2",
+    "--width",
+    "3",
+    "--seed",
+    "0:2",
+    "--horizon",
+    "2",
+    "--checkpoints",
+    "5",
+]
 
 # one contender: for each trial, wait at the gate go<t> (a file the parent holds locked; all contenders
 # wake when it lets go), acquire, say whether it holds the lock, and hold it until the gate done<t>
@@ -66,8 +80,15 @@ def contend(root: Path, processes: int = 8, trials: int = 15, before=None) -> li
         for name in (f"go{t}", f"done{t}"):
             gates[name] = open(root / name, "w")
             fcntl.flock(gates[name], fcntl.LOCK_EX)
-    procs = [subprocess.Popen([sys.executable, "-c", CONTENDER, str(root), str(trials)], text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(processes)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONTENDER, str(root), str(trials)],
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(processes)
+    ]
     outcome = []
     try:
         for t in range(trials):
@@ -82,8 +103,13 @@ def contend(root: Path, processes: int = 8, trials: int = 15, before=None) -> li
             assert all(lines), [p.stderr.read() for p in procs if p.poll() is not None]
             held = [(int(w[1]), int(w[2])) for w in lines if w[0] == "held"]
             times = [h[0] for h in held]
-            outcome.append({"holders": len(held), "took_over": sum(h[1] for h in held),
-                            "spread_ms": (max(times) - min(times)) / 1e6 if times else 0.0})
+            outcome.append(
+                {
+                    "holders": len(held),
+                    "took_over": sum(h[1] for h in held),
+                    "spread_ms": (max(times) - min(times)) / 1e6 if times else 0.0,
+                }
+            )
             gates[f"done{t}"].close()
         for p in procs:
             p.wait(timeout=60)
@@ -135,9 +161,17 @@ def test_a_lock_being_written_is_busy_not_stale(tmp_path):
 
 def test_a_live_lock_is_refused_and_kept(tmp_path):
     store = tmp_path / "s.zarr"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom sweep.lock import StoreLock\n"
-                               "l = StoreLock(sys.argv[1]).acquire()\nprint('held', flush=True)\ntime.sleep(60)",
-                               str(store)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom sweep.lock import StoreLock\n"
+            "l = StoreLock(sys.argv[1]).acquire()\nprint('held', flush=True)\ntime.sleep(60)",
+            str(store),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline() == "held\n"
         old = time.time() - 3600  # no heartbeat for an hour, but its process is alive on this host
@@ -159,7 +193,9 @@ def test_a_dead_drivers_lock_is_taken_over_with_a_warning(ray_local, tmp_path):
     lock_path(out).write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "since": "earlier"}))
     r = cli("run", *SMALL, "--out", out, "--quiet")
     assert r.exit_code == 0, r.output
-    warning = f"linflow: warning: took over the lock of {out.resolve()} from pid {pid} on {socket.gethostname()} (gone since "
+    warning = (
+        f"linflow: warning: took over the lock of {out.resolve()} from pid {pid} on {socket.gethostname()} (gone since "
+    )
     assert r.stderr.startswith(warning) and r.stderr.count("\n") == 1, r.stderr
     assert not lock_path(out).exists()
 
@@ -172,7 +208,9 @@ def test_symlinked_names_of_a_store_share_one_lock(ray_local, tmp_path):
         with pytest.raises(LockError):
             StoreLock(link).acquire()
         r = cli("run", *SMALL, "--out", link)
-        assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "is being written by linflow run pid" in r.stderr, r.output
+        assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "is being written by linflow run pid" in r.stderr, (
+            r.output
+        )
         assert not real.exists() and link.is_symlink()  # nothing created
 
     assert cli("run", *SMALL, "--out", link, "--quiet").exit_code == 0  # the store is made where the link points

@@ -27,13 +27,16 @@ def test_data_file_is_whitened_and_keeps_the_least_squares_solution(tmp_path):
     assert np.allclose(p.target @ p.x, y @ np.linalg.pinv(x) @ x, atol=1e-12)
 
 
-@pytest.mark.parametrize("arrays, words", [
-    ({"X": np.ones((5, 3)), "Y": np.ones((1, 3))}, "m = 3 < dx = 5"),
-    ({"X": np.ones((2, 10)), "Y": np.ones((1, 9))}, "both need m = 10"),
-    ({"X": np.ones((2, 10))}, "no array Y"),
-    ({"X": np.ones(10), "Y": np.ones((1, 10))}, "2-D"),
-    ({"X": np.ones((2, 10)), "Y": np.ones((1, 10))}, "singular"),
-])
+@pytest.mark.parametrize(
+    "arrays, words",
+    [
+        ({"X": np.ones((5, 3)), "Y": np.ones((1, 3))}, "m = 3 < dx = 5"),
+        ({"X": np.ones((2, 10)), "Y": np.ones((1, 9))}, "both need m = 10"),
+        ({"X": np.ones((2, 10))}, "no array Y"),
+        ({"X": np.ones(10), "Y": np.ones((1, 10))}, "2-D"),
+        ({"X": np.ones((2, 10)), "Y": np.ones((1, 10))}, "singular"),
+    ],
+)
 def test_bad_data_files_name_the_problem(tmp_path, arrays, words):
     np.savez(tmp_path / "d.npz", **arrays)
     with pytest.raises(SpecError, match=words) as info:
@@ -74,15 +77,18 @@ def test_only_x_and_y_are_read(tmp_path):
     assert from_file(str(tmp_path / "d.npz")).x.shape[1] == 10
 
 
-@pytest.mark.parametrize("arrays, words", [
-    ({"X": np.ones((0, 5)), "Y": np.ones((1, 5))}, "X is empty"),
-    ({"X": np.eye(2, 20), "Y": np.ones((0, 20))}, "Y is empty"),
-    ({"X": np.eye(2, 20) * (1 + 1j), "Y": np.ones((1, 20))}, "X is complex"),
-    ({"X": np.eye(2, 20), "Y": np.ones((1, 20)) * 1j}, "Y is complex"),
-    ({"X": np.eye(2, 20) > 0, "Y": np.ones((1, 20))}, "2-D real numeric"),
-    ({"X": np.eye(2, 20) * 1e200 + 1e199, "Y": np.ones((1, 20))}, "overflow X Xᵀ"),
-    ({"X": np.eye(2, 20), "Y": np.ones((1, 20)) * 1e200}, "overflow the loss"),
-])
+@pytest.mark.parametrize(
+    "arrays, words",
+    [
+        ({"X": np.ones((0, 5)), "Y": np.ones((1, 5))}, "X is empty"),
+        ({"X": np.eye(2, 20), "Y": np.ones((0, 20))}, "Y is empty"),
+        ({"X": np.eye(2, 20) * (1 + 1j), "Y": np.ones((1, 20))}, "X is complex"),
+        ({"X": np.eye(2, 20), "Y": np.ones((1, 20)) * 1j}, "Y is complex"),
+        ({"X": np.eye(2, 20) > 0, "Y": np.ones((1, 20))}, "2-D real numeric"),
+        ({"X": np.eye(2, 20) * 1e200 + 1e199, "Y": np.ones((1, 20))}, "overflow X Xᵀ"),
+        ({"X": np.eye(2, 20), "Y": np.ones((1, 20)) * 1e200}, "overflow the loss"),
+    ],
+)
 def test_odd_arrays_are_refused_by_name(tmp_path, arrays, words):
     np.savez(tmp_path / "d.npz", **arrays)
     with pytest.raises(SpecError, match=words) as info:

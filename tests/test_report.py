@@ -35,27 +35,120 @@ COMMON = ["--checkpoints", "21", "--quiet"]
 CORPUS = {
     "issue 8": ["--depth", "2:5", "--seed", "0:2", "--init-norm", "1", "--horizon", "100"],
     "long horizon": ["--depth", "1,3", "--init-norm", "0.5,4", "--seed", "0:3", "--horizon", "1000"],
-    "dy 3 gaussian long": ["--dy", "3", "--init", "gaussian", "--depth", "2,3", "--width", "3", "--seed", "0:3",
-                           "--horizon", "1000"],
-    "dy 3 induced": ["--dy", "3", "--model", "induced", "--depth", "1,2,4", "--init-norm", "0.3,3", "--seed", "0:2",
-                     "--horizon", "50"],
-    "dy 1 gaussian": ["--init", "gaussian", "--depth", "2,3", "--init-norm", "0.5,2", "--seed", "0:3", "--horizon", "20"],
+    "dy 3 gaussian long": [
+        "--dy",
+        "3",
+        "--init",
+        "gaussian",
+        "--depth",
+        "2,3",
+        "--width",
+        "3",
+        "--seed",
+        "0:3",
+        "--horizon",
+        "1000",
+    ],
+    "dy 3 induced": [
+        "--dy",
+        "3",
+        "--model",
+        "induced",
+        "--depth",
+        "1,2,4",
+        "--init-norm",
+        "0.3,3",
+        "--seed",
+        "0:2",
+        "--horizon",
+        "50",
+    ],
+    "dy 1 gaussian": [
+        "--init",
+        "gaussian",
+        "--depth",
+        "2,3",
+        "--init-norm",
+        "0.5,2",
+        "--seed",
+        "0:3",
+        "--horizon",
+        "20",
+    ],
     "exact long": ["--model", "exact", "--depth", "1:5", "--seed", "0:2", "--horizon", "1000"],
-    "exact angles": ["--model", "exact", "--depth", "1:4", "--init-angle", f"0,1.5,{PI}", "--seed", "0",
-                     "--horizon", "100"],
-    "three swept axes": ["--model", "induced", "--depth", "1:4", "--init-norm", "0.5,2", "--init-angle", f"0,1.5,{PI}",
-                         "--seed", "0:2", "--horizon", "30"],
-    "anti-aligned long": ["--model", "induced", "--depth", "2,3", "--init-angle", PI, "--seed", "0", "--horizon", "100"],
-    "diverged": ["--method", "euler", "--step", "0.5", "--depth", "2,3", "--init-norm", "0.5,20", "--seed", "0:2",
-                 "--horizon", "5"],
-    "some failed": ["--depth", "2,3", "--init-norm", "0.5,2", "--seed", f"{FAIL_SEED - 1}:{FAIL_SEED + 2}", "--horizon", "10"],
+    "exact angles": [
+        "--model",
+        "exact",
+        "--depth",
+        "1:4",
+        "--init-angle",
+        f"0,1.5,{PI}",
+        "--seed",
+        "0",
+        "--horizon",
+        "100",
+    ],
+    "three swept axes": [
+        "--model",
+        "induced",
+        "--depth",
+        "1:4",
+        "--init-norm",
+        "0.5,2",
+        "--init-angle",
+        f"0,1.5,{PI}",
+        "--seed",
+        "0:2",
+        "--horizon",
+        "30",
+    ],
+    "anti-aligned long": [
+        "--model",
+        "induced",
+        "--depth",
+        "2,3",
+        "--init-angle",
+        PI,
+        "--seed",
+        "0",
+        "--horizon",
+        "100",
+    ],
+    "diverged": [
+        "--method",
+        "euler",
+        "--step",
+        "0.5",
+        "--depth",
+        "2,3",
+        "--init-norm",
+        "0.5,20",
+        "--seed",
+        "0:2",
+        "--horizon",
+        "5",
+    ],
+    "some failed": [
+        "--depth",
+        "2,3",
+        "--init-norm",
+        "0.5,2",
+        "--seed",
+        f"{FAIL_SEED - 1}:{FAIL_SEED + 2}",
+        "--horizon",
+        "10",
+    ],
     "all failed": ["--depth", "2", "--seed", str(FAIL_SEED), "--horizon", "10"],
     "single cell": ["--depth", "3", "--seed", "0", "--horizon", "10"],
     "single cell dy 3 width 1": ["--dy", "3", "--depth", "2", "--width", "1", "--seed", "0", "--horizon", "10"],
     "one seed": ["--depth", "1:4", "--init-norm", "0.5,2,8", "--seed", "0", "--horizon", "50"],
 }
-PENDING = {"axes": {"depth": [1, 3], "width": [5], "init_norm": [1.0, 3.0], "seed": {"start": 0, "stop": 4}},
-           "horizon": 10.0, "checkpoints": {"count": 21}, "batch": 2}
+PENDING = {
+    "axes": {"depth": [1, 3], "width": [5], "init_norm": [1.0, 3.0], "seed": {"start": 0, "stop": 4}},
+    "horizon": 10.0,
+    "checkpoints": {"count": 21},
+    "batch": 2,
+}
 
 
 def cli(*args):
@@ -122,8 +215,11 @@ def report(path, out):
         r = cli("report", path, "--out", out)
     # ResourceWarning comes from the garbage collector closing files of earlier code (Ray, other tests)
     # whenever it happens to run; Python never shows it to a user by default
-    leaked = [f"{w.category.__name__}: {w.message}" for w in caught
-              if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, ResourceWarning))]
+    leaked = [
+        f"{w.category.__name__}: {w.message}"
+        for w in caught
+        if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, ResourceWarning))
+    ]
     text = (out / "report.md").read_text() if (out / "report.md").exists() else ""
     return r, text, leaked
 
@@ -139,6 +235,7 @@ def reports(corpus, tmp_path_factory):
             out = root / name.replace(" ", "_")
             made[name] = (*report(corpus[name], out), out)
         return made[name]
+
     return get
 
 
@@ -147,8 +244,15 @@ def test_report_stands_on_every_store(corpus, reports, name):
     r, text, leaked, folder = reports(name)
     assert r.exit_code == 0, r.output
     assert "Traceback" not in r.output and not leaked, leaked
-    for heading in ("## Status", "## Where the runs ended", "## Time to ε", "## Theory agreement", "## Bounds",
-                    "## What could not be computed", "## Figures"):
+    for heading in (
+        "## Status",
+        "## Where the runs ended",
+        "## Time to ε",
+        "## Theory agreement",
+        "## Bounds",
+        "## What could not be computed",
+        "## Figures",
+    ):
         assert heading in text
     assert not re.search(r"figure \S+ not drawn", text)  # no figure failed
     pngs = sorted(folder.glob("*.png"))
@@ -188,12 +292,13 @@ def section(text, heading):
 
 def test_report_says_why_a_number_is_missing(reports):
     texts = {}
-    for name in ("dy 3 induced", "dy 1 gaussian", "one seed", "some failed", "all failed", "pending",
-                 "single cell"):
+    for name in ("dy 3 induced", "dy 1 gaussian", "one seed", "some failed", "all failed", "pending", "single cell"):
         r, texts[name], _, _ = reports(name)
         assert r.exit_code == 0, r.output
     missing = {k: section(v, "## What could not be computed") for k, v in texts.items()}
-    assert "exact T_ε and the certificate bound (docs/theory.md §4–5): not defined for dy = 3" in missing["dy 3 induced"]
+    assert (
+        "exact T_ε and the certificate bound (docs/theory.md §4–5): not defined for dy = 3" in missing["dy 3 induced"]
+    )
     assert "not defined for Gaussian starts" in missing["dy 1 gaussian"]
     assert "exact curve" not in missing["dy 1 gaussian"]  # none is drawn for Gaussian starts: nothing to miss
     # one seed: the fits stand, each row says there is no interval
@@ -206,7 +311,10 @@ def test_report_says_why_a_number_is_missing(reports):
     assert "cell failed: no start, no theory — 4 cells" in missing["some failed"]
     assert "cell failed: no start, no theory — 1 cell " in missing["all failed"]
     assert "no cell has results" in missing["all failed"]
-    assert "10 cells still pending" in texts["pending"] and "cell pending: no start, no theory — 10 cells" in missing["pending"]
+    assert (
+        "10 cells still pending" in texts["pending"]
+        and "cell pending: no start, no theory — 10 cells" in missing["pending"]
+    )
     # one cell: no fits, nothing pooled, the theory complete
     assert "## Scaling fits" not in texts["single cell"] and "Every theory value was computed." in texts["single cell"]
 
@@ -232,6 +340,7 @@ def test_a_theory_computation_that_raises_is_caught_per_cell_and_said(corpus, tm
             if np.any(np.asarray(depth) == 3):
                 raise OverflowError("(34, 'Numerical result out of range')")
             return real(depth, *args)
+
         return closed_form
 
     monkeypatch.setattr(theory, "exact_time_to_eps", overflowing(real_time))
@@ -239,8 +348,10 @@ def test_a_theory_computation_that_raises_is_caught_per_cell_and_said(corpus, tm
     r, text, leaked = report(corpus["issue 8"], tmp_path / "rep")
     assert r.exit_code == 0 and not leaked, r.output
     missing = section(text, "## What could not be computed")
-    assert ("theory raised OverflowError: (34, 'Numerical result out of range') — 2 cells "
-            "(depth=3, width=5, init_norm=1, seed=0; depth=3, width=5, init_norm=1, seed=1)") in missing
+    assert (
+        "theory raised OverflowError: (34, 'Numerical result out of range') — 2 cells "
+        "(depth=3, width=5, init_norm=1, seed=0; depth=3, width=5, init_norm=1, seed=1)"
+    ) in missing
     assert "exact curve for N = 3 not drawn: the closed form raised OverflowError" in missing
     assert "over 4 cells" in section(text, "## Bounds")  # depths 2 and 4 keep their exact T_ε
     assert imread(tmp_path / "rep" / "excess_vs_time.png").shape[0] > 200
@@ -253,7 +364,12 @@ def test_a_theory_computation_that_raises_is_caught_per_cell_and_said(corpus, tm
 def test_console_report_prints_one_line_and_no_warning(corpus, tmp_path):
     """The issue's command as a user types it: `linflow report` on the issue's store, stderr empty."""
     linflow = Path(sys.executable).parent / "linflow"
-    proc = subprocess.run([str(linflow), "report", str(corpus["issue 8"]), "--out", str(tmp_path / "r")],
-                          capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [str(linflow), "report", str(corpus["issue 8"]), "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert proc.stdout.strip() == f"wrote {tmp_path / 'r' / 'report.md'}"

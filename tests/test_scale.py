@@ -14,8 +14,11 @@ import yaml
 from sweep import batch, problem, store
 from sweep import spec as specs
 
-MILLION = {"axes": {"depth": [1], "width": [5], "init_norm": [1.0], "seed": {"start": 0, "stop": 1_000_000}},
-           "horizon": 0.01, "checkpoints": {"count": 2, "spacing": "linear"}}
+MILLION = {
+    "axes": {"depth": [1], "width": [5], "init_norm": [1.0], "seed": {"start": 0, "stop": 1_000_000}},
+    "horizon": 0.01,
+    "checkpoints": {"count": 2, "spacing": "linear"},
+}
 
 
 def _with_seeds(seeds) -> dict:
@@ -62,8 +65,12 @@ def test_a_list_and_a_range_of_the_same_values_are_the_same_sweep():
         assert all(np.array_equal(ca[k], cb[k]) and ca[k].dtype == cb[k].dtype for k in ca)
     # other values: another sweep
     base = specs.parse(_with_seeds({"start": 0, "stop": 20_000})).fingerprint()
-    for other in ({"start": 0, "stop": 20_001}, {"start": 1, "stop": 20_001}, {"start": 0, "stop": 40_000, "step": 2},
-                  list(range(19_999)) + [20_000]):
+    for other in (
+        {"start": 0, "stop": 20_001},
+        {"start": 1, "stop": 20_001},
+        {"start": 0, "stop": 40_000, "step": 2},
+        list(range(19_999)) + [20_000],
+    ):
         assert specs.parse(_with_seeds(other)).fingerprint() != base, str(other)[:40]
 
 
@@ -91,8 +98,12 @@ def _metadata(root: Path) -> dict:
 
 
 def test_store_create_declares_the_results_as_xarray_writes_them(tmp_path):
-    s = specs.parse({"axes": {"depth": [1, 2], "width": [5], "init_norm": [0.5, 1.0], "seed": {"start": 0, "stop": 300}},
-                     "checkpoints": {"count": 3, "spacing": "linear"}})
+    s = specs.parse(
+        {
+            "axes": {"depth": [1, 2], "width": [5], "init_norm": [0.5, 1.0], "seed": {"start": 0, "stop": 300}},
+            "checkpoints": {"count": 3, "spacing": "linear"},
+        }
+    )
     p = problem.build(s.problem)
     store.create(tmp_path / "fast.zarr", s, p, "f")
     ds, encoding = store.template(s, p, "f")
@@ -101,12 +112,15 @@ def test_store_create_declares_the_results_as_xarray_writes_them(tmp_path):
         ds.to_zarr(str(tmp_path / "xarray.zarr"), mode="w", encoding=encoding, zarr_format=3, consolidated=True)
     assert _metadata(tmp_path / "fast.zarr") == _metadata(tmp_path / "xarray.zarr")
     files = {str(f.relative_to(tmp_path / "fast.zarr")) for f in (tmp_path / "fast.zarr").rglob("*") if f.is_file()}
-    assert files == {str(f.relative_to(tmp_path / "xarray.zarr")) for f in (tmp_path / "xarray.zarr").rglob("*") if f.is_file()}
+    assert files == {
+        str(f.relative_to(tmp_path / "xarray.zarr")) for f in (tmp_path / "xarray.zarr").rglob("*") if f.is_file()
+    }
     a, b = xr.open_zarr(tmp_path / "fast.zarr"), xr.open_zarr(tmp_path / "xarray.zarr")
     xr.testing.assert_identical(a.load(), b.load())
     for v in a.variables:  # as read back: the same chunks, dtypes and fill values (NaN repr'd alike)
-        assert repr({k: x for k, x in a[v].encoding.items() if k != "source"}) == \
-            repr({k: x for k, x in b[v].encoding.items() if k != "source"}), v
+        assert repr({k: x for k, x in a[v].encoding.items() if k != "source"}) == repr(
+            {k: x for k, x in b[v].encoding.items() if k != "source"}
+        ), v
 
 
 def test_a_million_cell_store_is_laid_out_in_seconds_and_reads_back(tmp_path):

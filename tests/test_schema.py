@@ -8,8 +8,12 @@ from sweep import batch, problem, schema, store
 from sweep import spec as specs
 from sweep.schema import RESULTS, Status
 
-RAW = {"axes": {"depth": [1, 2], "width": [3], "init_norm": [0.5, 2.0], "seed": {"start": 0, "stop": 3}},
-       "problem": {"dx": 4, "dy": 2}, "checkpoints": {"count": 5, "spacing": "linear"}, "horizon": 0.5}
+RAW = {
+    "axes": {"depth": [1, 2], "width": [3], "init_norm": [0.5, 2.0], "seed": {"start": 0, "stop": 3}},
+    "problem": {"dx": 4, "dy": 2},
+    "checkpoints": {"count": 5, "spacing": "linear"},
+    "horizon": 0.5,
+}
 
 
 @pytest.fixture(scope="module")

@@ -32,14 +32,16 @@ LINFLOW = str(Path(sys.executable).parent / "linflow")
 # 24 batches of 4 cells, ~0.3 s of kernel time each: several seconds on 2 workers
 SWEEP = {
     "axes": {"depth": [2, 3], "width": [5], "init_norm": [0.5, 5.0], "seed": {"start": 0, "stop": 24}},
-    "integrator": {"method": "rk4", "step": 2e-3}, "horizon": 6.0, "checkpoints": {"count": 21, "spacing": "log"},
+    "integrator": {"method": "rk4", "step": 2e-3},
+    "horizon": 6.0,
+    "checkpoints": {"count": 21, "spacing": "log"},
     "batch": 4,
 }
 CRASH_CELL = {"depth": 2, "init_norm": 0.5, "seed": 5}
 
 # loaded by every Python process started with this folder on PYTHONPATH (the driver and Ray's workers):
 # a worker that computes the batch holding the cell LINFLOW_TEST_CRASH_CELL (JSON) dies, every time
-SITECUSTOMIZE = '''
+SITECUSTOMIZE = """
 import importlib.machinery, json, os, sys
 
 class _CrashingBatches:
@@ -65,7 +67,7 @@ class _CrashingBatches:
 
 if "LINFLOW_TEST_CRASH_CELL" in os.environ:
     sys.meta_path.insert(0, _CrashingBatches())
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +86,14 @@ def start(args, **extra):
     """``linflow`` in its own session (its pid is the session's id): its Ray processes can be found and reaped."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(extra)
-    return subprocess.Popen([LINFLOW, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)
+    return subprocess.Popen(
+        [LINFLOW, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def session(proc) -> dict[int, str]:
@@ -153,13 +161,17 @@ def resume_matches_reference(out: Path, reference):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("target", "signum", "code"), [
-    ("group", signal.SIGTERM, 143),  # Slurm, systemd, docker stop, timeout
-    ("driver", signal.SIGTERM, 143),  # kill PID
-    ("group", signal.SIGINT, 130),  # Ctrl-C in a terminal
-])
+@pytest.mark.parametrize(
+    ("target", "signum", "code"),
+    [
+        ("group", signal.SIGTERM, 143),  # Slurm, systemd, docker stop, timeout
+        ("driver", signal.SIGTERM, 143),  # kill PID
+        ("group", signal.SIGINT, 130),  # Ctrl-C in a terminal
+    ],
+)
 def test_signal_mid_run_stops_in_one_line_keeps_every_batch_and_leaves_no_lock(
-        ray_local, spec, tmp_path, reference, target, signum, code):
+    ray_local, spec, tmp_path, reference, target, signum, code
+):
     out = tmp_path / "s.zarr"
     proc = start(["run", spec, "--out", out, "--quiet", "--workers", "2"])
     try:
@@ -187,7 +199,9 @@ def test_signal_while_ray_starts_leaves_no_ray_process(spec, tmp_path, target, s
         wait_for(lambda: "raylet" in session(proc).values(), 60)  # Ray is starting: GCS and raylet are up
         (os.killpg if target == "group" else os.kill)(proc.pid, signum)
         _, err = proc.communicate(timeout=60)
-        wait_for(lambda: not session(proc), 25)  # (orphans used to stay ~40 s) not one raylet, GCS, agent or worker left behind
+        wait_for(
+            lambda: not session(proc), 25
+        )  # (orphans used to stay ~40 s) not one raylet, GCS, agent or worker left behind
     finally:
         reap(proc)
     assert proc.returncode == code, err
@@ -199,8 +213,11 @@ def test_signal_while_ray_starts_leaves_no_ray_process(spec, tmp_path, target, s
 def test_workers_that_keep_dying_fail_their_batch_and_the_sweep_goes_on(ray_local, spec, tmp_path, reference):
     (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
     out = tmp_path / "s.zarr"
-    proc = start(["run", spec, "--out", out, "--json", "--workers", "2"],
-                 PYTHONPATH=str(tmp_path), LINFLOW_TEST_CRASH_CELL=json.dumps(CRASH_CELL))
+    proc = start(
+        ["run", spec, "--out", out, "--json", "--workers", "2"],
+        PYTHONPATH=str(tmp_path),
+        LINFLOW_TEST_CRASH_CELL=json.dumps(CRASH_CELL),
+    )
     try:
         stdout, err = proc.communicate(timeout=400)
     finally:
@@ -281,14 +298,23 @@ def closed_port() -> int:
 @pytest.mark.parametrize("kind", ["not-ray", "http", "ray-client-down", "gcs-down", "no-port"])
 def test_bad_address_is_refused_in_one_line_before_anything_is_created(spec, tmp_path, kind):
     server = NotRay() if kind == "not-ray" else None
-    address = {"not-ray": f"127.0.0.1:{server.port}" if server else "", "http": "http://127.0.0.1:8265",
-               "ray-client-down": f"ray://127.0.0.1:{closed_port()}", "gcs-down": f"127.0.0.1:{closed_port()}",
-               "no-port": "ray://localhost"}[kind]
+    address = {
+        "not-ray": f"127.0.0.1:{server.port}" if server else "",
+        "http": "http://127.0.0.1:8265",
+        "ray-client-down": f"ray://127.0.0.1:{closed_port()}",
+        "gcs-down": f"127.0.0.1:{closed_port()}",
+        "no-port": "ray://localhost",
+    }[kind]
     out = tmp_path / "s.zarr"
     try:
         began = time.monotonic()
-        proc = subprocess.run([LINFLOW, "run", str(spec), "--out", str(out), "--address", address], text=True,
-                              capture_output=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+        proc = subprocess.run(
+            [LINFLOW, "run", str(spec), "--out", str(out), "--address", address],
+            text=True,
+            capture_output=True,
+            timeout=60,
+            env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        )
         took = time.monotonic() - began
     finally:
         if server:

@@ -20,11 +20,22 @@ def test_defaults_make_a_valid_sweep():
 def test_every_default_applies_whenever_its_key_is_missing():
     full = specs.parse({}).to_dict()
     # a missing tolerance, the method alone, or a flag alone take the defaults of the rest (issue 8 item 5)
-    for raw in ({"integrator": {"method": "dopri5"}}, {"integrator": {}}, {"integrator": {"rtol": 1e-8}},
-                {"checkpoints": {}}, {"init": {}}, {"problem": {}}, {"checkpoints": {"spacing": "log"}}):
+    for raw in (
+        {"integrator": {"method": "dopri5"}},
+        {"integrator": {}},
+        {"integrator": {"rtol": 1e-8}},
+        {"checkpoints": {}},
+        {"init": {}},
+        {"problem": {}},
+        {"checkpoints": {"spacing": "log"}},
+    ):
         assert specs.parse(raw).to_dict() == full, raw
     assert specs.load(None, {"integrator": {"rtol": 1e-6}}).integrator == {
-        "method": "dopri5", "rtol": 1e-6, "atol": 1e-12, "max_steps": specs.MAX_STEPS}
+        "method": "dopri5",
+        "rtol": 1e-6,
+        "atol": 1e-12,
+        "max_steps": specs.MAX_STEPS,
+    }
     assert specs.load(None, {"integrator": {"method": "dopri5"}}).integrator == specs.parse({}).integrator
     spec = specs.load(None, {"integrator": {"method": "euler", "step": 1e-3}})
     assert specs.merge(spec.to_dict(), {"integrator": {"method": "dopri5"}})["integrator"] == {"method": "dopri5"}

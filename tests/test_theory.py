@@ -29,9 +29,14 @@ def event_time(n, r0, theta0, eps):
     return sol.t_events[0][0]
 
 
-GRID = [(n, r0, th, eps) for n in range(1, 9) for r0 in (0.05, 1.0, 20.0)
-        for th in (0.0, 0.5, 2.0, 3.0, np.pi - 1e-2) for eps in (1e-4, 1e-8)
-        if not (th > 3.1 and n >= 7 and r0 < 1)]  # (those take > 1e12 flow time: beyond the ODE's reach)
+GRID = [
+    (n, r0, th, eps)
+    for n in range(1, 9)
+    for r0 in (0.05, 1.0, 20.0)
+    for th in (0.0, 0.5, 2.0, 3.0, np.pi - 1e-2)
+    for eps in (1e-4, 1e-8)
+    if not (th > 3.1 and n >= 7 and r0 < 1)
+]  # (those take > 1e12 flow time: beyond the ODE's reach)
 
 
 def test_exact_time_to_eps_matches_event_location():
@@ -46,7 +51,8 @@ def test_exact_time_to_eps_broadcasts_and_handles_limits():
     t = theory.exact_time_to_eps(np.array([1, 2, 3])[:, None], 1.0, ZETA, np.array([0.0, 1.0]), 1e-6)
     assert t.shape == (3, 2) and np.all(np.isfinite(t))
     assert theory.exact_time_to_eps(1, 3.0, ZETA, 0.7, 1e-6) == pytest.approx(
-        0.5 * np.log(0.5 * ((3 - ZETA * np.cos(0.7)) ** 2 + (ZETA * np.sin(0.7)) ** 2) / 1e-6), rel=1e-14)
+        0.5 * np.log(0.5 * ((3 - ZETA * np.cos(0.7)) ** 2 + (ZETA * np.sin(0.7)) ** 2) / 1e-6), rel=1e-14
+    )
     # the float nearest π stands for π: the anti-aligned ray never gets within ε < ½ζ²; one ulp below,
     # the exact flow does leave it, after ~1e16 at N = 3 (T_ε grows without bound as θ0 → π)
     assert theory.exact_time_to_eps(3, 1.0, ZETA, np.pi, 1e-6) == np.inf
@@ -66,6 +72,7 @@ def test_depth_two_explicit_form():
     ts = np.linspace(0, 6, 13)
     assert np.allclose(theory.exact_excess_loss(2, r0, ZETA, th0, ts), excess(x0 + ZETA * ts), rtol=1e-12, atol=0)
     from scipy.optimize import brentq
+
     x_eps = brentq(lambda x: excess(x) - eps, x0, 30, xtol=1e-15)
     assert theory.exact_time_to_eps(2, r0, ZETA, th0, eps) == pytest.approx((x_eps - x0) / ZETA, rel=1e-10)
 
@@ -85,8 +92,16 @@ def balanced_limit(w0, target, depth, width, horizon):
     model = kernel.Layerwise(layer_dims(target.shape[1], target.shape[0], depth, width), target)
     layers = balanced_layers(w0, problem_seed=0, seed=0, depth=depth, width=width)
     y0 = model.pack([w[None] for w in layers])
-    r = kernel.integrate(model, y0, kernel.DOPRI5, horizon=horizon, checkpoints=np.array([0.0, horizon]),
-                         eps=1e-30, rtol=1e-10, atol=1e-13)
+    r = kernel.integrate(
+        model,
+        y0,
+        kernel.DOPRI5,
+        horizon=horizon,
+        checkpoints=np.array([0.0, horizon]),
+        eps=1e-30,
+        rtol=1e-10,
+        atol=1e-13,
+    )
     return model.product(r.y_final)[0]
 
 
