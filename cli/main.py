@@ -356,20 +356,29 @@ def report(
 
 @app.command()
 def reproduce(
-    name: str = typer.Argument(..., help="Which study: eftekhari2020."),
-    out: Path = typer.Option(
-        Path("runs/eftekhari2020"), "--out", "-o", help="Folder for the stores, figures and reproduce.md."
+    name: str | None = typer.Argument(None, help="Which study (linflow reproduce --list)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Folder for the stores, figures and reproduce.md [default: runs/NAME]."
     ),
     quick: bool = typer.Option(False, "--quick", help="Fewer seeds, depths and angles (for tests)."),
     workers: int | None = typer.Option(None, help="CPUs of the local Ray instance (default: all)."),
     address: str | None = typer.Option(None, help="Ray cluster to use (default: RAY_ADDRESS, else local)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    show: bool = typer.Option(False, "--list", help="List the studies and stop."),
 ):
     """Reproduce a paper's numerical example beside the exact theory (resumable: rerun to finish)."""
-    from analysis import reproduce as studies
+    import xarray as xr
 
-    if name != "eftekhari2020":
-        _fail(f"name: unknown study {name!r} (available: eftekhari2020)")
+    from analysis import studies
+
+    if show:
+        for study in studies.names():
+            typer.echo(f"{study}: {studies.get(study).TITLE}")
+        return
+    if name not in studies.names():
+        _fail(f"name: unknown study {name!r} (available: {', '.join(studies.names())})")
+    study = studies.get(name)
+    out = out or Path("runs") / name
     if workers is not None and workers < 1:
         _fail(f"--workers: must be ≥ 1, got {workers}")
     _new_folder(out)
@@ -379,7 +388,9 @@ def reproduce(
             typer.echo(f"  {sweep}: {done}/{total} cells", err=True)
 
     try:
-        written = studies.eftekhari2020(out, quick=quick, address=address, workers=workers, progress=progress)
+        stores = runner.run_all(study.specs_for(quick), out, address=address, workers=workers, progress=progress)
+        datasets = {n: xr.open_zarr(path).load() for n, path in stores.items()}
+        written = study.write(out, datasets)
     except KeyboardInterrupt:
         _fail(f"{out} holds every finished batch — rerun the same command to finish it", 130, "interrupted; ")
     except LinflowError as exc:
@@ -387,6 +398,9 @@ def reproduce(
     except OSError as exc:
         _fail(f"--out: cannot write in {out}: {exc.strerror or exc}")
     typer.echo(f"wrote {written}")
+    failed = [claim for claim, holds in study.checks(datasets) if not holds]
+    if failed:
+        _fail(f"{len(failed)} check(s) failed: {failed[0]} (all in {written})", 1)
 
 
 @app.command()

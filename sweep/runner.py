@@ -393,6 +393,23 @@ def run(spec: Spec, out: str | Path, *, address=None, workers=None, progress=Non
     return report
 
 
+def run_all(specs: dict[str, Spec], folder: str | Path, *, address=None, workers=None, progress=None) -> dict:
+    """Run (or resume) several sweeps on one Ray connection, each into ``folder/NAME.zarr``; returns
+    {name: store path}. ``progress(name, done, total)``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stores = {name: folder / f"{name}.zarr" for name in specs}
+    owner = connect(address, workers)
+    try:
+        for name, spec in specs.items():
+            report = (lambda d, t, n=name: progress(n, d, t)) if progress else None
+            run(spec, stores[name], address=address, workers=workers, progress=report)
+    finally:
+        if owner:
+            _stop_ray()
+    return stores
+
+
 def run_local(spec: Spec, problem: Problem | None = None):
     """Every cell of ``spec`` computed in this process, one batch after another — no Ray, no store, no
     lock: the dataset a finished run's store holds, bit for bit (cells depend only on their coordinates).

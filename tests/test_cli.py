@@ -335,6 +335,19 @@ def test_report_writes_markdown_and_figures(ray_local, tmp_path):
     assert cli("report", tmp_path / "missing.zarr", "--out", tmp_path / "x").exit_code == 2
 
 
+def test_reproduce_lists_its_studies_one_file_each():
+    from analysis import studies
+
+    r = cli("reproduce", "--list")
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines() == [f"{n}: {studies.get(n).TITLE}" for n in studies.names()]
+    assert "eftekhari2020" in studies.names()
+    for name in studies.names():  # what a study file must define
+        study = studies.get(name)
+        assert callable(study.specs_for) and callable(study.write) and callable(study.checks), name
+        assert all(hasattr(s, "fingerprint") for s in study.specs_for(quick=True).values()), name
+
+
 @pytest.mark.slow
 def test_reproduce_eftekhari2020_quick(ray_local, tmp_path):
     out = tmp_path / "paper"
@@ -342,12 +355,13 @@ def test_reproduce_eftekhari2020_quick(ray_local, tmp_path):
     assert r.exit_code == 0, r.output
     text = (out / "reproduce.md").read_text()
     assert "## Excess loss at t = 0.1" in text and "## Where depth helps" in text
+    assert "## Checks" in text and "FAILED" not in text  # the study's checks hold (exit code 0 says so too)
     for png in ("excess_vs_time.png", "time_to_eps_vs_angle.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG" and (out / png).stat().st_size > 10_000
     euler = xr.open_zarr(out / "euler.zarr")
     assert np.all(euler.steps.values == 100_000) and np.all(euler.status.values > 0)
     # the paper's discretization against the exact closed form at t = 0.1 (rows of the table)
-    from analysis.reproduce import paper_table
+    from analysis.studies.eftekhari2020 import paper_table
 
     rows = paper_table(euler.load(), xr.open_zarr(out / "dopri5.zarr").load())
     assert len(rows) == 10 and max(abs(row[-1]) for row in rows) < 1e-4

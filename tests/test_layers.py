@@ -19,12 +19,7 @@ PACKAGES = ("sweep", "analysis", "cli")
 
 # Known violations, as (importer, imported) edges: a project module, or the top-level name of a library.
 # Each is to be removed; when it is, delete its line here and in docs/architecture.md.
-KNOWN = {
-    ("analysis.reproduce", "sweep.runner"): "reproduce runs its three sweeps itself (runner.connect, runner.run): "
-    "analysis should receive finished stores, the running belongs above it",
-    ("analysis.reproduce", "ray"): "reproduce shuts down the Ray instance it started (ray.shutdown), the same "
-    "running that belongs above analysis",
-}
+KNOWN: dict = {}  # none left
 
 # Layers, bottom to top: a module may import its own layer (no cycles) and the layers below, never above.
 RANK = {"base": 0, "kernel": 1, "cells": 2, "batch": 3, "worker": 4, "driver": 5, "analysis": 6, "cli": 7}

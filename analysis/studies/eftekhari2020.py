@@ -1,5 +1,5 @@
-"""``linflow reproduce eftekhari2020``: the paper's numerical example (docs/theory.md §6) beside the exact
-curves, plus an angle sweep showing where depth helps and where it hurts (§3–4).
+"""Eftekhari (ICML 2020), the paper's numerical example (docs/theory.md §6) beside the exact curves, plus
+an angle sweep showing where depth helps and where it hurts (§3–4).
 
 Three sweeps, each a resumable store under the output folder:
 - ``euler.zarr`` — the paper's discretization: forward Euler on the induced flow (17), step 1e-6 for
@@ -15,13 +15,15 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from sweep import runner
 from sweep import spec as specs
 from sweep.schema import Status
 
-from . import plots, theory
-from .report import markdown_table
+from .. import plots, theory
+from ..report import markdown_table
 
+TITLE = "Eftekhari (ICML 2020): the numerical example (Euler h = 1e-6, depths 1–5) and T_ε against the angle"
+EULER_TOLERANCE = 1e-4  # the paper's Euler run against the exact excess at t = 0.1 (relative)
+DOPRI5_TOLERANCE = 1e-7  # dopri5 at rtol 1e-11 against the exact excess (relative)
 PAPER = {"problem": {"m": 50, "dx": 5, "dy": 1, "seed": 0}, "model": "induced", "init": {"scheme": "balanced"}}
 ANGLES = [0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 2.8, 3.0, 3.1]
 
@@ -57,28 +59,23 @@ def specs_for(quick: bool = False) -> dict[str, specs.Spec]:
     }
 
 
-def eftekhari2020(out: str | Path, *, quick: bool = False, address=None, workers=None, progress=None) -> Path:
-    """Run (or resume) the three sweeps into ``out`` and write ``out/reproduce.md`` with its figures."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    todo = specs_for(quick)
-    owner = runner.connect(address, workers)
-    try:
-        for name, spec in todo.items():
-            runner.run(
-                spec,
-                out / f"{name}.zarr",
-                address=address,
-                workers=workers,
-                progress=(lambda d, t, n=name: progress(n, d, t)) if progress else None,
-            )
-    finally:
-        if owner:
-            import ray
-
-            ray.shutdown()
-    euler, dopri, angle = (xr.open_zarr(out / f"{n}.zarr").load() for n in todo)
-    return write(out, euler, dopri, angle)
+def checks(datasets: dict[str, xr.Dataset]) -> list[tuple[str, bool]]:
+    """What the results must show: (claim, holds)."""
+    rows = paper_table(datasets["euler"], datasets["dopri5"])
+    euler = max(abs(r[-1]) for r in rows)
+    dopri = max(abs(r[4] / r[5] - 1) for r in rows)
+    angle = datasets["angle"]
+    return [
+        (
+            f"the paper's Euler run is within {EULER_TOLERANCE:g} of the exact excess at t = 0.1 (worst {euler:.3g})",
+            bool(euler <= EULER_TOLERANCE),
+        ),
+        (
+            f"dopri5 (rtol 1e-11) is within {DOPRI5_TOLERANCE:g} of the exact excess (worst {dopri:.3g})",
+            bool(dopri <= DOPRI5_TOLERANCE),
+        ),
+        ("every cell of the angle sweep reaches ε within the horizon", bool((angle.status == Status.CONVERGED).all())),
+    ]
 
 
 def paper_table(euler: xr.Dataset, dopri: xr.Dataset) -> list[list]:
@@ -98,7 +95,7 @@ def paper_table(euler: xr.Dataset, dopri: xr.Dataset) -> list[list]:
 
 def angle_figure(angle: xr.Dataset):
     """T_ε against θ0 per depth: observed (markers) and exact (lines)."""
-    from .plots import figure
+    from ..plots import figure
 
     fig, (ax,) = figure()
     r0, zeta, _theta0 = theory.polar_coordinates(angle)
@@ -125,7 +122,9 @@ def angle_figure(angle: xr.Dataset):
     return fig
 
 
-def write(out: Path, euler: xr.Dataset, dopri: xr.Dataset, angle: xr.Dataset) -> Path:
+def write(out: Path, datasets: dict[str, xr.Dataset]) -> Path:
+    """Figures and ``out/reproduce.md`` from the three finished stores."""
+    euler, dopri, angle = datasets["euler"], datasets["dopri5"], datasets["angle"]
     fig = plots.excess_vs_time(euler, select={"seed": euler.seed.values[0]})
     fig.axes[0].set_title(
         "Forward Euler (h = 1e-6) on the induced flow, ‖W0‖ = 10‖Z‖\n"
@@ -165,6 +164,10 @@ def write(out: Path, euler: xr.Dataset, dopri: xr.Dataset, angle: xr.Dataset) ->
         ),
         "",
         "![T_eps against the angle](time_to_eps_vs_angle.png)",
+        "",
+        "## Checks",
+        "",
+        *(f"- {'✓' if holds else '✗ FAILED:'} {claim}" for claim, holds in checks(datasets)),
         "",
     ]
     path = out / "reproduce.md"
