@@ -18,11 +18,9 @@ try:  # typer ≥ 0.20 vendors click; older releases use click itself
 except ImportError:  # pragma: no cover
     from click import exceptions as _cx
 
-import numpy as np
 
-from sweep import kernel, runner, store
+from sweep import runner, store
 from sweep import spec as specs
-from sweep.batch import regions
 from sweep.errors import LinflowError, LockError, SpecError, StoreDamaged, StoreError, StoreWriteError
 from sweep.lock import StoreLock
 
@@ -288,46 +286,30 @@ def status(
     finally:
         if lock:
             lock.release()  # only ever its own lock
-    grid = damage.status.copy()
-    for r, _ in damage.regions.values():  # without --verify: the cells a rerun will recompute
-        grid[r] = kernel.PENDING
-    counts = {name: int(np.sum(grid == code)) for code, name in enumerate(store.STATUS_NAMES)}
-    shape, chunks = store.layout(group)
-    left = [r for r in regions(shape, chunks) if (grid[r] == kernel.PENDING).any()]
-    lost = [] if verify else damage.chunks
+    info = store.summary(group, path, damage)  # after --verify, the damaged cells are pending already
+    counts = info.counts
     if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "counts": counts,
-                    "cells": int(sum(counts.values())),
-                    "pending_batches": len(left),
-                    "fingerprint": group.attrs["fingerprint"],
-                    "failures": store.failures(group),
-                    "damaged_cells": 0 if verify else damage.cells,
-                    "verified": verify,
-                    "damaged_chunks": [{"chunk": k, "problem": w, "cells": n} for k, w, n in lost],
-                }
-            )
-        )
+        typer.echo(json.dumps(info.as_dict(verify)))
         return
-    dims = group["status"].metadata.dimension_names or ()
-    typer.echo(f"{path}  (fingerprint {group.attrs['fingerprint']}, linflow {group.attrs.get('linflow_version')})")
-    typer.echo("grid: " + " × ".join(f"{d} {n}" for d, n in zip(dims, shape)) + f" = {sum(counts.values())} cells")
+    typer.echo(f"{path}  (fingerprint {info.fingerprint}, linflow {info.version})")
+    typer.echo(
+        "grid: " + " × ".join(f"{d} {n}" for d, n in zip(info.dims, info.shape)) + f" = {sum(counts.values())} cells"
+    )
     _print_counts(counts)
-    failed = store.failures(group)
+    failed = info.failures
     for f in failed[:20]:
         typer.echo(f"  failed {f['cell']}: {f['error']}")
     if len(failed) > 20:
         typer.echo(f"  … and {len(failed) - 20} more failed cells")
-    if lost:
+    if damage.chunks and not verify:
         typer.echo(
             f"damaged: {damage.first()}; counted as pending above — `linflow status --verify {path}` "
             "marks them pending (a rerun does too)"
         )
-    if left:
+    if info.pending_batches:
         typer.echo(
-            f"left: {counts['pending']} cells in {len(left)} batches — rerun `linflow run … --out {path}` to finish"
+            f"left: {counts['pending']} cells in {info.pending_batches} batches — rerun `linflow run … --out {path}` "
+            "to finish"
         )
     else:
         typer.echo("complete: no pending cells" + ("" if verify else " (chunks listed; decode them all with --verify)"))

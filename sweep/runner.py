@@ -26,7 +26,7 @@ from . import kernel, schema, store
 from .errors import ClusterError, LinflowError, RayGone, SpecError, StoreError, StoreWriteError  # noqa: F401
 from .lock import StoreLock
 from .problem import Problem, build
-from .schema import Status
+from .schema import Status, plain
 from .spec import Spec
 from .task import run_task
 
@@ -536,13 +536,9 @@ def _cell_errors(spec, region, mask, error: str) -> list:
     """(cell coordinates, error) for each cell of ``mask`` in ``region``."""
     names = list(spec.axes)
     return [
-        ({n: _plain(spec.axes[n][s.start + i]) for n, s, i in zip(names, region, idx)}, error)
+        ({n: plain(spec.axes[n][s.start + i]) for n, s, i in zip(names, region, idx)}, error)
         for idx in zip(*np.nonzero(mask))
     ]
-
-
-def _plain(v):
-    return v.item() if hasattr(v, "item") else v
 
 
 def _one_line(exc: BaseException) -> str:

@@ -88,3 +88,8 @@ def empty(shape: tuple[int, ...], checkpoints: int, dy: int, dx: int) -> dict[st
 def cell_bytes(checkpoints: int, dy: int, dx: int) -> int:
     """The bytes of one cell's results."""
     return sum(np.dtype(v.dtype).itemsize * int(np.prod(tail_shape(v, checkpoints, dy, dx))) for v in RESULTS.values())
+
+
+def plain(value):
+    """A coordinate value as a plain Python number (a NumPy scalar's ``item``), for JSON and messages."""
+    return value.item() if hasattr(value, "item") else value

@@ -28,7 +28,7 @@ from . import kernel
 from .batch import chunk_shape, regions
 from .errors import StoreDamaged, StoreError  # noqa: F401 — StoreDamaged is part of this module's interface
 from .problem import Problem
-from .schema import DONE, RESULTS, Status, tail_shape
+from .schema import DONE, RESULTS, Status, plain, tail_shape
 from .spec import Spec, axis_values
 from .version import __version__
 
@@ -327,15 +327,11 @@ def record_failures(group: zarr.Group, region, mask, errors: list[tuple[dict, st
     coords = {n: group[n][...] for n in names}
     done = set()
     for idx in zip(*np.nonzero(mask)):
-        done.add(tuple(_plain(coords[n][s.start + i]) for n, s, i in zip(names, region, idx)))
+        done.add(tuple(plain(coords[n][s.start + i]) for n, s, i in zip(names, region, idx)))
     kept = [f for f in failures(group) if tuple(f["cell"][n] for n in names) not in done]
     kept += [{"cell": cell, "error": error} for cell, error in errors]
     if kept or "failures" in group.attrs:
         group.attrs["failures"] = json.dumps(kept[-MAX_FAILURES:])
-
-
-def _plain(v):
-    return v.item() if hasattr(v, "item") else v
 
 
 MAX_FAILURES = 1000
@@ -463,6 +459,53 @@ def inspect(group: zarr.Group, path: str | Path, verify: bool = False) -> Damage
             except Exception:
                 damage.fixed.append(name)
     return damage
+
+
+@dataclass
+class Summary:
+    """What ``linflow status`` shows of a store: counts per status (the cells of lost or unreadable chunks
+    counted pending), the batches a rerun computes, the failures and the damage."""
+
+    counts: dict
+    pending_batches: int
+    fingerprint: str
+    version: str | None
+    dims: tuple
+    shape: tuple
+    failures: list
+    damage: Damage
+
+    def as_dict(self, verified: bool) -> dict:
+        lost = [] if verified else self.damage.chunks
+        return {
+            "counts": self.counts,
+            "cells": int(sum(self.counts.values())),
+            "pending_batches": self.pending_batches,
+            "fingerprint": self.fingerprint,
+            "failures": self.failures,
+            "damaged_cells": 0 if verified else self.damage.cells,
+            "verified": verified,
+            "damaged_chunks": [{"chunk": k, "problem": w, "cells": n} for k, w, n in lost],
+        }
+
+
+def summary(group: zarr.Group, path: str | Path, damage: Damage) -> Summary:
+    """The :class:`Summary` of a store inspected as ``damage`` (:func:`inspect`)."""
+    grid = damage.status.copy()
+    for r, _ in damage.regions.values():  # the cells a rerun will recompute
+        grid[r] = Status.PENDING
+    shape, chunks = layout(group)
+    left = [r for r in regions(shape, chunks) if (grid[r] == Status.PENDING).any()]
+    return Summary(
+        {s.name.lower(): int(np.sum(grid == s)) for s in Status},
+        len(left),
+        group.attrs["fingerprint"],
+        group.attrs.get("linflow_version"),
+        tuple(group["status"].metadata.dimension_names or ()),
+        shape,
+        failures(group),
+        damage,
+    )
 
 
 def mark_pending(group: zarr.Group, damage: Damage) -> None:

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from . import batch as batches
-from . import kernel
+from .schema import Status, plain
 
 
 def run_task(payload, region, mask):
@@ -35,16 +35,12 @@ def _cell_by_cell(spec, problem, region, mask):
         try:
             part = batches.run_batch(spec, problem, region, one)
         except Exception as exc:  # noqa: BLE001
-            results["status"][idx] = kernel.FAILED
+            results["status"][idx] = Status.FAILED
             cell = {
-                n: _plain(v[s.start + i]) for (n, v), s, i in zip(spec.axes.items(), region, idx)
+                n: plain(v[s.start + i]) for (n, v), s, i in zip(spec.axes.items(), region, idx)
             }  # a range: no array
             errors.append((cell, f"{type(exc).__name__}: {exc}"))
             continue
         for name in results:
             results[name][idx] = part[name][idx]
     return results, errors
-
-
-def _plain(v):
-    return v.item() if hasattr(v, "item") else v
