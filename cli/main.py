@@ -51,6 +51,8 @@ app = typer.Typer(
 )
 
 
+RESUME = "{} holds every finished batch — rerun the same command to finish it"  # after an interruption
+WORKERS_ERROR = "must be ≥ 1, got {}"
 FLAGS = {"out": "--out", "address": "--address", "workers": "--workers"}  # run's arguments → its flags
 
 
@@ -149,7 +151,7 @@ def run(
         runtime = ("spec", "out", "workers", "address", "quiet", "as_json", "retry_failed")
         overrides = _overrides(**{k: v for k, v in locals().items() if k not in runtime})
         if workers is not None and workers < 1:
-            raise SpecError("--workers", f"must be ≥ 1, got {workers}")
+            raise SpecError("--workers", WORKERS_ERROR.format(workers))
         s = specs.load(spec, overrides)
         out = out or Path("runs") / f"{spec.stem if spec else 'sweep'}.zarr"
     except SpecError as exc:
@@ -159,7 +161,7 @@ def run(
     # anything; the progress bar appears with the first stored batch, so such errors print alone
     bar = None if quiet or as_json else _ProgressBar()
     kw = {"address": address, "workers": workers, "retry_failed": retry_failed}
-    resume = f"{out} holds every finished batch — rerun the same command to finish it"
+    resume = RESUME.format(out)
     # each way a run ends says so in one line, and leaves no lock (runner.run releases it on the way out)
     alone = _stderr_is_fd2()  # a process of its own (not a test runner calling this function)
     with _stopped_by_signals() as stopped, _ray_logs_off_stderr():
@@ -362,7 +364,7 @@ def reproduce(
     study = studies.get(name)
     out = out or Path("runs") / name
     if workers is not None and workers < 1:
-        _fail(f"--workers: must be ≥ 1, got {workers}")
+        _fail("--workers: " + WORKERS_ERROR.format(workers))
     _new_folder(out)
 
     def progress(sweep, done, total):
@@ -374,7 +376,7 @@ def reproduce(
         datasets = {n: xr.open_zarr(path).load() for n, path in stores.items()}
         written = study.write(out, datasets)
     except KeyboardInterrupt:
-        _fail(f"{out} holds every finished batch — rerun the same command to finish it", 130, "interrupted; ")
+        _fail(RESUME.format(out), 130, "interrupted; ")
     except LinflowError as exc:
         _fail(_message(exc))
     except OSError as exc:
