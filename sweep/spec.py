@@ -4,7 +4,7 @@ The spec is a tree of frozen pydantic models (:class:`Spec` at the root); each d
 in its model (``linflow spec`` prints them filled in, ``linflow spec --schema`` the JSON Schema). Every
 problem is reported as one :class:`SpecError` naming the field (``axes.depth[2]``, ``integrator.rtol`` …)
 so the CLI can print one line and exit 2 before anything is created: :func:`parse` turns pydantic's
-ValidationError into it, in the words of :data:`_PROBLEMS`.
+ValidationError into it (:func:`_spec_error`), in the words the spec always used.
 """
 
 import copy
