@@ -33,7 +33,7 @@ def compute(raw):
     s = specs.parse(raw)
     p = problem.build(s.problem)
     out = {
-        k: np.empty(s.shape + ((s.checkpoints["count"],) if k == "excess_loss" else ()))
+        k: np.empty(s.shape + ((s.checkpoints.count,) if k == "excess_loss" else ()))
         for k in ("excess_loss", "time_to_eps")
     }
     t = time.perf_counter()

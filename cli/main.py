@@ -200,6 +200,21 @@ def run(
         )
 
 
+@app.command("spec")
+def show_spec(
+    spec: Path | None = typer.Argument(None, help="YAML spec [default: none, the defaults]."),
+    schema: bool = typer.Option(False, "--schema", help="Print the JSON Schema of spec files instead (for editors)."),
+):
+    """Print a spec normalized, every default filled in (YAML), or with --schema the JSON Schema of spec files."""
+    if schema:
+        typer.echo(json.dumps(specs.json_schema(), indent=2, ensure_ascii=False))
+        return
+    try:
+        typer.echo(specs.load(spec).to_yaml(), nl=False)
+    except SpecError as exc:
+        _fail(_message(exc))
+
+
 @contextmanager
 def _stopped_by_signals():
     """SIGTERM (Slurm, systemd, docker stop, timeout) stops a run as SIGINT (Ctrl-C) does: the first

@@ -82,13 +82,13 @@ def run_batch(spec: Spec, problem: Problem, region: tuple[slice, ...], mask=None
 
 def empty_results(spec: Spec, problem: Problem, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
     """Every result variable of a region of ``shape``, holding the pending fill values."""
-    return schema.empty(shape, spec.checkpoints["count"], problem.dy, problem.dx)
+    return schema.empty(shape, spec.checkpoints.count, problem.dy, problem.dx)
 
 
 def _start_args(spec: Spec, c: dict[str, np.ndarray], i: int) -> dict:
     """What the start of cell i depends on (sweep.init): the problem seed and the cell's coordinates."""
     args = {
-        "problem_seed": spec.problem.get("seed", 0),
+        "problem_seed": getattr(spec.problem, "seed", 0),
         "seed": int(c["seed"][i]),
         "depth": int(c["depth"][i]),
         "width": int(c["width"][i]),
@@ -107,7 +107,7 @@ def _compute(spec: Spec, problem: Problem, c: dict[str, np.ndarray]) -> dict[str
         return _compute_exact(spec, problem, c, depth, width)
     model = _model(spec, problem, depth, width)
     target = problem.target
-    starts = [initial_layers(spec.init["scheme"], target, **_start_args(spec, c, i)) for i in range(n)]
+    starts = [initial_layers(spec.init.scheme, target, **_start_args(spec, c, i)) for i in range(n)]
     if spec.model == "induced":
         y0 = np.stack([_product(layers).ravel() for layers in starts])
     else:
@@ -117,7 +117,7 @@ def _compute(spec: Spec, problem: Problem, c: dict[str, np.ndarray]) -> dict[str
     result = kernel.integrate(
         model,
         y0,
-        kernel.METHODS[spec.integrator["method"]],
+        kernel.METHODS[spec.integrator.method],
         horizon=spec.horizon,
         checkpoints=spec.checkpoint_times(),
         eps=spec.eps,

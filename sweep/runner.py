@@ -98,7 +98,7 @@ def check_memory(spec: Spec, problem: Problem) -> None:
     from .batch import chunk_shape
     from .init import parameter_count
 
-    count = spec.checkpoints["count"]
+    count = spec.checkpoints.count
     per_cell = schema.cell_bytes(count, problem.dy, problem.dx)
     cells = math.prod(spec.shape)
     if per_cell > MEMORY_LIMIT:
@@ -114,7 +114,7 @@ def check_memory(spec: Spec, problem: Problem) -> None:
             f"the grid has {cells:,} cells: its results need {cells * per_cell / 2**30:.1f} GiB "
             f"(limit {MEMORY_LIMIT / 2**30:.0f} GiB); split the sweep into several stores{advice}",
         )
-    method = kernel.METHODS[spec.integrator["method"]]
+    method = kernel.METHODS[spec.integrator.method]
     per_task = math.prod(chunk_shape(spec.shape, tuple(spec.axes), spec.batch))
     depth, width = max(spec.axes["depth"]), max(spec.axes["width"])  # the parameters grow with both
     layers = parameter_count(problem.dx, problem.dy, depth, width)

@@ -1,20 +1,39 @@
-"""The sweep specification: YAML or flags → a validated, normalized :class:`Spec`.
+"""The sweep specification: YAML or flags → a validated, normalized, immutable :class:`Spec`.
 
-Every problem is reported as a :class:`SpecError` naming the field (``axes.depth[2]``,
-``integrator.rtol`` …) so the CLI can print one line and exit 2 before anything is created.
+The spec is a tree of frozen pydantic models (:class:`Spec` at the root); each default is written once,
+in its model (``linflow spec`` prints them filled in, ``linflow spec --schema`` the JSON Schema). Every
+problem is reported as one :class:`SpecError` naming the field (``axes.depth[2]``, ``integrator.rtol`` …)
+so the CLI can print one line and exit 2 before anything is created: :func:`parse` turns pydantic's
+ValidationError into it (:func:`_spec_error`), in the words the spec always used.
 """
-
-from __future__ import annotations
 
 import copy
 import hashlib
 import math
+import re
 import reprlib
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    Strict,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .errors import SpecError
 from .kernel import KERNEL_VERSION, METHODS
@@ -22,20 +41,10 @@ from .kernel import KERNEL_VERSION, METHODS
 # canonical order of the grid axes (dims of the dataset); seed last so batches run over seeds
 AXES = ("depth", "width", "init_norm", "init_angle", "seed")
 REQUIRED_AXES = ("depth", "width", "init_norm", "seed")
+FLOAT_AXES = ("init_norm", "init_angle")
+FIXED_METHODS = tuple(name for name, t in METHODS.items() if not t.adaptive)
+ADAPTIVE_METHODS = tuple(name for name, t in METHODS.items() if t.adaptive)
 
-DEFAULTS = {
-    "problem": {"m": 50, "dx": 5, "dy": 1, "seed": 0},
-    "model": "layerwise",
-    "init": {"scheme": "balanced"},
-    "axes": {"depth": [1, 2, 3, 4], "width": [5], "init_norm": [1.0], "seed": {"start": 0, "stop": 8}},
-    "integrator": {"method": "dopri5", "rtol": 1e-8, "atol": 1e-12},  # rtol, atol: any adaptive method's
-    "horizon": 10.0,
-    "eps": 1e-6,
-    "stop_at_eps": False,
-    "checkpoints": {"count": 101, "spacing": "log"},  # log_start: horizon·1e-4
-    "batch": 256,
-}
-TOP_KEYS = tuple(DEFAULTS)
 MAX_STEPS = 1_000_000
 MAX_BATCH = 65_536
 # bounds on what a spec may ask for, checked before anything is built (bounded time and memory)
@@ -48,25 +57,376 @@ MAX_YAML_DEPTH = 50  # nesting of a YAML spec
 MAX_YAML_NODES = 100_000  # nodes of a YAML spec with its aliases expanded (alias bombs)
 
 
-@dataclass(frozen=True)
-class Spec:
-    problem: dict  # {m, dx, dy, seed} or {data: path}
-    model: str
-    init: dict
-    axes: dict  # name -> tuple of values, or a range (integer axes given as one), in AXES order
-    integrator: dict
-    horizon: float
-    eps: float
-    stop_at_eps: bool
-    checkpoints: dict
-    batch: int
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxstring, _repr.maxother, _repr.maxlong = 2, 40, 40, 40
+
+
+def _show(value) -> str:
+    """A short repr: bounded in time and length whatever ``value`` holds (never the whole of a huge
+    or deeply nested value)."""
+    text = _repr.repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def data_bytes(m: int, dx: int, dy: int) -> int:
+    """Bytes of a problem's X (dx×m), Y (dy×m) and target (dy×dx) as float64."""
+    return 8 * (m * dx + m * dy + dy * dx)
+
+
+# --------------------------------------------------------------------------------------------------
+# the numbers: strict (no text read as a number, no bool as 0/1), bounded, finite
+# --------------------------------------------------------------------------------------------------
+
+
+def _plain(value):
+    """NumPy scalars as the Python numbers they hold."""
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
+
+
+def _whole(value):
+    """A whole float is the integer it equals (``2.0`` → 2), as YAML's ``2.0e3`` is meant; ``2.5`` is not."""
+    value = _plain(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _int(lo: int | None = None, hi: int | None = MAX_INT):
+    return Annotated[int, Strict(), Field(ge=lo, le=hi), BeforeValidator(_whole)]
+
+
+def _float(gt: float | None = None, ge: float | None = None, le: float | None = None):
+    return Annotated[float, Strict(), AllowInfNan(False), Field(gt=gt, ge=ge, le=le), BeforeValidator(_plain)]
+
+
+AnyInt = _int(-MAX_INT)
+Count = _int(1)
+Seed = _int(0)
+Depth = _int(1, MAX_DEPTH)
+Positive = _float(gt=0.0)
+Angle = _float(ge=0.0, le=math.pi)
+
+
+class _Record(BaseModel):
+    """A frozen model that also reads as the mapping it was written as: ``spec.integrator["method"]``,
+    ``dict(spec.checkpoints.items())``, and equal to that dict (fields left unset — None — are absent)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def keys(self) -> tuple[str, ...]:
+        return tuple(k for k in type(self).model_fields if getattr(self, k) is not None)
+
+    def __iter__(self):  # the keys, as a mapping's (pydantic's own iteration is not used by pydantic)
+        return iter(self.keys())
+
+    def __getitem__(self, key: str):
+        if key in self.keys():
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def __contains__(self, key) -> bool:
+        return key in self.keys()
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def get(self, key: str, default=None):
+        return getattr(self, key) if key in self.keys() else default
+
+    def items(self):
+        return tuple((k, getattr(self, k)) for k in self.keys())
+
+    def values(self):
+        return tuple(getattr(self, k) for k in self.keys())
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, dict):
+            return dict(self.items()) == other
+        return super().__eq__(other)
+
+
+# --------------------------------------------------------------------------------------------------
+# the models
+# --------------------------------------------------------------------------------------------------
+
+
+class Synthetic(_Record):
+    """Whitened synthetic data (X Xᵀ = I) of m samples, dx inputs and dy outputs."""
+
+    m: Count = 50
+    dx: Count = 5
+    dy: Count = 1
+    seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _fits(self):
+        if self.m < self.dx:
+            raise SpecError(
+                "problem.m", f"needs m ≥ dx to whiten the data (X Xᵀ = I), got m = {self.m} < dx = {self.dx}"
+            )
+        size = data_bytes(self.m, self.dx, self.dy)
+        if size > MAX_DATA_BYTES:
+            field = "problem." + max(("m", "dx", "dy"), key=lambda k: getattr(self, k))  # the largest: cut it
+            raise SpecError(
+                field,
+                f"the data (m = {self.m:,}, dx = {self.dx:,}, dy = {self.dy:,}) would take "
+                f"{size / 2**20:,.0f} MiB (limit {MAX_DATA_BYTES / 2**20:.0f} MiB); use fewer samples or dimensions",
+            )
+        return self
+
+
+def _data_path(value, info: ValidationInfo) -> str:
+    if not isinstance(value, str) or not value:
+        raise SpecError("problem.data", f"expected a path to an .npz file, got {_show(value)}")
+    p = Path(value).expanduser()
+    base = (info.context or {}).get("base")
+    if not p.is_absolute() and base is not None:
+        p = Path(base) / p
+    return str(p.resolve())
+
+
+class DataFile(_Record):
+    """Data from an .npz file with X (dx×m) and Y (dy×m); a relative path is from the spec file's folder."""
+
+    data: Annotated[str, PlainValidator(_data_path, json_schema_input_type=str)]
+
+
+def _problem_kind(value) -> str:
+    return "file" if isinstance(value, DataFile) or isinstance(value, dict) and "data" in value else "synthetic"
+
+
+Problem = Annotated[
+    Annotated[Synthetic, Tag("synthetic")] | Annotated[DataFile, Tag("file")], Discriminator(_problem_kind)
+]
+
+
+class Init(_Record):
+    """How the layers start."""
+
+    scheme: Literal["balanced", "gaussian"] = "balanced"
+
+
+class Range(_Record):
+    """The integers start, start + step, … below stop (stop excluded): a million seeds in three numbers."""
+
+    start: AnyInt
+    stop: AnyInt
+    step: Count = 1
+
+
+def _count(r: range) -> int:
+    """len(r), also beyond what ``len`` can return (2**63 values and more)."""
+    if r.step > 0:
+        return max(0, -((r.start - r.stop) // r.step))
+    return max(0, -((r.stop - r.start) // -r.step))
+
+
+def _range(value, field: str) -> range:
+    try:
+        r = Range.model_validate(value)
+    except ValidationError as exc:
+        raise _spec_error(exc, field, Range) from None
+    return range(r.start, r.stop, r.step)
+
+
+def _axis_length(value, field: str) -> int:
+    """How many values an axis will have, without building it (a range's length is arithmetic)."""
+    if isinstance(value, dict):
+        return _count(_range(value, field))
+    if isinstance(value, range):
+        return _count(value)
+    return len(value) if isinstance(value, (list, tuple)) else 1
+
+
+def _axis_plain(value):
+    """An axis as plain data: a range as {start, stop, step}, values as a list (an absent one: None)."""
+    if value is None:
+        return None
+    return _range_dict(value) if isinstance(value, range) else list(value)
+
+
+def _axis(element):
+    """An axis of ``element`` values: a list (or one value), or a range {start, stop, step} of integers —
+    kept a ``range`` (its values are built only where needed, :func:`axis_values`), checked at its ends."""
+    values, one = TypeAdapter(tuple[element, ...]), TypeAdapter(element)
+
+    def validate(value, info: ValidationInfo):
+        name = info.field_name
+        field = f"axes.{name}"
+        if isinstance(value, dict):
+            value = _range(value, field)
+        elif isinstance(value, range) and value.step < 0:  # a decreasing range (a flag 9:0:-1): a list of its values
+            value = tuple(value)
+        elif not isinstance(value, (list, tuple, range)):
+            value = [value]
+        if (_count(value) if isinstance(value, range) else len(value)) == 0:
+            raise SpecError(field, "is empty: give at least one value")
+        if isinstance(value, range):  # whole numbers, unique and increasing (step ≥ 1): check the ends only
+            n = _count(value)
+            for i in (0, n - 1):
+                try:
+                    one.validate_python(value[i])
+                except ValidationError as exc:
+                    raise _spec_error(exc, f"{field}[{i}]") from None
+            return tuple(float(v) for v in value) if name in FLOAT_AXES else value
+        try:
+            out = values.validate_python(tuple(value))
+        except ValidationError as exc:
+            raise _spec_error(exc, field) from None
+        if len(set(out)) != len(out):
+            seen = set()
+            dup = next(v for v in out if v in seen or seen.add(v))
+            raise SpecError(field, f"value {dup} appears twice (grid coordinates must be unique)")
+        return out
+
+    return Annotated[
+        Any,
+        PlainValidator(validate, json_schema_input_type=list[element] | Range | element),
+        PlainSerializer(_axis_plain),
+    ]
+
+
+class Axes(_Record):
+    """The grid: the Cartesian product of these axes (init_angle only when given)."""
+
+    depth: _axis(Depth) = Field([1, 2, 3, 4], validate_default=True, description="layers of the network")
+    width: _axis(Count) = Field([5], validate_default=True, description="width of every hidden layer")
+    init_norm: _axis(Positive) = Field(
+        [1.0], validate_default=True, description="‖W(0)‖₂ / ‖Z‖₂ of the end-to-end product"
+    )
+    init_angle: _axis(Angle) = Field(
+        None, description="angle (rad) between W(0) and Z; vector targets (dy = 1 or dx = 1), balanced starts"
+    )
+    seed: _axis(Seed) = Field({"start": 0, "stop": 8}, validate_default=True, description="initialization seeds")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded(cls, raw):
+        """At most MAX_CELLS cells, counted before any axis is built."""
+        if not isinstance(raw, dict):
+            return raw
+        given = {**{k: cls.model_fields[k].default for k in REQUIRED_AXES}, **raw}
+        lengths = {k: _axis_length(given[k], f"axes.{k}") for k in AXES if k in given}
+        cells = math.prod(lengths.values())
+        if cells > MAX_CELLS:
+            raise SpecError(
+                "axes",
+                f"the grid has {cells:,} cells ("
+                + " × ".join(f"{n} {k:,}" for n, k in lengths.items())
+                + f"); at most {MAX_CELLS:,} cells per store: split the sweep into several stores",
+            )
+        return raw
+
+
+class FixedStep(_Record):
+    """A fixed-step method (euler, rk4) and its step."""
+
+    method: Literal[FIXED_METHODS]
+    step: Positive
+
+
+class Adaptive(_Record):
+    """An adaptive method (dopri5): it chooses its steps to keep each within rtol and atol."""
+
+    method: Literal[ADAPTIVE_METHODS] = ADAPTIVE_METHODS[0]
+    rtol: Positive = 1e-8
+    atol: Positive = 1e-12
+    max_steps: Count = MAX_STEPS
+
+
+Integrator = Annotated[FixedStep | Adaptive, Field(discriminator="method")]
+
+
+class Checkpoints(_Record):
+    """When the state is recorded: 0, then log-spaced from log_start (default horizon·1e-4), or linear."""
+
+    count: _int(2) = 101
+    spacing: Literal["log", "linear"] = "log"
+    log_start: Positive | None = None
+
+    @model_validator(mode="after")
+    def _log_only(self):
+        if self.log_start is not None and self.spacing != "log":
+            raise SpecError("checkpoints.log_start", "only used with spacing: log")
+        return self
+
+
+class Spec(BaseModel):
+    """A sweep: the problem, the model and its start, the grid of axes, the integrator and what is recorded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="linflow sweep spec")
+
+    problem: Problem = Synthetic()
+    model: Literal["layerwise", "induced", "exact"] = "layerwise"
+    init: Init = Init()
+    axes: Axes = Axes()
+    integrator: Integrator = Adaptive()
+    horizon: Positive = Field(10.0, description="flow time t_max")
+    eps: Positive = Field(1e-6, description="excess-loss threshold for time_to_eps")
+    stop_at_eps: Annotated[bool, Strict()] = Field(False, description="stop each trajectory at eps")
+    checkpoints: Checkpoints = Checkpoints()
+    batch: _int(1, MAX_BATCH) = Field(256, description="at most this many cells per Ray task")
+
+    @field_validator("integrator", mode="before")
+    @classmethod
+    def _default_method(cls, value):
+        if isinstance(value, dict) and "method" not in value:  # a missing method is the default's
+            return {"method": Adaptive.model_fields["method"].default, **value}
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        model, scheme, problem, step = self.model, self.init.scheme, self.problem, self.integrator.get("step")
+        if model in ("induced", "exact") and scheme != "balanced":
+            raise SpecError(
+                "model",
+                f"the {model} flow holds only for balanced starts; use init.scheme: balanced or model: layerwise",
+            )
+        if step is not None:
+            if step > self.horizon:
+                raise SpecError("integrator.step", f"is longer than the horizon ({step} > {self.horizon})")
+            if self.horizon / step > 1e9:
+                raise SpecError(
+                    "integrator.step", f"gives {self.horizon / step:.3g} steps (> 1e9); use dopri5 or a larger step"
+                )
+        log_start = self.checkpoints.log_start
+        if log_start is not None and log_start > self.horizon:
+            raise SpecError("checkpoints.log_start", f"must be ≤ {self.horizon:.6g}, got {log_start}")
+        synthetic = isinstance(problem, Synthetic)
+        if model == "exact" and synthetic and problem.dy != 1:
+            raise SpecError(
+                "model",
+                f"exact (the closed form of docs/theory.md §4) needs a scalar output, dy = 1; got dy = {problem.dy}",
+            )
+        if self.axes.init_angle is not None:
+            if scheme != "balanced":
+                raise SpecError("axes.init_angle", "needs init.scheme: balanced (a Gaussian start has no set angle)")
+            if synthetic and min(problem.dx, problem.dy) != 1:
+                raise SpecError(
+                    "axes.init_angle",
+                    f"is defined for vector targets only (dy = 1 or dx = 1), got dy = {problem.dy}, dx = {problem.dx}",
+                )
+        return self
 
     def to_dict(self) -> dict:
         """The spec as plain data (what :func:`parse` reads): an axis given as a range stays a range
         ``{start, stop, step}``, so that a million seeds take three numbers, not a million."""
-        d = {k: copy.deepcopy(getattr(self, k)) for k in TOP_KEYS if k != "axes"}
-        d["axes"] = {k: _range_dict(v) if isinstance(v, range) else list(v) for k, v in self.axes.items()}
-        return {k: d[k] for k in TOP_KEYS}
+        return {
+            "problem": dict(self.problem.items()),
+            "model": self.model,
+            "init": dict(self.init.items()),
+            "axes": {k: _axis_plain(v) for k, v in self.axes.items()},
+            "integrator": dict(self.integrator.items()),
+            "horizon": self.horizon,
+            "eps": self.eps,
+            "stop_at_eps": self.stop_at_eps,
+            "checkpoints": dict(self.checkpoints.items()),
+            "batch": self.batch,
+        }
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -92,130 +452,120 @@ class Spec:
 
     def checkpoint_times(self) -> np.ndarray:
         c = self.checkpoints
-        if c["spacing"] == "linear":
-            return np.linspace(0.0, self.horizon, c["count"])
-        first = c.get("log_start", self.horizon * 1e-4)
-        return np.concatenate([[0.0], np.geomspace(first, self.horizon, c["count"] - 1)])
+        if c.spacing == "linear":
+            return np.linspace(0.0, self.horizon, c.count)
+        first = self.horizon * 1e-4 if c.log_start is None else c.log_start
+        return np.concatenate([[0.0], np.geomspace(first, self.horizon, c.count - 1)])
 
 
 # --------------------------------------------------------------------------------------------------
-# validation helpers: each names the field it checks
+# pydantic's errors in the spec's words: one line, naming the field
 # --------------------------------------------------------------------------------------------------
 
-
-def _mapping(value, field, allowed):
-    if not isinstance(value, dict):
-        raise SpecError(field, f"expected a mapping with keys {', '.join(allowed)}, got {_show(value)}")
-    for key in value:
-        if key not in allowed:
-            raise SpecError(f"{field}.{key}" if field else str(key), f"unknown key (allowed: {', '.join(allowed)})")
-    return value
-
-
-_repr = reprlib.Repr()
-_repr.maxlevel, _repr.maxstring, _repr.maxother, _repr.maxlong = 2, 40, 40, 40
-
-
-def _show(value) -> str:
-    """A short repr: bounded in time and length whatever ``value`` holds (never the whole of a huge
-    or deeply nested value)."""
-    text = _repr.repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+# the records of each top-level field (all members of a tagged union), for the keys an error lists
+_RECORDS = {
+    "problem": (Synthetic, DataFile),
+    "init": (Init,),
+    "axes": (Axes,),
+    "integrator": (FixedStep, Adaptive),
+    "checkpoints": (Checkpoints,),
+}
+_TAGS = {"synthetic", "file", *METHODS}  # the tags pydantic puts in an error's location under a union
+_QUOTED = re.compile(r"'([^']*)'")  # the choices in pydantic's "'a', 'b' or 'c'"
+_KEY_ERRORS = ("extra_forbidden", "invalid_key")
+_OPS = {"greater_than": ">", "greater_than_equal": "≥", "less_than": "<", "less_than_equal": "≤"}
 
 
-def _int(value, field, lo=None, hi=MAX_INT):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise SpecError(field, f"expected an integer, got {_show(value)}")
-    value = int(value)
-    if lo is not None and value < lo:
-        raise SpecError(field, f"must be ≥ {lo}, got {_show(value)}")
-    if hi is not None and value > hi:
-        raise SpecError(field, f"must be ≤ {hi}, got {_show(value)}")
-    return value
-
-
-def _float(value, field, positive=False, lo=None, hi=None):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise SpecError(field, f"expected a number, got {_show(value)}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise SpecError(field, f"must be finite, got {value}")
-    if positive and value <= 0:
-        raise SpecError(field, f"must be > 0, got {value}")
-    if lo is not None and value < lo:
-        raise SpecError(field, f"must be ≥ {lo}, got {value}")
-    if hi is not None and value > hi:
-        raise SpecError(field, f"must be ≤ {hi:.6g}, got {value}")
-    return value
-
-
-def _choice(value, field, choices):
-    if value not in choices:
-        raise SpecError(field, f"must be one of {', '.join(choices)}, got {_show(value)}")
-    return value
-
-
-def _range(value, field) -> range:
-    _mapping(value, field, ("start", "stop", "step"))
-    if "start" not in value or "stop" not in value:
-        raise SpecError(field, "a range needs start and stop (stop excluded)")
-    start = _int(value["start"], f"{field}.start", lo=-MAX_INT)
-    stop = _int(value["stop"], f"{field}.stop", lo=-MAX_INT)
-    step = _int(value.get("step", 1), f"{field}.step", lo=1)
-    return range(start, stop, step)
-
-
-def _count(r: range) -> int:
-    """len(r), also beyond what ``len`` can return (2**63 values and more)."""
-    if r.step > 0:
-        return max(0, -((r.start - r.stop) // r.step))
-    return max(0, -((r.stop - r.start) // -r.step))
-
-
-def _axis_length(name, value) -> int:
-    """How many values the axis will have, without building it (a range's length is arithmetic)."""
-    if isinstance(value, dict):
-        return _count(_range(value, f"axes.{name}"))
-    if isinstance(value, range):
-        return _count(value)
-    return len(value) if isinstance(value, (list, tuple)) else 1
-
-
-def _axis(name, value):
-    field = f"axes.{name}"
-    if isinstance(value, dict):
-        value = _range(value, field)
-    elif isinstance(value, range) and value.step < 0:  # a decreasing range (a flag 9:0:-1): a list of its values
-        value = tuple(value)
-    elif not isinstance(value, (list, tuple, range)):
-        value = [value]
-    if len(value) == 0:
-        raise SpecError(field, "is empty: give at least one value")
-    check = {
-        "depth": lambda v, f: _int(v, f, lo=1, hi=MAX_DEPTH),
-        "width": lambda v, f: _int(v, f, lo=1),
-        "seed": lambda v, f: _int(v, f, lo=0),
-        "init_norm": lambda v, f: _float(v, f, positive=True),
-        "init_angle": lambda v, f: _float(v, f, lo=0.0, hi=math.pi),
-    }[name]
-    if isinstance(value, range):  # whole numbers, unique and increasing (step ≥ 1): check the ends only
-        for i in (0, len(value) - 1):
-            check(value[i], f"{field}[{i}]")
-        if name in FLOAT_AXES:
-            return tuple(float(v) for v in value)
-        return value  # kept compact: its values are built only where needed (axis_values)
-    out = tuple(check(v, f"{field}[{i}]") for i, v in enumerate(value))
-    if len(set(out)) != len(out):
-        seen = set()
-        dup = next(v for v in out if v in seen or seen.add(v))
-        raise SpecError(field, f"value {dup} appears twice (grid coordinates must be unique)")
+def _path(parts) -> str:
+    """('axes', 'depth', 2) → 'axes.depth[2]'."""
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else f".{p}" if out else str(p)
     return out
 
 
-FLOAT_AXES = ("init_norm", "init_angle")
+def _keys(models) -> str:
+    return ", ".join(dict.fromkeys(k for m in models for k in m.model_fields))
+
+
+def _number(value) -> str:
+    try:
+        return str(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return _show(value)
+
+
+def _spec_error(exc: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> SpecError:
+    """The first error of ``exc`` as a SpecError: its location as a field path (under ``prefix``),
+    its problem in the words the spec always used. ``model``: the record validated, if not a Spec."""
+    errors = exc.errors(include_url=False)
+    e = errors[0]
+    # as a mapping is read: its unknown keys first, then its values (the first unknown key above e wins)
+    keys = [k for k in errors if k["type"] in _KEY_ERRORS and e["loc"][: len(k["loc"]) - 1] == k["loc"][:-1]]
+    e = min(keys, key=lambda k: len(k["loc"]), default=e)
+    ctx = e.get("ctx") or {}
+    if isinstance(ctx.get("error"), SpecError):  # raised by a validator: it names its own field
+        return ctx["error"]
+    loc, tag = list(e["loc"]), None
+    if model is None and len(loc) >= 2 and loc[0] in ("problem", "integrator") and loc[1] in _TAGS:
+        tag = loc.pop(1)
+    field = _path([prefix, *loc] if prefix else loc)
+
+    def records(where):
+        return (model,) if model else _RECORDS.get(where[0], ()) if where else (Spec,)
+
+    kind, value = e["type"], e.get("input")
+    if kind == "invalid_key":  # a key that is not a string (YAML's 1: 2): unknown, named as written
+        where = _path([prefix, *loc[:-1]] if prefix else loc[:-1])
+        key = f"{where}.{loc[-1]}" if where else str(loc[-1])
+        return SpecError(key, f"unknown key (allowed: {_keys(records(loc[:-1]))})")
+    if kind == "extra_forbidden":
+        key = loc[-1]
+        if tag in ADAPTIVE_METHODS and key == "step":
+            problem = f"method {tag} chooses its own steps; give rtol and atol"
+        elif tag in FIXED_METHODS and key in Adaptive.model_fields:
+            problem = f"not used by the fixed-step method {tag}"
+        else:
+            problem = f"unknown key (allowed: {_keys(records(loc[:-1]))})"
+    elif kind in ("model_type", "model_attributes_type", "dict_type", "union_tag_not_found"):
+        problem = f"expected a mapping with keys {_keys(records(loc))}, got {_show(value)}"
+    elif kind == "missing":
+        if model is Range:
+            return SpecError(prefix, "a range needs start and stop (stop excluded)")
+        if tag in FIXED_METHODS and loc[-1] == "step":
+            problem = f"method {tag} needs a fixed step (e.g. step: 1.0e-4)"
+        else:
+            problem = "is required"
+    elif kind == "union_tag_invalid":
+        key = ctx["discriminator"].strip("'")
+        choices = ", ".join(_QUOTED.findall(ctx["expected_tags"]))
+        return SpecError(f"{field}.{key}" if field else key, f"must be one of {choices}, got {_show(value.get(key))}")
+    elif kind == "literal_error":
+        problem = f"must be one of {', '.join(_QUOTED.findall(ctx['expected']))}, got {_show(value)}"
+    elif kind in ("int_type", "int_parsing", "int_from_float"):
+        problem = f"expected an integer, got {_show(value)}"
+    elif kind in ("float_type", "float_parsing"):
+        problem = f"expected a number, got {_show(value)}"
+    elif kind in ("bool_type", "bool_parsing"):
+        problem = f"expected true or false, got {_show(value)}"
+    elif kind == "finite_number":
+        problem = f"must be finite, got {_number(value)}"
+    elif kind in _OPS:
+        bound = next(iter(ctx.values()))
+        if isinstance(bound, float):  # a float field: its value as a float, a bound < 1e6 as written
+            shown = f"{bound:g}" if kind == "greater_than" else f"{bound:.6g}" if kind == "less_than_equal" else bound
+            problem = f"must be {_OPS[kind]} {shown}, got {_number(value)}"
+        else:
+            problem = f"must be {_OPS[kind]} {bound}, got {_show(value)}"
+    else:
+        problem = " ".join(str(e["msg"]).split())
+    return SpecError(field, problem)
+
+
+# --------------------------------------------------------------------------------------------------
+# axes as data
+# --------------------------------------------------------------------------------------------------
+
 # an arithmetic progression of more values than this has the form {start, stop, step} in the fingerprint
 # (of fewer, the list of its values, as fingerprints were before ranges stayed ranges)
 COMPACT_FROM = 10_000
@@ -244,145 +594,30 @@ def _canonical(axis):
     if isinstance(axis, range):
         return {"start": axis.start, "stop": axis[-1] + axis.step, "step": axis.step}
     if all(isinstance(v, int) for v in axis):
-        a = np.asarray(axis, dtype=np.int64)  # in int64: checked by _int
+        a = np.asarray(axis, dtype=np.int64)  # in int64: checked on parsing
         step = int(a[1] - a[0])
         if step >= 1 and np.all(np.diff(a) == step):
             return _canonical(range(int(a[0]), int(a[-1]) + step, step))
     return list(axis)
 
 
-def _problem(value, base: Path | None):
-    if isinstance(value, dict) and "data" in value:
-        _mapping(value, "problem", ("data",))
-        path = value["data"]
-        if not isinstance(path, str) or not path:
-            raise SpecError("problem.data", f"expected a path to an .npz file, got {_show(path)}")
-        p = Path(path).expanduser()
-        if not p.is_absolute() and base is not None:
-            p = base / p
-        return {"data": str(p.resolve())}
-    _mapping(value, "problem", ("m", "dx", "dy", "seed", "data"))
-    out = {**DEFAULTS["problem"], **value}
-    out = {
-        "m": _int(out["m"], "problem.m", lo=1),
-        "dx": _int(out["dx"], "problem.dx", lo=1),
-        "dy": _int(out["dy"], "problem.dy", lo=1),
-        "seed": _int(out["seed"], "problem.seed", lo=0),
-    }
-    if out["m"] < out["dx"]:
-        raise SpecError(
-            "problem.m", f"needs m ≥ dx to whiten the data (X Xᵀ = I), got m = {out['m']} < dx = {out['dx']}"
-        )
-    size = data_bytes(out["m"], out["dx"], out["dy"])
-    if size > MAX_DATA_BYTES:
-        field = "problem." + max(("m", "dx", "dy"), key=lambda k: out[k])  # the largest is the one to cut
-        raise SpecError(
-            field,
-            f"the data (m = {out['m']:,}, dx = {out['dx']:,}, dy = {out['dy']:,}) would take "
-            f"{size / 2**20:,.0f} MiB (limit {MAX_DATA_BYTES / 2**20:.0f} MiB); use fewer samples or dimensions",
-        )
-    return out
-
-
-def data_bytes(m: int, dx: int, dy: int) -> int:
-    """Bytes of a problem's X (dx×m), Y (dy×m) and target (dy×dx) as float64."""
-    return 8 * (m * dx + m * dy + dy * dx)
-
-
-def _integrator(value):
-    _mapping(value, "integrator", ("method", "rtol", "atol", "step", "max_steps"))
-    default = DEFAULTS["integrator"]
-    method = _choice(value.get("method", default["method"]), "integrator.method", tuple(METHODS))
-    out = {"method": method}
-    if METHODS[method].adaptive:  # a missing tolerance takes the default's
-        for key in ("rtol", "atol"):
-            out[key] = _float(value.get(key, default[key]), f"integrator.{key}", positive=True)
-        if "step" in value:
-            raise SpecError("integrator.step", f"method {method} chooses its own steps; give rtol and atol")
-        out["max_steps"] = _int(value.get("max_steps", MAX_STEPS), "integrator.max_steps", lo=1)
-    else:
-        if "step" not in value:
-            raise SpecError("integrator.step", f"method {method} needs a fixed step (e.g. step: 1.0e-4)")
-        out["step"] = _float(value["step"], "integrator.step", positive=True)
-        for key in ("rtol", "atol", "max_steps"):
-            if key in value:
-                raise SpecError(f"integrator.{key}", f"not used by the fixed-step method {method}")
-    return out
-
-
 def parse(raw: dict | None, base: Path | None = None) -> Spec:
-    """Validate a raw spec mapping (from YAML or built from flags); missing keys take DEFAULTS."""
-    raw = {} if raw is None else raw
-    _mapping(raw, "", TOP_KEYS)
-    d = {**copy.deepcopy(DEFAULTS), **raw}
+    """Validate a raw spec mapping (from YAML or built from flags); missing keys take the models' defaults.
+    A relative data path is taken from ``base`` (the spec file's folder)."""
+    try:
+        return Spec.model_validate({} if raw is None else raw, context={"base": base})
+    except ValidationError as exc:
+        raise _spec_error(exc) from None
 
-    problem = _problem(d["problem"], base)
-    model = _choice(d["model"], "model", ("layerwise", "induced", "exact"))
-    init = _mapping(d["init"], "init", ("scheme",))
-    init = {"scheme": _choice(init.get("scheme", DEFAULTS["init"]["scheme"]), "init.scheme", ("balanced", "gaussian"))}
-    if model in ("induced", "exact") and init["scheme"] != "balanced":
-        raise SpecError(
-            "model", f"the {model} flow holds only for balanced starts; use init.scheme: balanced or model: layerwise"
-        )
 
-    axes_raw = _mapping(d["axes"], "axes", AXES)
-    if "axes" in raw:  # a spec's own axes replace the defaults, but missing required axes default
-        axes_raw = {**{k: DEFAULTS["axes"][k] for k in REQUIRED_AXES if k not in axes_raw}, **axes_raw}
-    lengths = {name: _axis_length(name, axes_raw[name]) for name in AXES if name in axes_raw}
-    cells = math.prod(lengths.values())
-    if cells > MAX_CELLS:
-        raise SpecError(
-            "axes",
-            f"the grid has {cells:,} cells ("
-            + " × ".join(f"{n} {k:,}" for n, k in lengths.items())
-            + f"); at most {MAX_CELLS:,} cells per store: split the sweep into several stores",
-        )
-    axes = {name: _axis(name, axes_raw[name]) for name in AXES if name in axes_raw}
+TOP_KEYS = tuple(Spec.model_fields)
+# the defaults as plain data, read off the models (written nowhere else)
+DEFAULTS = Spec().to_dict()
 
-    integrator = _integrator(d["integrator"])
-    horizon = _float(d["horizon"], "horizon", positive=True)
-    if "step" in integrator:
-        if integrator["step"] > horizon:
-            raise SpecError("integrator.step", f"is longer than the horizon ({integrator['step']} > {horizon})")
-        if horizon / integrator["step"] > 1e9:
-            raise SpecError(
-                "integrator.step",
-                f"gives {horizon / integrator['step']:.3g} steps (> 1e9); use dopri5 or a larger step",
-            )
-    eps = _float(d["eps"], "eps", positive=True)
-    if not isinstance(d["stop_at_eps"], bool):
-        raise SpecError("stop_at_eps", f"expected true or false, got {_show(d['stop_at_eps'])}")
-    ck = _mapping(d["checkpoints"], "checkpoints", ("count", "spacing", "log_start"))
-    checkpoints = {
-        "count": _int(ck.get("count", DEFAULTS["checkpoints"]["count"]), "checkpoints.count", lo=2),
-        "spacing": _choice(
-            ck.get("spacing", DEFAULTS["checkpoints"]["spacing"]), "checkpoints.spacing", ("log", "linear")
-        ),
-    }
-    if "log_start" in ck:
-        if checkpoints["spacing"] != "log":
-            raise SpecError("checkpoints.log_start", "only used with spacing: log")
-        checkpoints["log_start"] = _float(ck["log_start"], "checkpoints.log_start", positive=True, hi=horizon)
-    batch = _int(d["batch"], "batch", lo=1)
-    if batch > MAX_BATCH:  # Ray retries tasks killed for memory forever: keep a task's memory bounded
-        raise SpecError("batch", f"must be ≤ {MAX_BATCH} cells per task, got {batch}")
 
-    if model == "exact" and "data" not in problem and problem["dy"] != 1:
-        raise SpecError(
-            "model",
-            f"exact (the closed form of docs/theory.md §4) needs a scalar output, dy = 1; got dy = {problem['dy']}",
-        )
-    if "init_angle" in axes:
-        if init["scheme"] != "balanced":
-            raise SpecError("axes.init_angle", "needs init.scheme: balanced (a Gaussian start has no set angle)")
-        if "data" not in problem and min(problem["dx"], problem["dy"]) != 1:
-            raise SpecError(
-                "axes.init_angle",
-                "is defined for vector targets only (dy = 1 or dx = 1), "
-                f"got dy = {problem['dy']}, dx = {problem['dx']}",
-            )
-
-    return Spec(problem, model, init, axes, integrator, horizon, eps, d["stop_at_eps"], checkpoints, batch)
+def json_schema() -> dict:
+    """The JSON Schema of a spec file (for editors: completion and checks as one types)."""
+    return Spec.model_json_schema()
 
 
 class _BoundedLoader(yaml.SafeLoader):

@@ -49,7 +49,7 @@ def template(spec: Spec, problem: Problem, fingerprint: str, range_coords: bool 
     axes = tuple(spec.axes)
     shape = spec.shape
     chunks = chunk_shape(shape, axes, spec.batch)
-    count = spec.checkpoints["count"]
+    count = spec.checkpoints.count
     data_vars, encoding = {}, {}
     for name, var in RESULTS.items():
         tail = tail_shape(var, count, problem.dy, problem.dx)
