@@ -9,6 +9,7 @@ import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
@@ -21,14 +22,28 @@ except ImportError:  # pragma: no cover
 
 from sweep import runner, store
 from sweep import spec as specs
-from sweep.errors import LinflowError, LockError, SpecError, StoreDamaged, StoreError, StoreWriteError
+from sweep.errors import (
+    LinflowError,
+    LockError,
+    SpecError,
+    StoreDamaged,
+    StoreError,
+    StoreWriteError,
+)
 from sweep.lock import StoreLock
 
 
 class _OneLineErrors(TyperGroup):
     """Usage errors as one line on stderr with exit code 2 (no box, no traceback)."""
 
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+    def main(
+        self,
+        args=None,
+        prog_name=None,
+        complete_var=None,
+        standalone_mode=True,
+        **extra,
+    ):
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except _cx.NoArgsIsHelpError as exc:
@@ -53,7 +68,11 @@ app = typer.Typer(
 
 RESUME = "{} holds every finished batch — rerun the same command to finish it"  # after an interruption
 WORKERS_ERROR = "must be ≥ 1, got {}"
-FLAGS = {"out": "--out", "address": "--address", "workers": "--workers"}  # run's arguments → its flags
+FLAGS = {
+    "out": "--out",
+    "address": "--address",
+    "workers": "--workers",
+}  # run's arguments → its flags
 
 
 def _message(exc: LinflowError) -> str:
@@ -66,90 +85,173 @@ def _fail(message: str, code: int = 2, kind: str = "error: "):
     sys.exit(code)
 
 
-def _overrides(**flags) -> dict:
-    """Flags → a nested spec mapping (only the flags that were given)."""
+D = specs.DEFAULTS  # the spec models' defaults, quoted in the help
+
+
+def _opt(help: str, *names: str):
+    return typer.Option(*names, help=help)
+
+
+def _axis(name: str) -> str:
+    """An axis default as the flag would write it: 1,2,3,4 or 0:8."""
+    v = D["axes"][name]
+    return f"{v['start']}:{v['stop']}" if isinstance(v, dict) else ",".join(map(str, v))
+
+
+# the flags that set a spec key: flag → (its key in the spec, how its text is read: an axis list, else as typed)
+SPEC_FLAGS = {
+    "depth": ("axes.depth", int),
+    "width": ("axes.width", int),
+    "init_norm": ("axes.init_norm", float),
+    "init_angle": ("axes.init_angle", float),
+    "seed": ("axes.seed", int),
+    "model": ("model", None),
+    "init": ("init.scheme", None),
+    "method": ("integrator.method", None),
+    "step": ("integrator.step", None),
+    "rtol": ("integrator.rtol", None),
+    "atol": ("integrator.atol", None),
+    "horizon": ("horizon", None),
+    "eps": ("eps", None),
+    "stop_at_eps": ("stop_at_eps", None),
+    "checkpoints": ("checkpoints.count", None),
+    "m": ("problem.m", None),
+    "dx": ("problem.dx", None),
+    "dy": ("problem.dy", None),
+    "problem_seed": ("problem.seed", None),
+    "data": ("problem.data", None),
+    "batch": ("batch", None),
+}
+SYNTHETIC = ("m", "dx", "dy", "problem_seed")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _overrides(flags: dict) -> dict:
+    """The given flags (those of SPEC_FLAGS) → a nested spec mapping; the spec models validate it."""
+    if flags.get("data") is not None and any(flags.get(f) is not None for f in SYNTHETIC):
+        given = ", ".join(_flag(f) for f in SYNTHETIC if flags.get(f) is not None)
+        raise SpecError("--data", f"cannot be combined with {given} (those describe synthetic data)")
     o: dict = {}
-    axes = {}
-    for name, kind in (("depth", int), ("width", int), ("init_norm", float), ("init_angle", float), ("seed", int)):
-        text = flags[name]
-        if text is not None:
-            axes[name] = specs.parse_list(text, "--" + name.replace("_", "-"), kind)
-    if axes:
-        o["axes"] = axes
-    problem = {
-        k: flags[f]
-        for k, f in (("m", "m"), ("dx", "dx"), ("dy", "dy"), ("seed", "problem_seed"))
-        if flags[f] is not None
-    }
-    if flags["data"] is not None:
-        if problem:
-            given = ", ".join(
-                "--" + f.replace("_", "-") for f in ("m", "dx", "dy", "problem_seed") if flags[f] is not None
-            )
-            raise SpecError("--data", f"cannot be combined with {given} (those describe synthetic data)")
-        problem = {"data": str(Path(flags["data"]).resolve())}
-    if problem:
-        o["problem"] = problem
-    integ = {k: flags[k] for k in ("method", "step", "rtol", "atol") if flags[k] is not None}
-    if integ:
-        o["integrator"] = integ
-    for key in ("model", "horizon", "eps", "stop_at_eps", "batch"):
-        if flags[key] is not None:
-            o[key] = flags[key]
-    if flags["init"] is not None:
-        o["init"] = {"scheme": flags["init"]}
-    if flags["checkpoints"] is not None:
-        o["checkpoints"] = {"count": flags["checkpoints"]}
+    for name, value in flags.items():
+        if value is None:
+            continue
+        key, kind = SPEC_FLAGS[name]
+        if kind is not None:
+            value = specs.parse_list(value, _flag(name), kind)
+        elif name == "data":
+            value = str(Path(value).resolve())
+        *parents, leaf = key.split(".")
+        node = o
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
     return o
 
 
 @app.command()
 def run(
-    spec: Path | None = typer.Argument(None, help="YAML spec; without one, the defaults and the flags make the sweep."),
-    out: Path | None = typer.Option(
-        None, "--out", "-o", help="Zarr store to create or resume [default: runs/<spec name>.zarr]."
-    ),
-    depth: str | None = typer.Option(None, help="Depths, e.g. 1,2,3,4 or 1:9."),
-    width: str | None = typer.Option(None, help="Hidden-layer widths, e.g. 1,5."),
-    init_norm: str | None = typer.Option(None, help="‖W(0)‖₂/‖Z‖₂ values, e.g. 0.1,1,10."),
-    init_angle: str | None = typer.Option(None, help="Angles (rad) between W(0) and Z, e.g. 0,1.5,3.1."),
-    seed: str | None = typer.Option(None, help="Initialization seeds, e.g. 0:100 or 1,2,3."),
-    model: str | None = typer.Option(None, help="layerwise | induced | exact (closed form, dy = 1, balanced)."),
-    init: str | None = typer.Option(None, help="Initialization scheme: balanced | gaussian."),
-    method: str | None = typer.Option(
-        None, help="euler | rk4 (need --step) | dopri5 (adaptive; --rtol, --atol default 1e-8, 1e-12)."
-    ),
-    step: float | None = typer.Option(None, help="Fixed step for euler and rk4."),
-    rtol: float | None = typer.Option(None, help="Relative tolerance for dopri5 [default: 1e-8]."),
-    atol: float | None = typer.Option(None, help="Absolute tolerance for dopri5 [default: 1e-12]."),
-    horizon: float | None = typer.Option(None, help="Flow time t_max."),
-    eps: float | None = typer.Option(None, help="Excess-loss threshold for time_to_eps."),
-    stop_at_eps: bool | None = typer.Option(
-        None, "--stop-at-eps/--no-stop-at-eps", help="Stop each trajectory at eps."
-    ),
-    checkpoints: int | None = typer.Option(None, help="Number of checkpoints."),
-    m: int | None = typer.Option(None, help="Samples of the synthetic problem."),
-    dx: int | None = typer.Option(None, help="Input dimension of the synthetic problem."),
-    dy: int | None = typer.Option(None, help="Output dimension of the synthetic problem."),
-    problem_seed: int | None = typer.Option(None, help="Seed of the synthetic data."),
-    data: Path | None = typer.Option(None, help=".npz file with X (dx×m) and Y (dy×m) instead of synthetic data."),
-    batch: int | None = typer.Option(None, help="At most this many cells per Ray task."),
-    workers: int | None = typer.Option(
-        None, help="CPUs of the local Ray instance (default: all), or tasks in flight ×½ on a cluster."
-    ),
-    address: str | None = typer.Option(
-        None,
-        help="Ray cluster: ray://HOST:10001 (Ray Client) or HOST:6379 (its GCS) "
-        "[default: RAY_ADDRESS, else a local instance].",
-    ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    as_json: bool = typer.Option(False, "--json", help="Print the final report as JSON."),
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="Also recompute the cells that failed."),
+    spec: Annotated[
+        Path | None,
+        typer.Argument(help="YAML spec; without one, the defaults and the flags make the sweep."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        _opt(
+            "Zarr store to create or resume [default: runs/<spec name>.zarr].",
+            "--out",
+            "-o",
+        ),
+    ] = None,
+    depth: Annotated[str | None, _opt(f"Depths, e.g. 1,2,3,4 or 1:9 [default: {_axis('depth')}].")] = None,
+    width: Annotated[str | None, _opt(f"Hidden-layer widths, e.g. 1,5 [default: {_axis('width')}].")] = None,
+    init_norm: Annotated[
+        str | None,
+        _opt(f"‖W(0)‖₂/‖Z‖₂ values, e.g. 0.1,1,10 [default: {_axis('init_norm')}]."),
+    ] = None,
+    init_angle: Annotated[
+        str | None,
+        _opt("Angles (rad) between W(0) and Z, e.g. 0,1.5,3.1 (vector targets)."),
+    ] = None,
+    seed: Annotated[
+        str | None,
+        _opt(f"Initialization seeds, e.g. 0:100 or 1,2,3 [default: {_axis('seed')}]."),
+    ] = None,
+    model: Annotated[
+        str | None,
+        _opt(f"layerwise | induced | exact (closed form, dy = 1, balanced) [default: {D['model']}]."),
+    ] = None,
+    init: Annotated[
+        str | None,
+        _opt(f"Initialization scheme: balanced | gaussian [default: {D['init']['scheme']}]."),
+    ] = None,
+    method: Annotated[
+        str | None,
+        _opt(f"euler | rk4 (need --step) | dopri5 (adaptive) [default: {D['integrator']['method']}]."),
+    ] = None,
+    step: Annotated[float | None, _opt("Fixed step for euler and rk4.")] = None,
+    rtol: Annotated[
+        float | None,
+        _opt(f"Relative tolerance for dopri5 [default: {D['integrator']['rtol']:g}]."),
+    ] = None,
+    atol: Annotated[
+        float | None,
+        _opt(f"Absolute tolerance for dopri5 [default: {D['integrator']['atol']:g}]."),
+    ] = None,
+    horizon: Annotated[float | None, _opt(f"Flow time t_max [default: {D['horizon']:g}].")] = None,
+    eps: Annotated[
+        float | None,
+        _opt(f"Excess-loss threshold for time_to_eps [default: {D['eps']:g}]."),
+    ] = None,
+    stop_at_eps: Annotated[
+        bool | None,
+        _opt("Stop each trajectory at eps.", "--stop-at-eps/--no-stop-at-eps"),
+    ] = None,
+    checkpoints: Annotated[
+        int | None,
+        _opt(f"Number of checkpoints [default: {D['checkpoints']['count']}]."),
+    ] = None,
+    m: Annotated[
+        int | None,
+        _opt(f"Samples of the synthetic problem [default: {D['problem']['m']}]."),
+    ] = None,
+    dx: Annotated[
+        int | None,
+        _opt(f"Input dimension of the synthetic problem [default: {D['problem']['dx']}]."),
+    ] = None,
+    dy: Annotated[
+        int | None,
+        _opt(f"Output dimension of the synthetic problem [default: {D['problem']['dy']}]."),
+    ] = None,
+    problem_seed: Annotated[
+        int | None,
+        _opt(f"Seed of the synthetic data [default: {D['problem']['seed']}]."),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        _opt(".npz file with X (dx×m) and Y (dy×m) instead of synthetic data."),
+    ] = None,
+    batch: Annotated[
+        int | None,
+        _opt(f"At most this many cells per Ray task [default: {D['batch']}]."),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        _opt("CPUs of the local Ray instance (default: all), or tasks in flight ×½ on a cluster."),
+    ] = None,
+    address: Annotated[
+        str | None,
+        _opt("Ray cluster: ray://HOST:10001 (Ray Client) or HOST:6379 (its GCS) [default: RAY_ADDRESS, else local]."),
+    ] = None,
+    quiet: Annotated[bool, _opt("No progress bar.", "--quiet", "-q")] = False,
+    as_json: Annotated[bool, _opt("Print the final report as JSON.", "--json")] = False,
+    retry_failed: Annotated[bool, _opt("Also recompute the cells that failed.", "--retry-failed")] = False,
 ):
     """Run a sweep (or resume one: rerunning into an existing store finishes its missing cells)."""
     try:
-        runtime = ("spec", "out", "workers", "address", "quiet", "as_json", "retry_failed")
-        overrides = _overrides(**{k: v for k, v in locals().items() if k not in runtime})
+        overrides = _overrides({k: v for k, v in locals().items() if k in SPEC_FLAGS})
         if workers is not None and workers < 1:
             raise SpecError("--workers", WORKERS_ERROR.format(workers))
         s = specs.load(spec, overrides)
@@ -202,8 +304,14 @@ def run(
 
 @app.command("spec")
 def show_spec(
-    spec: Path | None = typer.Argument(None, help="YAML spec [default: none, the defaults]."),
-    schema: bool = typer.Option(False, "--schema", help="Print the JSON Schema of spec files instead (for editors)."),
+    spec: Annotated[Path | None, typer.Argument(help="YAML spec [default: none, the defaults].")] = None,
+    schema: Annotated[
+        bool,
+        typer.Option(
+            "--schema",
+            help="Print the JSON Schema of spec files instead (for editors).",
+        ),
+    ] = False,
 ):
     """Print a spec normalized, every default filled in (YAML), or with --schema the JSON Schema of spec files."""
     if schema:
@@ -261,7 +369,14 @@ def _ray_logs_off_stderr():
     os.dup2(null, 2)
     os.close(null)
     previous = sys.stderr
-    sys.stderr = copy = open(real, "w", buffering=1, encoding=previous.encoding, errors=previous.errors, closefd=False)
+    sys.stderr = copy = open(
+        real,
+        "w",
+        buffering=1,
+        encoding=previous.encoding,
+        errors=previous.errors,
+        closefd=False,
+    )
     try:
         yield
     finally:
@@ -273,13 +388,15 @@ def _ray_logs_off_stderr():
 
 @app.command()
 def status(
-    path: Path = typer.Argument(..., help="A store made by linflow run."),
-    as_json: bool = typer.Option(False, "--json", help="Counts as JSON."),
-    verify: bool = typer.Option(
-        False,
-        "--verify",
-        help="Decode every chunk, and mark the cells of lost or unreadable chunks pending (a rerun recomputes them).",
-    ),
+    path: Annotated[Path, typer.Argument(help="A store made by linflow run.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Counts as JSON.")] = False,
+    verify: Annotated[
+        bool,
+        _opt(
+            "Decode every chunk, and mark the cells of lost or unreadable chunks pending (a rerun recomputes them).",
+            "--verify",
+        ),
+    ] = False,
 ):
     """Counts of cells per status in a store, and what is left to run. Lost chunks (a listing) and
     unreadable ones (decoded with --verify) count their done cells as pending."""
@@ -334,8 +451,11 @@ def status(
 
 @app.command()
 def report(
-    path: Path = typer.Argument(..., help="A store made by linflow run."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for report.md and its PNG figures."),
+    path: Annotated[Path, typer.Argument(help="A store made by linflow run.")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Folder for report.md and its PNG figures."),
+    ],
 ):
     """Write a Markdown report (status, convergence, scaling fits, theory agreement, bounds) with figures."""
     from analysis.report import write_report
@@ -355,15 +475,21 @@ def report(
 
 @app.command()
 def reproduce(
-    name: str | None = typer.Argument(None, help="Which study (linflow reproduce --list)."),
-    out: Path | None = typer.Option(
-        None, "--out", "-o", help="Folder for the stores, figures and reproduce.md [default: runs/NAME]."
-    ),
-    quick: bool = typer.Option(False, "--quick", help="Fewer seeds, depths and angles (for tests)."),
-    workers: int | None = typer.Option(None, help="CPUs of the local Ray instance (default: all)."),
-    address: str | None = typer.Option(None, help="Ray cluster to use (default: RAY_ADDRESS, else local)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
-    show: bool = typer.Option(False, "--list", help="List the studies and stop."),
+    name: Annotated[str | None, typer.Argument(help="Which study (linflow reproduce --list).")] = None,
+    out: Annotated[
+        Path | None, _opt("Folder for the stores, figures and reproduce.md [default: runs/NAME].", "--out", "-o")
+    ] = None,
+    quick: Annotated[
+        bool,
+        typer.Option("--quick", help="Fewer seeds, depths and angles (for tests)."),
+    ] = False,
+    workers: Annotated[int | None, typer.Option(help="CPUs of the local Ray instance (default: all).")] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster to use (default: RAY_ADDRESS, else local)."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    show: Annotated[bool, typer.Option("--list", help="List the studies and stop.")] = False,
 ):
     """Reproduce a paper's numerical example beside the exact theory (resumable: rerun to finish)."""
     import xarray as xr
@@ -387,7 +513,13 @@ def reproduce(
             typer.echo(f"  {sweep}: {done}/{total} cells", err=True)
 
     try:
-        stores = runner.run_all(study.specs_for(quick), out, address=address, workers=workers, progress=progress)
+        stores = runner.run_all(
+            study.specs_for(quick),
+            out,
+            address=address,
+            workers=workers,
+            progress=progress,
+        )
         datasets = {n: xr.open_zarr(path).load() for n, path in stores.items()}
         written = study.write(out, datasets)
     except KeyboardInterrupt:
@@ -404,14 +536,14 @@ def reproduce(
 
 @app.command()
 def export(
-    path: Path = typer.Argument(..., help="A store made by linflow run."),
-    fmt: str = typer.Option("csv", "--format", "-f", help="csv | parquet."),
-    out: Path | None = typer.Option(
-        None, "--out", "-o", help="Output file [default: the store's name with .csv/.parquet]."
-    ),
-    with_theory: bool = typer.Option(
-        False, "--theory", help="Add the theory columns (analysis.theory.annotate) and the observed limit class."
-    ),
+    path: Annotated[Path, typer.Argument(help="A store made by linflow run.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="csv | parquet.")] = "csv",
+    out: Annotated[
+        Path | None, _opt("Output file [default: the store's name with .csv/.parquet].", "--out", "-o")
+    ] = None,
+    with_theory: Annotated[
+        bool, _opt("Add the theory columns (analysis.theory.annotate) and the observed limit class.", "--theory")
+    ] = False,
 ):
     """Write one row per cell (axes, status, time_to_eps, final losses, …) as CSV or Parquet."""
     from analysis.export import cell_table, write_table

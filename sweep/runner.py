@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 import resource
 import signal
 import socket
@@ -33,6 +34,10 @@ from .task import run_task
 # BLAS inside a task stays single-threaded: one task per core is the parallelism
 SINGLE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 HEARTBEAT_SECONDS = 30.0
+# a task's spec and data travel inside the task when this small (Ray inlines arguments under 100 KiB): no
+# object-store copy that Ray's core would try to recover — and die on — when a signal to the whole process
+# group has ended the raylet a moment before this driver
+INLINE_BYTES = 64 * 2**10
 
 
 @dataclass
@@ -452,7 +457,9 @@ def _dispatch(spec, problem, group, work, report, lock, address, workers, progre
             raise RayGone(f"Ray did not start ({_one_line(exc)})") from None
         report.startup_seconds = time.perf_counter() - started
         task = ray.remote(num_cpus=1, max_retries=3)(run_task)
-        payload = ray.put((spec, problem))
+        payload = (spec, problem)
+        if len(pickle.dumps(payload)) > INLINE_BYTES:  # large data: one copy in the object store, not one per task
+            payload = ray.put(payload)
         limit = 2 * max(1, int(workers or ray.cluster_resources().get("CPU", 1)))
         # longest first (cells × parameters per cell), so that no long batch is left for the end alone
         queue = [(region, mask, 1) for region, mask in sorted(work, key=lambda w: _cost(spec, problem, *w))]
