@@ -254,9 +254,12 @@ def run(
         overrides = _overrides({k: v for k, v in locals().items() if k in SPEC_FLAGS})
         if workers is not None and workers < 1:
             raise SpecError("--workers", WORKERS_ERROR.format(workers))
-        s = specs.load(spec, overrides)
         out = out or Path("runs") / f"{spec.stem if spec else 'sweep'}.zarr"
-    except SpecError as exc:
+        if spec is None and out.is_dir() and store.is_store(out):  # flags only: the store's own spec, changed by them
+            s = specs.parse(specs.merge(store.stored_spec(out), overrides))
+        else:
+            s = specs.load(spec, overrides)
+    except LinflowError as exc:
         _fail(_message(exc))
 
     # runner.run checks the data, the store, the lock and the cluster before it writes or starts

@@ -709,11 +709,14 @@ def load(path: str | Path | None, overrides: dict | None = None) -> Spec:
 
 
 def merge(raw: dict, overrides: dict) -> dict:
-    """Apply flag overrides. ``integrator`` is replaced whole when the method changes."""
+    """Apply flag overrides. ``integrator`` is replaced whole when the method changes, ``problem`` when it
+    changes between synthetic data and a data file."""
     out = copy.deepcopy(raw)
     for key, value in overrides.items():
         if key == "integrator" and "method" in value and value["method"] != out.get("integrator", {}).get("method"):
             out[key] = dict(value)
+        elif key == "problem" and isinstance(out.get(key), dict) and ("data" in value) != ("data" in out[key]):
+            out[key] = dict(value)  # a data file replaces synthetic data, and the other way round
         elif isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = {**out[key], **value}
         else:

@@ -161,6 +161,13 @@ def is_store(path: str | Path) -> bool:
     return (p / "zarr.json").is_file() or (p / ".zgroup").is_file()
 
 
+def stored_spec(path: str | Path) -> dict:
+    """The spec a store was made with, as the raw mapping (its ``spec`` attribute, YAML)."""
+    import yaml
+
+    return yaml.safe_load(open_group(path).attrs["spec"]) or {}
+
+
 def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
     """The store's root group, checked to be a readable linflow store: StoreDamaged when its
     metadata (the root ``zarr.json``, the ``failures`` attribute) cannot be read."""

@@ -193,6 +193,38 @@ def test_flags_alone_run_a_sweep(ray_local, tmp_path, monkeypatch):
     assert yaml.safe_load(ds.attrs["spec"])["integrator"] == {"method": "rk4", "step": 1e-3}
 
 
+def test_a_store_remembers_its_spec(ray_local, tmp_path):
+    # flags alone against an existing store start from the store's own spec: no flags resume it, a flag that
+    # changes a setting (not an axis growth) is refused with the store untouched
+    out = tmp_path / "s.zarr"
+    made = cli(
+        "run",
+        "--depth",
+        "2",
+        "--seed",
+        "0:3",
+        "--method",
+        "rk4",
+        "--step",
+        "1e-3",
+        "--horizon",
+        "1",
+        "--out",
+        out,
+        "--quiet",
+    )
+    assert made.exit_code == 0, made.output
+    before = tree_digest(out)
+    again = cli("run", "--out", out, "--quiet", "--json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout.strip().splitlines()[-1])["cells_run"] == 0
+    same = cli("run", "--out", out, "--horizon", "1", "--quiet")  # a flag repeating the stored value
+    assert same.exit_code == 0, same.output
+    changed = cli("run", "--out", out, "--horizon", "2", "--quiet")
+    assert changed.exit_code == 2 and "holds a different sweep" in changed.stderr
+    assert tree_digest(out) == before
+
+
 def test_out_that_is_not_a_store_is_refused(tmp_path):
     out = tmp_path / "notastore"
     out.mkdir()

@@ -115,3 +115,11 @@ def test_readme_spec_block_matches_the_models():
         for key in path:
             where = where[key]
         assert value == where, f"README states {'.'.join(path)}: {value}, the default is {where}"
+
+
+def test_flags_over_a_stored_spec_replace_the_problem_kind():
+    # a store's spec (synthetic data) changed by --data, and a data-file spec changed by --m: the other kind's keys go
+    synthetic = {"problem": {"m": 50, "dx": 5, "dy": 1, "seed": 0}, "horizon": 2.0}
+    assert specs.merge(synthetic, {"problem": {"data": "/d.npz"}}) == {"problem": {"data": "/d.npz"}, "horizon": 2.0}
+    assert specs.merge({"problem": {"data": "/d.npz"}}, {"problem": {"m": 60}}) == {"problem": {"m": 60}}
+    assert specs.merge(synthetic, {"problem": {"m": 60}})["problem"] == {"m": 60, "dx": 5, "dy": 1, "seed": 0}
