@@ -74,8 +74,8 @@ def prepare(spec: Spec, out: str | Path) -> tuple[Problem, str, bool]:
         if group.attrs["fingerprint"] != fingerprint:
             raise StoreError(
                 "out",
-                f"{path} holds a different sweep (fingerprint {group.attrs['fingerprint']}, this spec "
-                f"{fingerprint}); choose another store or rerun with the spec that made it",
+                f"{path} holds a different sweep ({_difference(group, spec, problem)}); "
+                "choose another store or rerun with the spec that made it",
             )
         return problem, fingerprint, True
     parent = path.resolve().parent
@@ -92,6 +92,49 @@ def prepare(spec: Spec, out: str | Path) -> tuple[Problem, str, bool]:
 
 
 MEMORY_LIMIT = 2 * 2**30  # bytes: the driver's store template, and one task's working set
+
+
+def _difference(group, spec: Spec, problem: Problem) -> str:
+    """The first thing in which ``spec`` differs from the sweep a store holds, in a few words:
+    'horizon 1.0 → 2.0', 'axes.seed: 8 values → 32 (grown)', 'the data', 'the kernel version 2 → 3'."""
+    import yaml
+
+    from . import spec as specs
+    from .kernel import KERNEL_VERSION
+
+    try:
+        old = specs.parse(yaml.safe_load(group.attrs["spec"]))
+    except Exception:  # noqa: BLE001 — a store of another version: say only that it differs
+        return f"fingerprint {group.attrs['fingerprint']}"
+    for name in sorted(set(old.axes) | set(spec.axes)):
+        if name not in old.axes or name not in spec.axes:
+            return f"axes.{name}: {'added' if name in spec.axes else 'removed'}"
+        a, b = specs.axis_values(old.axes[name]), specs.axis_values(spec.axes[name])
+        if len(a) != len(b) or not np.array_equal(a, b):
+            grown = len(b) > len(a) and np.array_equal(b[: len(a)], a)
+            how = "grown: growing a store is not supported yet" if grown else "other values"
+            return f"axes.{name}: {len(a)} values → {len(b)} ({how})"
+    before, after = old.to_dict(), spec.to_dict()
+    for key in before:
+        if key not in ("axes", "batch") and before[key] != after.get(key):
+            return _first_change(key, before[key], after.get(key))
+    if group.attrs.get("kernel_version") != KERNEL_VERSION:
+        return f"the kernel version {group.attrs.get('kernel_version')} → {KERNEL_VERSION}"
+    return "the data"
+
+
+def _first_change(path: str, a, b) -> str:
+    """'integrator.method dopri5 → rk4': the first leaf where two nested mappings differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            if a.get(key) != b.get(key):
+                return _first_change(f"{path}.{key}", a.get(key), b.get(key))
+    return f"{path} {_short(a)} → {_short(b)}"
+
+
+def _short(value) -> str:
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "…"
 
 
 def check_memory(spec: Spec, problem: Problem) -> None:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from sweep import runner, store
+from sweep import problem, runner, store
 from sweep import spec as specs
 from sweep.errors import ClusterError, LinflowError, LockError, RayGone, SpecError, StoreError, StoreWriteError
 
@@ -51,3 +51,26 @@ def test_the_cli_names_the_flag(tmp_path):
         f"linflow: error: --out: cannot create {tmp_path / 'file' / 's.zarr'}: "
         f"{tmp_path / 'file'} is a file, not a folder"
     ]
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"horizon": 2.0}, "(horizon 1.0 → 2.0)"),
+        ({"integrator": {"method": "rk4", "step": 1e-3}}, "(integrator.method dopri5 → rk4)"),
+        ({"integrator": {"rtol": 1e-9}}, "(integrator.rtol 1e-08 → 1e-09)"),
+        ({"problem": {"seed": 3}}, "(problem.seed 0 → 3)"),
+        ({"axes": {"depth": [2], "seed": {"start": 0, "stop": 5}}}, "(axes.seed: 3 values → 5 (grown"),
+        ({"axes": {"depth": [2], "seed": [2, 1, 0]}}, "(axes.seed: 3 values → 3 (other values))"),
+        ({"axes": {"depth": [2], "seed": {"start": 0, "stop": 3}, "init_angle": [0.5]}}, "(axes.init_angle: added)"),
+    ],
+)
+def test_a_different_sweep_is_refused_naming_what_differs(tmp_path, change, words):
+    made = {"axes": {"depth": [2], "seed": {"start": 0, "stop": 3}}, "horizon": 1.0}
+    s = specs.parse(made)
+    p = problem.build(s.problem)
+    store.create(tmp_path / "s.zarr", s, p, s.fingerprint(p.digest()))
+    runner.prepare(specs.parse({**made, "batch": 7}), tmp_path / "s.zarr")  # an execution setting: the same sweep
+    with pytest.raises(StoreError, match="holds a different sweep") as info:
+        runner.prepare(specs.parse({**made, **change}), tmp_path / "s.zarr")
+    assert words in str(info.value)
