@@ -135,14 +135,12 @@ def weight_floor(g, y, y_new, atol, lo, hi, floor):
         for b in range(lo, hi):
             floor[b] = atol
         return
-    sy = np.zeros(hi)
-    sn = np.zeros(hi)
-    for p in range(y.shape[0]):
-        for b in range(lo, hi):
-            sy[b] += y[p, b] * y[p, b]
-            sn[b] += y_new[p, b] * y_new[p, b]
-    for b in range(lo, hi):
-        layer = max(math.sqrt(max(sy[b], sn[b])) ** (1.0 / n), atol)
+    for b in range(lo, hi):  # W is small (dy·dx): one trajectory at a time, no work arrays
+        sy = sn = 0.0
+        for p in range(y.shape[0]):
+            sy += y[p, b] * y[p, b]
+            sn += y_new[p, b] * y_new[p, b]
+        layer = max(math.sqrt(max(sy, sn)) ** (1.0 / n), atol)
         floor[b] = atol * n * layer ** (n - 1)
 
 
@@ -259,18 +257,16 @@ def _induced_column(g, y, out, b, flow):
     SVD is explicit: the flow is −s^{2−2/N}[D + (N−1)(D·v)v] with s = ‖W‖, v = W/s, D = W − Z."""
     dx, dy, n = g.dims[0], g.dims[1], g.depth
     size = dx * dy
-    d = np.empty(size)
-    z = g.target.ravel()
+    z = g.target.ravel()  # D = W − Z is formed where it is used: no array per call
     half = 0.0
     for i in range(size):
-        d[i] = y[i, b] - z[i]
-        half += d[i] * d[i]
+        half += (y[i, b] - z[i]) * (y[i, b] - z[i])
     exc = 0.5 * half - g.tail
     if not flow:
         return exc
     if n == 1:
         for i in range(size):
-            out[i, b] = -d[i]
+            out[i, b] = -(y[i, b] - z[i])
     elif not math.isfinite(exc):  # LAPACK may not return on non-finite input: no flow
         for i in range(size):
             out[i, b] = np.nan
@@ -281,11 +277,11 @@ def _induced_column(g, y, out, b, flow):
         s = math.sqrt(s2)
         dv = 0.0
         for i in range(size):
-            dv += d[i] * (y[i, b] / s if s > 0 else 0.0)
+            dv += (y[i, b] - z[i]) * (y[i, b] / s if s > 0 else 0.0)
         sp = s ** (2.0 - 2.0 / n)
         for i in range(size):
             v = y[i, b] / s if s > 0 else 0.0
-            out[i, b] = -sp * (d[i] + (n - 1) * dv * v)
+            out[i, b] = -sp * ((y[i, b] - z[i]) + (n - 1) * dv * v)
     else:
         w = np.empty((dy, dx))
         for i in range(dy):
@@ -299,7 +295,7 @@ def _induced_column(g, y, out, b, flow):
             if s[k] > cutoff:
                 sa[k] = s[k]
                 sb[k] = s[k]
-        dm = d.reshape((dy, dx))
+        dm = w - g.target
         mk = np.ascontiguousarray(u.T) @ dm @ np.ascontiguousarray(vt.T)
         for i in range(dy):
             for j in range(dx):
