@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -54,11 +55,23 @@ class Report:
     kernel_seconds: float = 0.0  # compute time summed over the batches (in the workers)
     startup_seconds: float = 0.0  # connecting to (or starting) Ray
     driver_peak_rss_mb: float = 0.0
+    grown: str = ""  # what the run grew: 'seed 8 → 32: 48 new cells' (empty: nothing)
 
 
-def prepare(spec: Spec, out: str | Path) -> tuple[Problem, str, bool]:
-    """Check everything before anything is written: the problem data, and ``out`` against the spec.
-    Returns (problem, fingerprint, exists). Raises SpecError on a bad spec, StoreError on a bad ``out``."""
+class Plan(NamedTuple):
+    """What :func:`prepare` found: the problem, the sweep's fingerprint, whether ``out`` exists, and
+    the axes along which the store there grows ({axis: (its size, the new size)}; empty: none)."""
+
+    problem: Problem
+    fingerprint: str
+    exists: bool
+    grows: dict
+
+
+def prepare(spec: Spec, out: str | Path) -> Plan:
+    """Check everything before anything is written: the problem data, and ``out`` against the spec —
+    the same sweep, or one that extends it along its axes (:func:`sweep.spec.extension`). Raises
+    SpecError on a bad spec, StoreError on a bad ``out`` or a store holding another sweep."""
     problem = build(spec.problem)
     if spec.model == "exact" and problem.dy != 1:
         raise SpecError(
@@ -71,13 +84,16 @@ def prepare(spec: Spec, out: str | Path) -> tuple[Problem, str, bool]:
     path = Path(out)
     if path.exists():
         group = store.open_group(path)
+        grows = {}
         if group.attrs["fingerprint"] != fingerprint:
-            raise StoreError(
-                "out",
-                f"{path} holds a different sweep ({_difference(group, spec, problem)}); "
-                "choose another store or rerun with the spec that made it",
-            )
-        return problem, fingerprint, True
+            grows, difference = _extension(group, spec, problem)
+            if difference:
+                raise StoreError(
+                    "out",
+                    f"{path} holds a different sweep ({difference}); "
+                    "choose another store or rerun with the spec that made it",
+                )
+        return Plan(problem, fingerprint, True, grows)
     parent = path.resolve().parent
     while not parent.exists():
         parent = parent.parent
@@ -88,53 +104,37 @@ def prepare(spec: Spec, out: str | Path) -> tuple[Problem, str, bool]:
         raise StoreError("out", f"cannot create {path}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK):
         raise StoreError("out", f"cannot create {path}: {parent} is not writable")
-    return problem, fingerprint, False
+    return Plan(problem, fingerprint, False, {})
 
 
 MEMORY_LIMIT = 2 * 2**30  # bytes: the driver's store template, and one task's working set
 
 
-def _difference(group, spec: Spec, problem: Problem) -> str:
-    """The first thing in which ``spec`` differs from the sweep a store holds, in a few words:
-    'horizon 1.0 → 2.0', 'axes.seed: 8 values → 32 (grown)', 'the data', 'the kernel version 2 → 3'."""
-    import yaml
-
+def _extension(group, spec: Spec, problem: Problem) -> tuple[dict, str | None]:
+    """How ``spec`` extends the sweep a store holds ({axis: (old, new size)}, None), or ({}, the first
+    difference in a few words: 'horizon 1.0 → 2.0', 'axes.seed: value 3 at position 3 → 5 (…)',
+    'the data', 'the kernel version 2 → 3')."""
     from . import spec as specs
     from .kernel import KERNEL_VERSION
 
     try:
-        old = specs.parse(yaml.safe_load(group.attrs["spec"]))
+        old = specs.parse(store.stored_spec(group))
     except Exception:  # noqa: BLE001 — a store of another version: say only that it differs
-        return f"fingerprint {group.attrs['fingerprint']}"
-    for name in sorted(set(old.axes) | set(spec.axes)):
-        if name not in old.axes or name not in spec.axes:
-            return f"axes.{name}: {'added' if name in spec.axes else 'removed'}"
-        a, b = specs.axis_values(old.axes[name]), specs.axis_values(spec.axes[name])
-        if len(a) != len(b) or not np.array_equal(a, b):
-            grown = len(b) > len(a) and np.array_equal(b[: len(a)], a)
-            how = "grown: growing a store is not supported yet" if grown else "other values"
-            return f"axes.{name}: {len(a)} values → {len(b)} ({how})"
-    before, after = old.to_dict(), spec.to_dict()
-    for key in before:
-        if key not in ("axes", "batch") and before[key] != after.get(key):
-            return _first_change(key, before[key], after.get(key))
+        return {}, f"fingerprint {group.attrs['fingerprint']} → {spec.fingerprint(problem.digest())}"
+    grows, difference = specs.extension(old, spec)
+    if difference:
+        return {}, difference
     if group.attrs.get("kernel_version") != KERNEL_VERSION:
-        return f"the kernel version {group.attrs.get('kernel_version')} → {KERNEL_VERSION}"
-    return "the data"
+        return {}, f"the kernel version {group.attrs.get('kernel_version')} → {KERNEL_VERSION}"
+    if old.fingerprint(problem.digest()) != group.attrs["fingerprint"]:
+        return {}, "the data"
+    return grows, None
 
 
-def _first_change(path: str, a, b) -> str:
-    """'integrator.method dopri5 → rk4': the first leaf where two nested mappings differ."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in list(a) + [k for k in b if k not in a]:
-            if a.get(key) != b.get(key):
-                return _first_change(f"{path}.{key}", a.get(key), b.get(key))
-    return f"{path} {_short(a)} → {_short(b)}"
-
-
-def _short(value) -> str:
-    text = str(value)
-    return text if len(text) <= 60 else text[:57] + "…"
+def growth_text(names, old: tuple[int, ...], new: tuple[int, ...]) -> str:
+    """'seed 8 → 32, depth 4 → 6: 1,440 new cells': a grid of axes ``names`` grown from shape ``old`` to ``new``."""
+    what = ", ".join(f"{n} {a} → {b}" for n, a, b in zip(names, old, new) if a != b)
+    return f"{what}: {math.prod(new) - math.prod(old):,} new cells"
 
 
 def check_memory(spec: Spec, problem: Problem) -> None:
@@ -396,7 +396,7 @@ def run(spec: Spec, out: str | Path, *, address=None, workers=None, progress=Non
     Only the cells still pending are computed (and, with ``retry_failed``, the failed ones).
     ``progress(done_cells, total_cells)`` is called after each stored batch."""
     started = time.perf_counter()
-    problem, fingerprint, exists = prepare(spec, out)
+    problem, fingerprint, exists, grows = prepare(spec, out)
     check_address(address)
     where = Path(out).resolve()  # a store is one store under any of its names (symlinks): one lock
     lock = StoreLock(where)
@@ -408,17 +408,25 @@ def run(spec: Spec, out: str | Path, *, address=None, workers=None, progress=Non
     if lock.taken_over is not None:
         print(f"linflow: warning: {lock.takeover_message()}", file=sys.stderr)
     try:
-        if not exists:
-            try:
+        try:
+            if not exists:
                 store.create(where, spec, problem, fingerprint)
-            except OSError as exc:
-                raise StoreError("out", f"cannot create {out}: {exc.strerror or exc}") from None
+            elif grows:  # checked again under the lock: another driver may have grown it since
+                _, fingerprint, _, grows = prepare(spec, out)
+            if grows:
+                before = store.layout(store.open_group(out))[0]
+                store.grow(where, spec, fingerprint)
+                grown = growth_text(list(spec.axes), before, spec.shape)
+                print(f"linflow: growing {out}: {grown}", file=sys.stderr)
+            store.settle(where)
+        except OSError as exc:
+            raise StoreError("out", f"cannot {'grow' if exists else 'create'} {out}: {exc.strerror or exc}") from None
         group = store.open_group(out, mode="r+")
         store.recheck(group, out)  # lost or torn chunks of done cells (a partial copy): back to pending
         work = store.todo(group, retry_failed)
         total = int(np.prod(store.layout(group)[0]))
         done = total - sum(int(m.sum()) for _, m in work)
-        report = Report(path=str(out), counts={})
+        report = Report(path=str(out), counts={}, grown=grown if grows else "")
         if progress:
             progress(done, total)
         if work:

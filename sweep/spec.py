@@ -584,6 +584,49 @@ def axis_values(axis, where: slice = slice(None)) -> np.ndarray:
     return np.asarray(axis)[where]
 
 
+def extension(old: Spec, new: Spec) -> tuple[dict[str, tuple[int, int]], str | None]:
+    """How the sweep ``new`` extends the sweep ``old``: ``({axis: (old size, new size)}, None)`` for the
+    axes that grow — each keeps its values in their order, new values after them, and nothing else
+    differs (execution settings, ``batch``, never count; nor where a data file lies) —, else
+    ``({}, the first difference)`` in a few words: 'horizon 1.0 → 2.0', 'axes.init_angle: added'."""
+    before, after = old.to_dict(), new.to_dict()
+    for d in (before, after):
+        d.pop("batch")
+        d.pop("axes")
+        d["problem"].pop("data", None)  # the data digest says what it holds (Spec.fingerprint)
+    for key in before:
+        if before[key] != after[key]:
+            return {}, _first_change(key, before[key], after[key])
+    grows = {}
+    for name in list(old.axes) + [n for n in new.axes if n not in old.axes]:
+        if name not in old.axes or name not in new.axes:
+            how = "added" if name in new.axes else "removed"
+            return {}, f"axes.{name}: {how} (a store grows only along its own axes)"
+        a, b = axis_values(old.axes[name]), axis_values(new.axes[name])
+        if len(b) < len(a):
+            return {}, f"axes.{name}: {len(a)} values → {len(b)} (a store never loses values)"
+        differ = np.flatnonzero(a != b[: len(a)])
+        if len(differ):
+            i = int(differ[0])
+            return {}, (
+                f"axes.{name}: value {a[i].item()} at position {i} → {b[i].item()} (a store grows only by new "
+                "values after its own, in their order)"
+            )
+        if len(b) > len(a):
+            grows[name] = (len(a), len(b))
+    return grows, None
+
+
+def _first_change(path: str, a, b) -> str:
+    """'integrator.method dopri5 → rk4': the first leaf where two nested mappings differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            if a.get(key) != b.get(key):
+                return _first_change(f"{path}.{key}", a.get(key), b.get(key))
+    text = [str(v) if len(str(v)) <= 60 else str(v)[:57] + "…" for v in (a, b)]
+    return f"{path} {text[0]} → {text[1]}"
+
+
 def _canonical(axis):
     """An axis as the fingerprint sees it: a function of its values alone, however they were given
     (the list [0, 1, …, 7] and the range 0:8 are the same cells). Long increasing arithmetic

@@ -115,6 +115,43 @@ def create(path: str | Path, spec: Spec, problem: Problem, fingerprint: str) -> 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def grow(path: str | Path, spec: Spec, fingerprint: str) -> None:
+    """Grow a store to the axes of ``spec``, each of which extends the store's own (new values after
+    the old ones: checked by the caller, :func:`sweep.spec.extension`). The new cells are pending
+    (their chunks are missing, or the fill values of an edge chunk); no chunk of a result is written.
+
+    Readers, and the driver, see the store through the consolidated metadata of its root
+    ``zarr.json``, so a growth becomes visible in one atomic write (Zarr writes a file aside and
+    renames it into place): first the arrays' own metadata and the new coordinate values are written
+    (invisible: the root still describes the old shape), then the root's attributes (spec,
+    fingerprint) — written without consolidated metadata, which makes readers read the arrays' own,
+    now grown — and last the consolidated metadata again. A store killed at any moment shows either
+    the old or the new shape; rerunning the growth finishes it (every step is idempotent)."""
+    committed = open_group(path)  # the shape readers see now: new coordinates are written after it
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    shape = spec.shape
+    for name, n in zip(spec.axes, shape):
+        old = committed[name].shape[0]
+        coord = group[name]
+        coord.resize((n,))
+        step = coord.chunks[0]
+        for start in range(old - old % step, n, step):  # whole chunks from the one that holds the first new value
+            coord[start : min(start + step, n)] = spec.values(name, slice(start, min(start + step, n)))
+    for name in RESULTS:
+        arr = group[name]
+        arr.resize(shape + arr.shape[len(shape) :])
+    group.attrs.update({"spec": spec.to_yaml(), "fingerprint": fingerprint})
+    settle(path)
+
+
+def settle(path: str | Path) -> None:
+    """Consolidate the metadata of a store whose root holds none (a growth cut short after its attributes)."""
+    if zarr.open_group(str(path), mode="r").metadata.consolidated_metadata is None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+            zarr.consolidate_metadata(str(path), zarr_format=3)
+
+
 def _write_range(group: zarr.Group, name: str, values: range) -> None:
     """The coordinate of an axis given as a range, as xarray writes it (Zarr's chunks for it),
     written a chunk at a time from the range: never all of its values at once."""
@@ -161,11 +198,12 @@ def is_store(path: str | Path) -> bool:
     return (p / "zarr.json").is_file() or (p / ".zgroup").is_file()
 
 
-def stored_spec(path: str | Path) -> dict:
-    """The spec a store was made with, as the raw mapping (its ``spec`` attribute, YAML)."""
+def stored_spec(store: str | Path | zarr.Group) -> dict:
+    """The spec of a store (a path, or its open group), as the raw mapping (its ``spec`` attribute, YAML)."""
     import yaml
 
-    return yaml.safe_load(open_group(path).attrs["spec"]) or {}
+    group = store if isinstance(store, zarr.Group) else open_group(store)
+    return yaml.safe_load(group.attrs["spec"]) or {}
 
 
 def open_group(path: str | Path, mode: str = "r") -> zarr.Group:

@@ -159,7 +159,7 @@ def interrupted_run(raw: dict, out: Path, batches: int):
     """A store as an interrupted `linflow run` leaves it: laid out whole, only the first ``batches``
     batches written (through the runner's own checks and the store's writer), the rest pending."""
     s = specs.parse(raw)
-    problem, fingerprint, _ = runner.prepare(s, out)
+    problem, fingerprint, *_ = runner.prepare(s, out)
     store.create(out, s, problem, fingerprint)
     group = store.open_group(out, mode="r+")
     for region, mask in store.todo(group)[:batches]:
