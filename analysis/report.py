@@ -162,7 +162,9 @@ def write_report(ds: xr.Dataset, out: str | Path, title: str = "linflow report")
 
     names = Status.names(ds)
     counts = {n: int((ds.status == i).sum()) for i, n in enumerate(names)}
-    md += ["## Status", "", markdown_table(["status", "cells"], list(counts.items())), "", *_status_notes(ds, counts)]
+    done = sum(counts.values()) - counts.get("pending", 0)
+    md += ["## Status", "", f"{done:,} of {sum(counts.values()):,} cells done.", ""]
+    md += [markdown_table(["status", "cells"], list(counts.items())), "", *_status_notes(ds, counts)]
 
     cls = convergence.classify(a)
     cnames = cls.attrs["flag_meanings"].split()

@@ -30,7 +30,7 @@ from sweep.errors import (
     StoreError,
     StoreWriteError,
 )
-from sweep.lock import StoreLock
+from sweep.lock import StoreLock, writer
 
 
 class _OneLineErrors(TyperGroup):
@@ -465,15 +465,18 @@ def report(
 
     group = _open_store(path)
     _new_folder(out)
-    counts = store.counts(group)
-    if counts["pending"] == sum(counts.values()):
-        _fail(f"{path}: every cell is still pending — run it first")
+    running = writer(path) is not None
     ds = _load(group, path)
+    if ds.attrs["cells_done"] == 0:
+        _fail(
+            f"{path}: every cell is still pending — "
+            + ("a run is writing it; try again soon" if running else "run it first")
+        )
     try:
         written = write_report(ds, out)
     except OSError as exc:
         _fail(f"--out: cannot write the report in {out}: {exc.strerror or exc}")
-    typer.echo(f"wrote {written}")
+    typer.echo(f"wrote {written} ({store.done_text(ds)}{'; a run is writing the store' if running else ''})")
 
 
 @app.command()

@@ -20,16 +20,19 @@ from .spec import Spec
 def chunk_shape(shape: tuple[int, ...], names: tuple[str, ...], batch: int) -> tuple[int, ...]:
     """Chunk sizes over the grid axes: 1 along depth and width; the other axes filled from the
     innermost (seed) outwards while the product stays ≤ batch — an outer axis grows only once the
-    inner ones are whole, so chunks stay rectangular."""
+    inner ones are whole, so chunks stay rectangular. An axis cut into pieces is cut into equal ones
+    (1000 seeds in batches of 256: 4 chunks of 250, not 3 of 256 and one of 232), so that its last chunk
+    is full as often as can be: a store grown along that axis then shares no chunk with its new cells."""
     chunks = [1] * len(shape)
     room = batch
     for i in range(len(shape) - 1, -1, -1):
         if names[i] in ("depth", "width"):
             break
-        chunks[i] = max(1, min(shape[i], room))
-        if chunks[i] < shape[i]:
+        if shape[i] > room:
+            chunks[i] = -(-shape[i] // -(-shape[i] // max(room, 1)))  # ceil(n / number of pieces)
             break
-        room //= shape[i]
+        chunks[i] = max(1, shape[i])
+        room //= max(shape[i], 1)
     return tuple(chunks)
 
 

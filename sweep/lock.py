@@ -76,6 +76,15 @@ def _stale(info: dict, age: float, stale_seconds: float = STALE_SECONDS) -> bool
     return age > stale_seconds
 
 
+def writer(store: str | Path) -> dict | None:
+    """The owner of a store's lock ({pid, host, since, …}; {} while its content is being written) when it
+    is alive — a run is writing the store —, else None."""
+    seen = _read(lock_path(store))
+    if seen is None or _stale(seen[1], seen[2]):
+        return None
+    return seen[1]
+
+
 def _place(path: Path, info: dict) -> bool:
     """Create ``path`` holding ``info`` in one step; False when it exists."""
     tmp = path.with_name(f".{path.name}.{info['token']}")

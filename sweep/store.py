@@ -24,7 +24,7 @@ import xarray as xr
 import zarr
 from numcodecs import zstd
 
-from . import kernel
+from . import kernel, lock
 from .batch import chunk_shape, regions
 from .errors import StoreDamaged, StoreError  # noqa: F401 — StoreDamaged is part of this module's interface
 from .problem import Problem
@@ -389,9 +389,26 @@ def counts(group_or_path) -> dict[str, int]:
 
 
 def open_results(path: str | Path):
-    """The results dataset of a store (lazy, as ``xr.open_zarr`` gives it), checked to be linflow's."""
+    """The results dataset of a store (lazy, as ``xr.open_zarr`` gives it), checked to be linflow's —
+    also while a run is writing it: ``status`` is read at once (a snapshot, in memory) and says which
+    cells are done; ``attrs["cells_done"]`` of ``attrs["cells"]`` are. A done cell's numbers are on disk
+    before its status (:func:`write_batch`), so every cell the snapshot says is done reads whole; a cell
+    it says is pending may read its fill values or, its batch being written, numbers already."""
     open_group(path)
-    return xr.open_zarr(str(path))
+    return _snapshot(xr.open_zarr(str(path)))
+
+
+def _snapshot(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with its status read first and counted (cells, cells_done): the other variables read after it."""
+    ds["status"] = ds["status"].load()
+    ds.attrs["cells"] = int(ds.status.size)
+    ds.attrs["cells_done"] = int(np.count_nonzero(ds.status.values != Status.PENDING))
+    return ds
+
+
+def done_text(ds: xr.Dataset) -> str:
+    """'1,200 of 2,400 cells done' (of a dataset from :func:`open_results` or :func:`load_results`)."""
+    return f"{ds.attrs['cells_done']:,} of {ds.attrs['cells']:,} cells done"
 
 
 # ── lost and torn chunks ──────────────────────────────────────────────────────────────────────────
@@ -452,10 +469,12 @@ class Damage:
         return text
 
 
-def inspect(group: zarr.Group, path: str | Path, verify: bool = False) -> Damage:
+def inspect(group: zarr.Group, path: str | Path, verify: bool = False, writing: bool = False) -> Damage:
     """Find the chunks that done cells need and that are missing (a listing of the store's folders)
     or unreadable (decoded: every chunk with ``verify``, else only files of suspicious size). The
-    status grid itself is always decoded: its unreadable chunks make their cells unknown (pending)."""
+    status grid itself is always decoded: its unreadable chunks make their cells unknown (pending).
+    ``writing``: a run is writing the store, so a chunk whose results are on disk and whose status is
+    not may be a batch being written (its status comes last) — pending, not lost."""
     root = Path(path)
     shape, chunks = layout(group)
     status, bad_status = read_status(group)
@@ -490,7 +509,7 @@ def inspect(group: zarr.Group, path: str | Path, verify: bool = False) -> Damage
         unreadable = tuple(s.start for s in r) in bad_status
         lost = unreadable
         if (
-            not lost and every and key not in present["status"]
+            not lost and every and not writing and key not in present["status"]
         ):  # results on disk, no status: lost (or a write cut short)
             lost = all(keys[n][i] in present[n] for n in RESULTS if n != "status")
         if lost:
@@ -581,17 +600,26 @@ def recheck(group: zarr.Group, path: str | Path) -> Damage:
 def load_results(group: zarr.Group, path: str | Path) -> xr.Dataset:
     """The whole results dataset in memory, or StoreDamaged naming the first lost or torn chunk — never
     NaN numbers standing for results that were lost. Checked cheaply first; decoded in full only
-    when loading fails."""
-    damage = inspect(group, path)
+    when loading fails. Also while a run is writing the store: the status is read first (a snapshot:
+    :func:`open_results`), and the cells it says are pending hold their fill values, whatever their
+    batch has written since."""
+    writing = lock.writer(path) is not None
+    damage = inspect(group, path, writing=writing)
     if damage:
         raise StoreDamaged(path, damage.first(), repairable=not damage.fixed)
     try:
-        return xr.open_zarr(str(path)).load()
+        ds = _snapshot(xr.open_zarr(str(path))).load()
     except Exception:
-        damage = inspect(group, path, verify=True)
+        damage = inspect(group, path, verify=True, writing=writing)
         if damage:
             raise StoreDamaged(path, damage.first(), repairable=not damage.fixed) from None
         raise
+    pending = ds.status.values == Status.PENDING
+    if pending.any():
+        for name, var in RESULTS.items():
+            if name != "status":
+                ds[name].values[pending] = var.fill
+    return ds
 
 
 def _keys(arr: zarr.Array, corners: list[tuple[int, ...]]) -> list[str]:

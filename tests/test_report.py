@@ -372,4 +372,4 @@ def test_console_report_prints_one_line_and_no_warning(corpus, tmp_path):
         check=False,
     )
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
-    assert proc.stdout.strip() == f"wrote {tmp_path / 'r' / 'report.md'}"
+    assert proc.stdout.strip() == f"wrote {tmp_path / 'r' / 'report.md'} (6 of 6 cells done)"
