@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -262,16 +263,33 @@ def run(
     except LinflowError as exc:
         _fail(_message(exc))
 
+    report = _sweep(s, out, quiet or as_json, address=address, workers=workers, retry_failed=retry_failed)
+    if as_json:
+        typer.echo(json.dumps(report.__dict__))
+    else:
+        typer.echo(f"{out}: {report.cells_run} cells computed in {report.seconds:.1f} s")
+        _print_counts(report.counts)
+    if report.counts["failed"]:
+        first = f"; first: {report.errors[0]}" if report.errors else ""
+        _fail(
+            f"{report.counts['failed']} cells failed (errors: linflow status {out}; rerun with --retry-failed "
+            f"to compute only those){first}",
+            1,
+        )
+
+
+def _sweep(s: specs.Spec, out: Path, quiet: bool, **kw) -> runner.Report:
+    """runner.run with a progress bar, and each way a run can end in one line (exit codes: 2 refused before
+    anything ran, 1 stopped by the store or Ray, 128 + N by signal N — the store keeps every batch)."""
     # runner.run checks the data, the store, the lock and the cluster before it writes or starts
     # anything; the progress bar appears with the first stored batch, so such errors print alone
-    bar = None if quiet or as_json else _ProgressBar()
-    kw = {"address": address, "workers": workers, "retry_failed": retry_failed}
+    bar = None if quiet else _ProgressBar()
     resume = RESUME.format(out)
     # each way a run ends says so in one line, and leaves no lock (runner.run releases it on the way out)
     alone = _stderr_is_fd2()  # a process of its own (not a test runner calling this function)
     with _stopped_by_signals() as stopped, _ray_logs_off_stderr():
         try:
-            report = runner.run(s, out, progress=bar.update if bar else None, **kw)
+            return runner.run(s, out, progress=bar.update if bar else None, **kw)
         except KeyboardInterrupt:  # Ray's calls turn any KeyboardInterrupt into a plain one: `stopped` says which
             signum = stopped[0] if stopped else signal.SIGINT
             kind = "interrupted; " if signum == signal.SIGINT else "terminated (SIGTERM); "
@@ -291,18 +309,6 @@ def run(
         finally:
             if bar:
                 bar.stop()
-    if as_json:
-        typer.echo(json.dumps(report.__dict__))
-    else:
-        typer.echo(f"{out}: {report.cells_run} cells computed in {report.seconds:.1f} s")
-        _print_counts(report.counts)
-    if report.counts["failed"]:
-        first = f"; first: {report.errors[0]}" if report.errors else ""
-        _fail(
-            f"{report.counts['failed']} cells failed (errors: linflow status {out}; rerun with --retry-failed "
-            f"to compute only those){first}",
-            1,
-        )
 
 
 @app.command("spec")
@@ -477,6 +483,67 @@ def report(
     except OSError as exc:
         _fail(f"--out: cannot write the report in {out}: {exc.strerror or exc}")
     typer.echo(f"wrote {written} ({store.done_text(ds)}{'; a run is writing the store' if running else ''})")
+
+
+@app.command()
+def refine(
+    path: Annotated[Path, typer.Argument(help="A store made by linflow run.")],
+    fit: Annotated[str, _opt("The axis of the scaling fits: depth, init_norm, init_angle or width.", "--fit")],
+    ci: Annotated[float, _opt("Target: every 95% interval's half-width within this fraction of its exponent.", "--ci")],
+    max_cells: Annotated[int, _opt("Budget: the store never grows beyond this many cells.", "--max-cells")] = 1_000_000,
+    workers: Annotated[int | None, _opt("CPUs of the local Ray instance (default: all).")] = None,
+    address: Annotated[str | None, _opt("Ray cluster to use (default: RAY_ADDRESS, else local).")] = None,
+    quiet: Annotated[bool, _opt("No progress bar.", "--quiet", "-q")] = False,
+):
+    """Add seeds in rounds (doubling) until the scaling fits of T_ε along --fit are tight: every exponent's
+    95% interval (bootstrap over seeds, per value of the other axes) within ±CI of it. Each round is an
+    ordinary growth of the store (interruptible: rerun to go on); exit 1 when the budget runs out first."""
+    from analysis import refine as rf
+
+    group = _open_store(path)
+    try:
+        s = specs.parse(store.stored_spec(group))
+    except LinflowError as exc:
+        _fail(f"PATH: {path}'s spec cannot be read ({exc})")
+    axes = {n: len(v) for n, v in s.axes.items()}
+    if fit not in axes or fit == "seed":
+        others = ", ".join(a for a in axes if a != "seed")
+        _fail(f"--fit: must be an axis of the store other than seed ({others}), got {fit!r}")
+    if axes[fit] < 2:
+        _fail(f"--fit: the store has one {fit} ({s.values(fit)[0]}); a fit needs two or more — grow it first")
+    if not (0 < ci < float("inf")):
+        _fail(f"--ci: must be a fraction > 0 (0.05: ±5% of the exponent), got {ci}")
+    cells = math.prod(s.shape)
+    if max_cells < cells:
+        _fail(f"--max-cells: the store holds {cells:,} cells already (budget {max_cells:,})")
+    if workers is not None and workers < 1:
+        _fail("--workers: " + WORKERS_ERROR.format(workers))
+    form = rf.form_for(fit)
+    for round_ in range(1000):
+        _sweep(s, path, quiet, address=address, workers=workers)  # round 0: finishes what the store lacks
+        result = rf.fits(_load(store.open_group(path), path), fit)
+        seeds = axes["seed"] = len(s.axes["seed"])
+        typer.echo(
+            f"round {round_}: {math.prod(s.shape):,} cells, {seeds} seeds — T_ε along {fit} "
+            f"({form} fit, 95% interval, {result.attrs['ci_method']}):"
+        )
+        for line in rf.lines(result, ci):
+            typer.echo(f"  {line}")
+        if rf.tight(result, ci):
+            typer.echo(f"done: every exponent within ±{100 * ci:g}% (widest ±{100 * rf.widest(result):.1f}%)")
+            return
+        more = rf.next_size(s.shape, seeds, max_cells)
+        if more == seeds:
+            _fail(
+                f"budget spent: {math.prod(s.shape):,} cells, the next seed needs "
+                f"{math.prod(s.shape) // seeds:,} more (--max-cells {max_cells:,}); widest interval "
+                f"±{100 * rf.widest(result):.1f}% > {100 * ci:g}%",
+                1,
+                "refine stopped: ",
+            )
+        raw = s.to_dict()
+        raw["axes"]["seed"] = rf.more_seeds(s.axes["seed"], more)
+        s = specs.parse(raw)
 
 
 @app.command()

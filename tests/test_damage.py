@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from cli.main import app
 
 # 2 depths × 2 norms × 5 seeds in batches of ≤ 4 seeds: chunks of 3 seeds (equal pieces), 8 chunks per
-# variable, 3 cells each but 2 in the chunks of seeds 3–4; horizon long enough that both converged and unconverged cells are stored
+# variable, 3 cells each but 2 in the chunks of seeds 3–4; horizon long enough that both converged and
+# unconverged cells are stored
 SPEC = [
     "--depth",
     "1,3",
