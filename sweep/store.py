@@ -145,7 +145,13 @@ def grow(path: str | Path, spec: Spec, fingerprint: str) -> None:
 
 
 def settle(path: str | Path) -> None:
-    """Consolidate the metadata of a store whose root holds none (a growth cut short after its attributes)."""
+    """Tidy a store a killed driver left (under its lock): the files a write cut short left beside the
+    metadata (Zarr writes ``NAME.<hex>.partial`` and renames it into place), and the consolidated metadata
+    of a store whose root holds none (a growth cut short after its attributes)."""
+    root = Path(path)
+    for folder in [root, *(p for p in root.iterdir() if p.is_dir())]:
+        for left in folder.glob("*.partial"):
+            left.unlink(missing_ok=True)
     if zarr.open_group(str(path), mode="r").metadata.consolidated_metadata is None:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
