@@ -197,7 +197,7 @@ def case(name: str, folder: Path, repeats: int) -> dict:
     print(
         f"\n({name}) {what}\n"
         f"  base: {cells_old:,} cells, grid {shape} over {tuple(old.axes)}, chunks {chunks} "
-        f"({built.batches_run} tasks, built in {build:.1f} s); grown: {grown}"
+        f"({built.tasks_run} tasks, built in {build:.1f} s); grown: {grown}"
         f"; {'edge chunks shared by old and new cells' if edges else 'no chunk shared by old and new cells'}",
         flush=True,
     )
@@ -227,8 +227,8 @@ def case(name: str, folder: Path, repeats: int) -> dict:
     old_pct = 100 * m["replaced_old"] / m["old_total"]
     ok = pct <= TARGET
     print(
-        f"  growth run: {grow_report.batches_run} tasks, {grow_report.cells_run:,} cells computed; "
-        f"fresh run of the grown grid: {fresh_report.batches_run} tasks, {fresh_report.cells_run:,} cells "
+        f"  growth run: {grow_report.tasks_run} tasks, {grow_report.cells_run:,} cells computed; "
+        f"fresh run of the grown grid: {fresh_report.tasks_run} tasks, {fresh_report.cells_run:,} cells "
         f"(chunks {fresh_chunks}); grown store = fresh store: {checks[0]}\n"
         f"  store: {m['old_total']:,} B in {len(before):,} files before, {m['total']:,} B in {m['files']:,} after "
         f"({m['removed']} removed)\n"
@@ -248,7 +248,7 @@ def case(name: str, folder: Path, repeats: int) -> dict:
         "name": name,
         "chunks": chunks,
         "cells": (cells_old, cells_new - cells_old),
-        "tasks": grow_report.batches_run,
+        "tasks": grow_report.tasks_run,
         "pct": pct,
         "old_pct": old_pct,
         "ok": ok,

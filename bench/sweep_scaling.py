@@ -78,9 +78,9 @@ def scaling(folder: Path, repeats: int, batch: int) -> None:
         ideal = kernels[workers] / workers
         print(
             f"{workers} worker(s): wall {walls[workers]:.2f} s (run, after Ray start), kernel {kernels[workers]:.2f} s "
-            f"summed over {reports[0]['batches_run']} tasks; overhead (wall − kernel/workers) / (kernel/workers) = "
+            f"summed over {reports[0]['tasks_run']} tasks; overhead (wall − kernel/workers) / (kernel/workers) = "
             f"{100 * (walls[workers] - ideal) / ideal:.1f}%  (target ≤ 10%); "
-            f"{1000 * (walls[workers] - ideal) * workers / reports[0]['batches_run']:.0f} ms per task"
+            f"{1000 * (walls[workers] - ideal) * workers / reports[0]['tasks_run']:.0f} ms per task"
         )
     print(
         f"speed-up 1 → 2 workers: {walls[1] / walls[2]:.2f}x  "

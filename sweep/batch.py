@@ -20,19 +20,22 @@ from .spec import Spec
 def chunk_shape(shape: tuple[int, ...], names: tuple[str, ...], batch: int) -> tuple[int, ...]:
     """Chunk sizes over the grid axes: 1 along depth and width; the other axes filled from the
     innermost (seed) outwards while the product stays ≤ batch — an outer axis grows only once the
-    inner ones are whole, so chunks stay rectangular. An axis cut into pieces is cut into equal ones
-    (1000 seeds in batches of 256: 4 chunks of 250, not 3 of 256 and one of 232), so that its last chunk
-    is full as often as can be: a store grown along that axis then shares no chunk with its new cells."""
+    inner ones are whole, so chunks stay rectangular. An axis cut into pieces is cut where its last chunk
+    comes out full (1000 seeds in batches of 256: chunks of 250; 1001: of 143), else into equal pieces (1009:
+    253, 253, 253, 250): a store grown along that axis then shares no chunk, or only a nearly full one, with
+    its new cells (:func:`sweep.store.grow`)."""
     chunks = [1] * len(shape)
-    room = batch
+    room = max(batch, 1)
     for i in range(len(shape) - 1, -1, -1):
         if names[i] in ("depth", "width"):
             break
-        if shape[i] > room:
-            chunks[i] = -(-shape[i] // -(-shape[i] // max(room, 1)))  # ceil(n / number of pieces)
+        n = shape[i]
+        if n > room:
+            whole = [c for c in range(room, (room + 1) // 2 - 1, -1) if n % c == 0]  # a divisor in [room/2, room]
+            chunks[i] = whole[0] if whole else -(-n // -(-n // room))  # else ceil(n / number of pieces)
             break
-        chunks[i] = max(1, shape[i])
-        room //= max(shape[i], 1)
+        chunks[i] = max(1, n)
+        room //= max(n, 1)
     return tuple(chunks)
 
 

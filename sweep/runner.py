@@ -47,7 +47,8 @@ class Report:
 
     path: str
     counts: dict
-    batches_run: int = 0
+    batches_run: int = 0  # chunks written
+    tasks_run: int = 0  # Ray tasks: each computes one or more chunks (:func:`_tasks`)
     cells_run: int = 0
     seconds: float = 0.0
     errors: list = field(default_factory=list)
@@ -481,6 +482,22 @@ def run_local(spec: Spec, problem: Problem | None = None):
     return ds
 
 
+def _tasks(work: list, names: tuple[str, ...], batch: int) -> list[list]:
+    """The chunks to compute (``work``: (region, mask), in the grid's C order) grouped into tasks: neighbouring
+    chunks of one depth and width, up to ``batch`` cells to compute a task (a chunk with more is a task alone).
+    A grown store keeps its chunks, however small (seeds 8 → 1024 in chunks of 8): its tasks are not."""
+    d, w = names.index("depth"), names.index("width")
+    tasks, size, key = [], 0, None
+    for region, mask in work:
+        cells, here = int(mask.sum()), (region[d].start, region[w].start)
+        if not tasks or here != key or size + cells > batch:
+            tasks.append([])
+            size, key = 0, here
+        tasks[-1].append((region, mask))
+        size += cells
+    return tasks
+
+
 def _cost(spec, problem, region, mask) -> float:
     from .init import parameter_count
 
@@ -512,16 +529,19 @@ def _dispatch(spec, problem, group, work, report, lock, address, workers, progre
         if len(pickle.dumps(payload)) > INLINE_BYTES:  # large data: one copy in the object store, not one per task
             payload = ray.put(payload)
         limit = 2 * max(1, int(workers or ray.cluster_resources().get("CPU", 1)))
-        # longest first (cells × parameters per cell), so that no long batch is left for the end alone
-        queue = [(region, mask, 1) for region, mask in sorted(work, key=lambda w: _cost(spec, problem, *w))]
-        running = {}  # object ref → (region, mask, attempt)
+        # longest first (cells × parameters per cell), so that no long task is left for the end alone
+        tasks = sorted(
+            _tasks(work, tuple(spec.axes), spec.batch), key=lambda t: sum(_cost(spec, problem, *c) for c in t)
+        )
+        queue = [(chunks, 1) for chunks in tasks]
+        running = {}  # object ref → (chunks, attempt)
         nodes = set()
         last_beat = time.monotonic()
         while queue or running:
             try:
                 while queue and len(running) < limit:
-                    region, mask, attempt = queue.pop()
-                    running[task.remote(payload, region, mask)] = (region, mask, attempt)
+                    chunks, attempt = queue.pop()
+                    running[task.remote(payload, chunks)] = (chunks, attempt)
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=WAIT_SECONDS)
             except (rx.RaySystemError, rx.LocalRayletDiedError, ConnectionError) as exc:
                 raise RayGone(f"Ray stopped mid-run ({_one_line(exc)})") from None
@@ -532,32 +552,35 @@ def _dispatch(spec, problem, group, work, report, lock, address, workers, progre
                 last_beat = time.monotonic()
             if not ready:
                 continue
-            region, mask, attempt = running.pop(ready[0])
+            chunks, attempt = running.pop(ready[0])
             try:
-                region, mask, results, errors, node, seconds = ray.get(ready[0])
+                computed, node, seconds = ray.get(ready[0])
             except (rx.RaySystemError, rx.LocalRayletDiedError, ConnectionError) as exc:
                 raise RayGone(f"Ray stopped mid-run ({_one_line(exc)})") from None
             except rx.RayError as exc:  # the task was lost (its worker died each time, its result was lost, …)
                 if attempt < BATCH_ATTEMPTS:
-                    queue.append((region, mask, attempt + 1))
+                    queue.append((chunks, attempt + 1))
                     continue
-                results, node, seconds = _lost_batch(spec, problem, region, mask), None, 0.0
-                errors = _cell_errors(spec, region, mask, f"{_one_line(exc)} (after {attempt} attempts)")
+                why = f"{_one_line(exc)} (after {attempt} attempts)"
+                node, seconds = None, 0.0
+                computed = [(r, m, _lost_batch(spec, problem, r, m), _cell_errors(spec, r, m, why)) for r, m in chunks]
             report.kernel_seconds += seconds
-            try:
-                store.write_batch(group, region, results, mask)
-                if errors or "failures" in group.attrs:
-                    store.record_failures(group, region, mask, errors)
-            except OSError as exc:
-                raise StoreWriteError(
-                    f"writing {report.path} failed ({exc.strerror or exc}); every batch written before "
-                    "is intact — fix the cause and rerun the same command to finish"
-                ) from None
-            report.errors += [f"{cell}: {error}" for cell, error in errors]
+            for region, mask, results, errors in computed:
+                try:
+                    store.write_batch(group, region, results, mask)
+                    if errors or "failures" in group.attrs:
+                        store.record_failures(group, region, mask, errors)
+                except OSError as exc:
+                    raise StoreWriteError(
+                        f"writing {report.path} failed ({exc.strerror or exc}); every batch written before "
+                        "is intact — fix the cause and rerun the same command to finish"
+                    ) from None
+                report.errors += [f"{cell}: {error}" for cell, error in errors]
+                report.batches_run += 1
+                report.cells_run += int(mask.sum())
             if node:
                 nodes.add(node)
-            report.batches_run += 1
-            report.cells_run += int(mask.sum())
+            report.tasks_run += 1
             if progress:
                 progress(report.cells_run)
         report.nodes = sorted(nodes)

@@ -11,18 +11,22 @@ from . import batch as batches
 from .schema import Status, plain
 
 
-def run_task(payload, region, mask):
-    """(region, mask, results, errors, node id, compute seconds) of one batch."""
+def run_task(payload, chunks):
+    """([(region, mask, results, errors)] of each batch in ``chunks`` — [(region, mask)] —, node id, compute
+    seconds): a task computes one or more batches, one after another."""
     import ray
 
     spec, problem = payload
     node = ray.get_runtime_context().get_node_id()
     started = time.perf_counter()
-    try:
-        results, errors = batches.run_batch(spec, problem, region, mask), []
-    except Exception:  # noqa: BLE001 — isolate the failing cells, the rest of the batch stands
-        results, errors = _cell_by_cell(spec, problem, region, mask)
-    return region, mask, results, errors, node, time.perf_counter() - started
+    out = []
+    for region, mask in chunks:
+        try:
+            results, errors = batches.run_batch(spec, problem, region, mask), []
+        except Exception:  # noqa: BLE001 — isolate the failing cells, the rest of the batch stands
+            results, errors = _cell_by_cell(spec, problem, region, mask)
+        out.append((region, mask, results, errors))
+    return out, node, time.perf_counter() - started
 
 
 def _cell_by_cell(spec, problem, region, mask):
