@@ -20,10 +20,10 @@ from .spec import Spec
 def chunk_shape(shape: tuple[int, ...], names: tuple[str, ...], batch: int) -> tuple[int, ...]:
     """Chunk sizes over the grid axes: 1 along depth and width; the other axes filled from the
     innermost (seed) outwards while the product stays ≤ batch — an outer axis grows only once the
-    inner ones are whole, so chunks stay rectangular. An axis cut into pieces is cut where its last chunk
-    comes out full (1000 seeds in batches of 256: chunks of 250; 1001: of 143), else into equal pieces (1009:
-    253, 253, 253, 250): a store grown along that axis then shares no chunk, or only a nearly full one, with
-    its new cells (:func:`sweep.store.grow`)."""
+    inner ones are whole, so chunks stay rectangular. An axis cut into pieces is cut so that its last
+    chunk holds as few cells as can be, at chunks of between ``batch``/2 and ``batch`` cells (1000 seeds in
+    batches of 256: chunks of 250, none left over; 1009: 4 of 252 and one of 1): a store grown along that
+    axis then shares no chunk, or only a small one, with its new cells (:func:`sweep.store.grow`)."""
     chunks = [1] * len(shape)
     room = max(batch, 1)
     for i in range(len(shape) - 1, -1, -1):
@@ -31,8 +31,7 @@ def chunk_shape(shape: tuple[int, ...], names: tuple[str, ...], batch: int) -> t
             break
         n = shape[i]
         if n > room:
-            whole = [c for c in range(room, (room + 1) // 2 - 1, -1) if n % c == 0]  # a divisor in [room/2, room]
-            chunks[i] = whole[0] if whole else -(-n // -(-n // room))  # else ceil(n / number of pieces)
+            chunks[i] = min(range(room, (room + 1) // 2 - 1, -1), key=lambda c: n % c)  # the largest of the best
             break
         chunks[i] = max(1, n)
         room //= max(n, 1)

@@ -14,9 +14,8 @@ from typer.testing import CliRunner
 
 from cli.main import app
 
-# 2 depths × 2 norms × 5 seeds in batches of ≤ 4 seeds: chunks of 3 seeds (equal pieces), 8 chunks per
-# variable, 3 cells each but 2 in the chunks of seeds 3–4; horizon long enough that both converged and
-# unconverged cells are stored
+# 2 depths × 2 norms × 5 seeds in chunks of 4 seeds: 8 chunks per variable, 4 cells each but 1 in the
+# chunks of seed 4; horizon long enough that both converged and unconverged cells are stored
 SPEC = [
     "--depth",
     "1,3",
@@ -104,18 +103,18 @@ def one_line(r, *words):
         assert w in r.stderr, (w, r.stderr)
 
 
-# lost: rm of a chunk file (the case: loss of the short chunk at seeds 3–4; w_final of a full
+# lost: rm of a chunk file (the case: loss of the 1-cell chunk at seed 4; w_final of a full
 # chunk); torn: truncate -s 10; each with the cells it takes
 LOST = {
-    "loss missing": ([("loss", 0, 0, 1, "rm")], 2),
-    "w_final missing": ([("w_final", 1, 1, 0, "rm")], 3),
-    "steps torn": ([("steps", 1, 0, 0, 10)], 3),
+    "loss missing": ([("loss", 0, 0, 1, "rm")], 1),
+    "w_final missing": ([("w_final", 1, 1, 0, "rm")], 4),
+    "steps torn": ([("steps", 1, 0, 0, 10)], 4),
     "loss and w_final torn, time_to_eps missing": (
         [("loss", 0, 1, 0, 10), ("w_final", 1, 0, 1, 10), ("time_to_eps", 0, 0, 0, "rm")],
-        8,
+        9,
     ),
-    "status torn": ([("status", 1, 1, 0, 5)], 3),
-    "status missing": ([("status", 0, 1, 0, "rm")], 3),
+    "status torn": ([("status", 1, 1, 0, 5)], 4),
+    "status missing": ([("status", 0, 1, 0, "rm")], 4),
 }
 
 
@@ -166,12 +165,12 @@ def test_damage_is_named_by_status_export_report_and_repaired_by_run(reference, 
 def test_verify_marks_the_damaged_cells_pending_then_export_shows_them_pending(reference, copy, tmp_path, case):
     if case == "loss missing":
         damage(copy, [("loss", 0, 0, 1, "rm")])
-        cells = 2
+        cells = 1
     else:  # torn to half its size: only a decode finds it (the plain listing does not)
         f = chunk(copy, "loss", 1, 0, 0)
         with open(f, "r+b") as fh:
             fh.truncate(f.stat().st_size // 2)
-        cells = 3
+        cells = 4
         assert "complete: no pending cells" in cli("status", copy).stdout
         one_line(cli("export", copy, "--out", tmp_path / "x.csv"), "is damaged: chunk loss/c/1/0/0/0/0 is unreadable")
 
@@ -217,9 +216,9 @@ def test_pending_cells_hold_no_chunks_and_that_is_not_damage(reference, tmp_path
     for name in ("status", "loss", "w_final"):  # one chunk back to pending, as an interrupted run leaves it
         chunk(out, name, 1, 1, 1).unlink()
     r = cli("status", out, "--verify")
-    assert r.exit_code == 0 and r.stderr == "" and "left: 2 cells in 1 batches" in r.stdout, r.output
+    assert r.exit_code == 0 and r.stderr == "" and "left: 1 cells in 1 batches" in r.stdout, r.output
     r = run(out)
-    assert r.exit_code == 0 and "2 cells computed" in r.stdout and "marked pending" not in r.stderr, r.output
+    assert r.exit_code == 0 and "1 cells computed" in r.stdout and "marked pending" not in r.stderr, r.output
     same_bits(out, reference[1])
 
 
