@@ -61,8 +61,9 @@ def axes(depth, init_norm, seed) -> dict:
 
 
 # name: (what, base axes, grown axes). Chunks (sweep.batch.chunk_shape, batch 256): 1 along depth and width;
-# an axis longer than the room left is cut into equal pieces (1000 seeds: 4 × 250; 1001: 4 × 251, the last
-# holding 248; 501: 2 × 251, the last holding 250); 100 seeds fit whole, leaving room for 2 init_norms.
+# an axis longer than the room left is cut into chunks of 128…256 that leave the smallest last chunk (1000
+# seeds: 4 × 250; 1009, a prime: 4 × 252 and a last chunk of 1 seed; 257: 256 and 1); 100 seeds fit whole,
+# leaving room for 2 init_norms.
 CASES = {
     "a": (
         "seed 1000 → 1010 (1000 a multiple of its chunk 250: new chunks only)",
@@ -70,14 +71,14 @@ CASES = {
         axes(DEPTHS, norms(10), seeds(1010)),
     ),
     "b": (
-        "seed 1001 → 1011 (chunk 251: each last chunk, 248 old seeds, takes 3 new ones: edge chunks)",
-        axes(DEPTHS, norms(10), seeds(1001)),
-        axes(DEPTHS, norms(10), seeds(1011)),
+        "seed 1009 → 1019 (1009 prime, chunk 252: each last chunk, 1 old seed, takes new ones: edge chunks)",
+        axes(DEPTHS, norms(10), seeds(1009)),
+        axes(DEPTHS, norms(10), seeds(1019)),
     ),
     "b2": (
-        "seed 501 → 506 (chunk 251: each last chunk, 250 old seeds — half of them — takes 1 new one: worst edge)",
-        axes(DEPTHS, norms(20), seeds(501)),
-        axes(DEPTHS, norms(20), seeds(506)),
+        "seed 257 → 260 (chunk 256: each last chunk, 1 old seed, takes 3 new ones; the largest old share, 1/257)",
+        axes(DEPTHS, norms(39), seeds(257)),
+        axes(DEPTHS, norms(39), seeds(260)),
     ),
     "c": (
         "depth 1..100 → 1..101 (chunk 1 along depth: new chunks only)",
@@ -90,7 +91,7 @@ CASES = {
         axes(DEPTHS, norms(101), seeds(100)),
     ),
     "e": (
-        "init_norm 99 → 100 values (chunk 2, 99 odd: each last chunk, 1 old init_norm, takes the new one: edge)",
+        "init_norm 99 → 100 values (99 odd: chunks of 1 init_norm × 100 seeds, none left over: new chunks only)",
         axes(DEPTHS, norms(99), seeds(100)),
         axes(DEPTHS, norms(100), seeds(100)),
     ),
