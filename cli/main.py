@@ -250,7 +250,8 @@ def run(
     as_json: Annotated[bool, _opt("Print the final report as JSON.", "--json")] = False,
     retry_failed: Annotated[bool, _opt("Also recompute the cells that failed.", "--retry-failed")] = False,
 ):
-    """Run a sweep (or resume one: rerunning into an existing store finishes its missing cells)."""
+    """Run a sweep, resume one (rerunning into an existing store finishes its missing cells), or grow one: a spec
+    (or flags on the store's own spec) whose axes extend the store's computes only the new cells."""
     try:
         overrides = _overrides({k: v for k, v in locals().items() if k in SPEC_FLAGS})
         if workers is not None and workers < 1:
