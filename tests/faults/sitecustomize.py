@@ -12,17 +12,33 @@ driver that started them, so every worker loads this module before its first tas
   computed (before the task returns it); FILE, created exclusively, marks that it happened (it
   holds the pid), so it happens once across all workers.
 
-Without either variable nothing is wrapped."""
+and, when ``zarr.storage._local`` is imported, the function through which Zarr's LocalStore writes
+every file (``_atomic_write``: a temporary file beside the target, renamed onto it) is wrapped — in
+the ``linflow`` command-line process only (its ``sys.argv[0]`` is the ``linflow`` script; Ray's
+workers and agents, which load this module too, are left alone). Its writes are counted from the
+start of the process (every file: metadata, coordinates, chunks):
 
+* LINFLOW_TEST_KILL_AT_WRITE=K — the K-th write is cut short: half of its bytes reach the temporary
+  file, then the process SIGKILLs itself (the target file is never replaced; the temporary stays).
+* LINFLOW_TEST_WRITE_LOG=FILE — each write appends the path of its target to FILE (one a line, the
+  K-th too), so that a test can count the writes of a whole run and see what each one was.
+
+Without any of these variables nothing is wrapped."""
+
+import contextlib
 import importlib.machinery
 import os
+import signal
 import sys
+import threading
 
 FAIL_SEED = os.environ.get("LINFLOW_TEST_FAIL_SEED")
 KILL_MARKER = os.environ.get("LINFLOW_TEST_KILL_WORKER")
+KILL_AT_WRITE = int(os.environ.get("LINFLOW_TEST_KILL_AT_WRITE") or 0)
+WRITE_LOG = os.environ.get("LINFLOW_TEST_WRITE_LOG")
 
 
-def _wrap(module):
+def _wrap_batch(module):
     import numpy as np
 
     run_batch = module.run_batch
@@ -48,11 +64,54 @@ def _wrap(module):
     module.run_batch = faulty_run_batch
 
 
-class _FaultyBatches:
-    """Finds ``sweep.batch`` as usual, and wraps its run_batch once it is loaded."""
+class _Dying:
+    """A file being written that takes half of what it is given, then kills its process."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data):
+        view = memoryview(data).cast("B")
+        self.f.write(view[: len(view) // 2])
+        self.f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+        os._exit(137)  # never reached
+
+
+def _wrap_local_store(module):
+    atomic_write = module._atomic_write
+    lock = threading.Lock()
+    writes = [0]
+
+    @contextlib.contextmanager
+    def counted_atomic_write(path, mode, exclusive=False):
+        with atomic_write(path, mode, exclusive=exclusive) as f:
+            if os.path.basename(sys.argv[0] if sys.argv else "") != "linflow":
+                yield f
+                return
+            with lock:
+                writes[0] += 1
+                if WRITE_LOG:
+                    with open(WRITE_LOG, "a") as log:
+                        log.write(f"{path}\n")
+                dying = writes[0] == KILL_AT_WRITE
+            yield _Dying(f) if dying else f
+
+    module._atomic_write = counted_atomic_write
+
+
+WRAPS = {}
+if FAIL_SEED is not None or KILL_MARKER:
+    WRAPS["sweep.batch"] = _wrap_batch
+if KILL_AT_WRITE or WRITE_LOG:
+    WRAPS["zarr.storage._local"] = _wrap_local_store
+
+
+class _Faulty:
+    """Finds the modules of WRAPS as usual, and wraps each once it is loaded."""
 
     def find_spec(self, name, path=None, target=None):
-        if name != "sweep.batch":
+        if name not in WRAPS:
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None:
@@ -61,11 +120,11 @@ class _FaultyBatches:
 
         def exec_module(module):
             load(module)
-            _wrap(module)
+            WRAPS[name](module)
 
         spec.loader.exec_module = exec_module
         return spec
 
 
-if FAIL_SEED is not None or KILL_MARKER:
-    sys.meta_path.insert(0, _FaultyBatches())
+if WRAPS:
+    sys.meta_path.insert(0, _Faulty())
