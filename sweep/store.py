@@ -140,7 +140,7 @@ def grow(path: str | Path, spec: Spec, fingerprint: str) -> None:
     for name in RESULTS:
         arr = group[name]
         arr.resize(shape + arr.shape[len(shape) :])
-    group.attrs.update({"spec": spec.to_yaml(), "fingerprint": fingerprint})
+    group.update_attributes({"spec": spec.to_yaml(), "fingerprint": fingerprint})  # one write of the root
     settle(path)
 
 
@@ -401,7 +401,16 @@ def open_results(path: str | Path):
     before its status (:func:`write_batch`), so every cell the snapshot says is done reads whole; a cell
     it says is pending may read its fill values or, its batch being written, numbers already."""
     open_group(path)
-    return _snapshot(xr.open_zarr(str(path)))
+    return _snapshot(_open_zarr(path))
+
+
+def _open_zarr(path) -> xr.Dataset:
+    """``xr.open_zarr``, quiet about the states a killed growth leaves until the next run settles them (no
+    consolidated metadata yet; a half-written metadata file beside the root's): the store reads whole."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*consolidated metadata.*", category=RuntimeWarning)
+        warnings.filterwarnings("ignore", message=".*partial is not recognized as a component.*")
+        return xr.open_zarr(str(path))
 
 
 def _snapshot(ds: xr.Dataset) -> xr.Dataset:
@@ -614,7 +623,7 @@ def load_results(group: zarr.Group, path: str | Path) -> xr.Dataset:
     if damage:
         raise StoreDamaged(path, damage.first(), repairable=not damage.fixed)
     try:
-        ds = _snapshot(xr.open_zarr(str(path))).load()
+        ds = _snapshot(_open_zarr(path)).load()
     except Exception:
         damage = inspect(group, path, verify=True, writing=writing)
         if damage:

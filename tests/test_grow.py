@@ -408,17 +408,6 @@ def test_a_growth_in_a_real_process_writes_its_metadata_then_its_chunks(counted)
     assert {k.split("/")[0] for k in meta[: roots[0] - 1]} == {*KILL_TO["axes"], *RESULTS}
 
 
-# A product bug this file found (run with --runxfail to see it fail): the root's attrs are written by
-# ``group.attrs.update({"spec": …, "fingerprint": …})`` in store.grow — zarr's Attributes is a MutableMapping,
-# so that is one write of the root zarr.json per key. Killed between the two, the store holds the new grid and
-# its spec with the OLD fingerprint, and the same command is refused for good. Only that state is an xfail.
-ROOT_BUG = (
-    "product bug: store.grow writes the root's attrs one key at a time (group.attrs.update: a zarr.json write "
-    "per key); killed between them, the store holds the new grid and spec with the old fingerprint, and the "
-    "same command is refused for good ('holds a different sweep (the data)')"
-)
-
-
 def kill_at(k: int, counted, tmp_path: Path) -> str:
     """Grow a copy of the store in a `linflow` process SIGKILLed at its k-th write, check what is left, rerun
     the same command, and compare the result with the grid computed at once. What happened, in a few words."""
@@ -467,9 +456,6 @@ def kill_at(k: int, counted, tmp_path: Path) -> str:
     state = f"killed writing {torn[-1]}: {'new' if grown else 'old'} grid, fingerprint {fingerprint}"
 
     r = cli("run", "--out", out, *KILL_GROW, "--json")  # the same command finishes it
-    if grown and fingerprint == counted.fingerprints[counted.old.shape] and stored == counted.new:
-        if r.exit_code == 2 and "holds a different sweep (the data)" in r.stderr:  # exactly the known bug
-            pytest.xfail(f"{ROOT_BUG} — {state}; rerun: {r.stderr.strip()}")
     assert r.exit_code == 0, f"{state}; rerun: {r.stderr.strip()}"
     assert fingerprint == counted.fingerprints[shape], f"{state}: the fingerprint of the other grid"
     assert grown == after_root, state
@@ -513,8 +499,8 @@ def test_a_growth_killed_at_random_writes_leaves_the_old_or_the_new_store(counte
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("which", [0, 1, -1], ids=["attrs, first write", "attrs, second write", "consolidation"])
+@pytest.mark.parametrize("which", [0, -1], ids=["attrs", "consolidation"])
 def test_a_growth_killed_at_each_write_of_the_root_metadata_leaves_the_old_or_the_new_store(counted, tmp_path, which):
     # the moments a growth becomes visible: the root's attrs (spec, fingerprint), then its consolidated metadata
-    assert len(counted.roots) >= 2, counted.run[3]
+    assert len(counted.roots) == 2, counted.run[3]  # the attrs (spec and fingerprint at once), then consolidation
     kill_each([counted.roots[which]], counted, tmp_path)
