@@ -175,10 +175,10 @@ def _compute_exact(spec: Spec, problem: Problem, c: dict, depth: int, width: int
             directions[key] = start_direction(problem.target, a["problem_seed"], a["seed"], 1, a.get("init_angle"))
         w, norm = directions[key]
         w0[i] = (a["init_norm"] * scale * w / norm).ravel()  # = init.end_to_end_start, bit for bit
-    r0 = np.linalg.norm(w0, axis=1)
-    along = w0 @ zhat
+    r0 = np.sqrt(_row_dot(w0, w0))
+    along = _row_dot(w0, zhat)
     ortho = w0 - along[:, None] * zhat
-    size = np.linalg.norm(ortho, axis=1)
+    size = np.sqrt(_row_dot(ortho, ortho))
     qhat = ortho / np.where(size > 0, size, 1.0)[:, None]
     theta0 = np.arctan2(size, along)  # well conditioned at 0 and π (arccos of the cosine is not)
     tte = exact_time_to_eps(depth, r0, zeta, theta0, spec.eps)
@@ -196,6 +196,16 @@ def _compute_exact(spec: Spec, problem: Problem, c: dict, depth: int, width: int
     out["w_final"] = w_final.reshape(n, problem.dy, problem.dx)
     out["time_to_eps"] = np.where(reached, tte, np.nan)
     out["status"] = np.where(reached, Status.CONVERGED, Status.UNCONVERGED).astype(np.int8)
+    return out
+
+
+def _row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Σ_j a[:, j] b[:, j] (``b`` a matrix) or Σ_j a[:, j] b[j] (a vector), summed in the order of j: each row's
+    sum has the same bits however many rows there are — a cell's numbers never depend on its batch (BLAS's
+    gemv, behind ``a @ b``, and NumPy's pairwise sums round a row differently with the rows around it)."""
+    out = np.zeros(len(a))
+    for j in range(a.shape[1]):
+        out += a[:, j] * (b[:, j] if b.ndim == 2 else b[j])
     return out
 
 

@@ -280,3 +280,48 @@ def test_batch_size_and_workers_do_not_change_a_single_bit(tmp_path):
             assert np.array_equal(ds[name].values, ref[name].values, equal_nan=True), (what, name)
     assert one.attrs["fingerprint"] == default.attrs["fingerprint"]
     assert one.attrs["kernel_version"] == default.attrs["kernel_version"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole cells: every stored variable of a batch (sweep.batch.run_batch), not only the kernel's result
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # the closed form (no kernel): its starts' norms, angles and the path, dx ≥ 8 so sums of ≥ 8 terms
+        {"model": "exact", "problem": {"m": 20, "dx": 4, "dy": 1}, "horizon": 10.0, "depth": 9},
+        {"model": "exact", "problem": {"m": 30, "dx": 9, "dy": 1}, "horizon": 10.0, "depth": 10},
+        {"model": "layerwise", "problem": {"m": 20, "dx": 4, "dy": 2}, "integrator": {"method": "rk4", "step": 0.05}},
+        {"model": "induced", "problem": {"m": 20, "dx": 3, "dy": 1}, "integrator": {"method": "euler", "step": 0.05}},
+    ],
+    ids=["exact", "exact dx 9", "layerwise", "induced"],
+)
+def test_every_variable_of_a_cell_is_the_same_alone_and_in_any_batch(raw):
+    from sweep import spec as specs
+    from sweep.batch import run_batch
+    from sweep.problem import build
+
+    raw = dict(raw)
+    depth = raw.pop("depth", 3)
+    s = specs.parse(
+        {
+            **raw,
+            "horizon": raw.get("horizon", 1.0),
+            "checkpoints": {"count": 6},
+            "axes": {"depth": [depth], "width": [4], "init_norm": [0.1, 2.5], "seed": {"start": 0, "stop": 70}},
+        }
+    )
+    p = build(s.problem)
+    grid = (slice(0, 1), slice(0, 1))
+    for k in range(2):
+        whole = run_batch(s, p, (*grid, slice(k, k + 1), slice(0, 70)))
+        for start, stop in [(0, 1), (7, 8), (8, 9), (63, 64), (69, 70), (5, 13), (60, 70)]:
+            part = run_batch(s, p, (*grid, slice(k, k + 1), slice(start, stop)))
+            mask = np.zeros((1, 1, 1, 70), bool)
+            mask[..., start:stop] = True
+            masked = run_batch(s, p, (*grid, slice(k, k + 1), slice(0, 70)), mask)
+            for name, values in whole.items():
+                assert same_bits(part[name], values[:, :, :, start:stop]), (name, k, start, stop)
+                assert same_bits(masked[name][:, :, :, start:stop], values[:, :, :, start:stop]), (name, k, "mask")
