@@ -30,17 +30,22 @@ def fits(ds: xr.Dataset, along: str) -> xr.Dataset:
     return fit
 
 
+def counted(fit: xr.Dataset) -> np.ndarray:
+    """The slices the target is for: those with a converged run (a slice where no run converged has no T_ε
+    to fit, and more seeds will not give it one)."""
+    return fit.n_points.values > 0
+
+
 def tight(fit: xr.Dataset, target: float) -> bool:
-    """Every fitted exponent (a slice with no converged run has none) has an interval within ``target``,
-    and there is at least one."""
-    fitted = np.isfinite(fit.exponent.values)
-    rel = fit.half_width.values[fitted]
-    return bool(fitted.any()) and bool(np.all(rel <= target))  # NaN (no interval) is not within
+    """Every counted slice (:func:`counted`) has an exponent whose interval is within ``target``, and there
+    is at least one."""
+    rel = fit.half_width.values[counted(fit)]
+    return bool(rel.size) and bool(np.all(rel <= target))  # NaN (no fit, no interval) is not within
 
 
 def widest(fit: xr.Dataset) -> float:
-    """The widest relative half-width among the fitted exponents (∞ when one has no interval)."""
-    rel = fit.half_width.values[np.isfinite(fit.exponent.values)]
+    """The widest relative half-width among the counted slices (∞ when one has no fit or no interval)."""
+    rel = fit.half_width.values[counted(fit)]
     return float(np.max(np.where(np.isnan(rel), np.inf, rel))) if rel.size else math.inf
 
 
@@ -54,13 +59,15 @@ def lines(fit: xr.Dataset, target: float) -> list[str]:
             float(fit[k].values[idx]) for k in ("exponent", "exponent_low", "exponent_high", "half_width")
         )
         if not np.isfinite(b):
-            out.append(f"{where}: {fit.note.values[idx]}")
+            left = " (not counted: no run converged)" if fit.n_points.values[idx] == 0 else ""
+            out.append(f"{where}: {fit.note.values[idx]}{left}")
             continue
         if np.isnan(rel):
             out.append(f"{where}: exponent {b:.4g}, {fit.note.values[idx] or 'no interval'}")
             continue
         mark = "within" if rel <= target else ">"
-        out.append(f"{where}: exponent {b:.4g} [{lo:.4g}, {hi:.4g}] ±{100 * rel:.1f}% ({mark} {100 * target:g}%)")
+        zero = "; the interval holds 0: a relative target may never be met" if lo <= 0 <= hi else ""
+        out.append(f"{where}: exponent {b:.4g} [{lo:.4g}, {hi:.4g}] ±{100 * rel:.1f}% ({mark} {100 * target:g}%{zero})")
     return out
 
 
@@ -71,7 +78,11 @@ def more_seeds(axis, n: int):
         return {"start": axis.start, "stop": axis.start + n * axis.step, "step": axis.step}
     values = [int(v) for v in axis_values(axis)]
     top = max(values)
-    return values + list(range(top + 1, top + 1 + n - len(values)))
+    values += range(top + 1, top + 1 + n - len(values))
+    step = values[1] - values[0] if len(values) > 1 else 1
+    if step > 0 and values == list(range(values[0], values[0] + step * len(values), step)):
+        return {"start": values[0], "stop": values[0] + step * len(values), "step": step}  # a range: 3 numbers
+    return values
 
 
 def next_size(shape: tuple[int, ...], seeds: int, max_cells: int, factor: int = 2) -> int:

@@ -32,6 +32,7 @@ from sweep.errors import (
     StoreWriteError,
 )
 from sweep.lock import StoreLock, writer
+from sweep.problem import build
 
 
 class _OneLineErrors(TyperGroup):
@@ -415,7 +416,7 @@ def status(
     try:
         if lock:
             lock.acquire()
-        damage = store.inspect(group, path, verify=verify)
+        damage = store.inspect(group, path, verify=verify, writing=not verify and writer(path) is not None)
         if damage.fixed:
             _fail(f"{path} is damaged: {damage.first()}")
         if damage and verify:
@@ -520,6 +521,10 @@ def refine(
     if workers is not None and workers < 1:
         _fail("--workers: " + WORKERS_ERROR.format(workers))
     form = rf.form_for(fit)
+    try:
+        problem = build(s.problem)
+    except LinflowError as exc:
+        _fail(_message(exc))
     for round_ in range(1000):
         _sweep(s, path, quiet, address=address, workers=workers)  # round 0: finishes what the store lacks
         result = rf.fits(_load(store.open_group(path), path), fit)
@@ -530,21 +535,31 @@ def refine(
         )
         for line in rf.lines(result, ci):
             typer.echo(f"  {line}")
+        left = int((~rf.counted(result)).sum())
+        aside = f"; {left} not counted: no run converged there" if left else ""
         if rf.tight(result, ci):
-            typer.echo(f"done: every exponent within ±{100 * ci:g}% (widest ±{100 * rf.widest(result):.1f}%)")
+            typer.echo(f"done: every exponent within ±{100 * ci:g}% (widest ±{100 * rf.widest(result):.1f}%{aside})")
             return
+        if not rf.counted(result).any():
+            _fail(
+                "no run converged: there is no T_ε to fit (a longer horizon, or a larger eps?)", 1, "refine stopped: "
+            )
+        widest = f"widest interval ±{100 * rf.widest(result):.1f}% > {100 * ci:g}%{aside}"
         more = rf.next_size(s.shape, seeds, max_cells)
         if more == seeds:
             _fail(
                 f"budget spent: {math.prod(s.shape):,} cells, the next seed needs "
-                f"{math.prod(s.shape) // seeds:,} more (--max-cells {max_cells:,}); widest interval "
-                f"±{100 * rf.widest(result):.1f}% > {100 * ci:g}%",
+                f"{math.prod(s.shape) // seeds:,} more (--max-cells {max_cells:,}); {widest}",
                 1,
                 "refine stopped: ",
             )
         raw = s.to_dict()
         raw["axes"]["seed"] = rf.more_seeds(s.axes["seed"], more)
-        s = specs.parse(raw)
+        try:
+            s = specs.parse(raw)
+            runner.check_memory(s, problem)
+        except SpecError as exc:
+            _fail(f"the next round ({more} seeds) is beyond linflow's limits ({exc}); {widest}", 1, "refine stopped: ")
 
 
 @app.command()

@@ -84,17 +84,7 @@ def prepare(spec: Spec, out: str | Path) -> Plan:
     fingerprint = spec.fingerprint(problem.digest())
     path = Path(out)
     if path.exists():
-        group = store.open_group(path)
-        grows = {}
-        if group.attrs["fingerprint"] != fingerprint:
-            grows, difference = _extension(group, spec, problem)
-            if difference:
-                raise StoreError(
-                    "out",
-                    f"{path} holds a different sweep ({difference}); "
-                    "choose another store or rerun with the spec that made it",
-                )
-        return Plan(problem, fingerprint, True, grows)
+        return Plan(problem, fingerprint, True, _growth(path, spec, problem, fingerprint))
     parent = path.resolve().parent
     while not parent.exists():
         parent = parent.parent
@@ -109,6 +99,22 @@ def prepare(spec: Spec, out: str | Path) -> Plan:
 
 
 MEMORY_LIMIT = 2 * 2**30  # bytes: the driver's store template, and one task's working set
+
+
+def _growth(path: Path, spec: Spec, problem: Problem, fingerprint: str) -> dict:
+    """The axes along which the store at ``path`` grows to ``spec`` ({axis: (old, new size)}; {} when it holds
+    this very sweep), or StoreError naming the first difference when it holds another."""
+    group = store.open_group(path)
+    if group.attrs["fingerprint"] == fingerprint:
+        return {}
+    grows, difference = _extension(group, spec, problem)
+    if difference or not grows:  # (not grows: a difference only the fingerprint sees)
+        raise StoreError(
+            "out",
+            f"{path} holds a different sweep ({difference or 'fingerprint ' + group.attrs['fingerprint']}); "
+            "choose another store or rerun with the spec that made it",
+        )
+    return grows
 
 
 def _extension(group, spec: Spec, problem: Problem) -> tuple[dict, str | None]:
@@ -412,17 +418,19 @@ def run(spec: Spec, out: str | Path, *, address=None, workers=None, progress=Non
         try:
             if not exists:
                 store.create(where, spec, problem, fingerprint)
-            elif grows:  # checked again under the lock: another driver may have grown it since
-                _, fingerprint, _, grows = prepare(spec, out)
+            else:  # what a driver killed mid-growth left, then the store checked again: it may have changed since
+                store.settle(where)
+                grows = _growth(Path(out), spec, problem, fingerprint)
             if grows:
                 before = store.layout(store.open_group(out))[0]
                 store.grow(where, spec, fingerprint)
                 grown = growth_text(list(spec.axes), before, spec.shape)
                 print(f"linflow: growing {out}: {grown}", file=sys.stderr)
-            store.settle(where)
         except OSError as exc:
             raise StoreError("out", f"cannot {'grow' if exists else 'create'} {out}: {exc.strerror or exc}") from None
         group = store.open_group(out, mode="r+")
+        if store.layout(group)[0] != spec.shape:  # never computes a grid with another spec's coordinates
+            raise StoreError("out", f"{out}'s grid {store.layout(group)[0]} is not the spec's {spec.shape}")
         store.recheck(group, out)  # lost or torn chunks of done cells (a partial copy): back to pending
         work = store.todo(group, retry_failed)
         total = int(np.prod(store.layout(group)[0]))

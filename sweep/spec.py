@@ -590,6 +590,9 @@ def extension(old: Spec, new: Spec) -> tuple[dict[str, tuple[int, int]], str | N
     differs (execution settings, ``batch``, never count; nor where a data file lies) —, else
     ``({}, the first difference)`` in a few words: 'horizon 1.0 → 2.0', 'axes.init_angle: added'."""
     before, after = old.to_dict(), new.to_dict()
+    kinds = ["a data file" if "data" in d["problem"] else "synthetic data" for d in (before, after)]
+    if kinds[0] != kinds[1]:
+        return {}, f"problem: {kinds[0]} → {kinds[1]}"
     for d in (before, after):
         d.pop("batch")
         d.pop("axes")

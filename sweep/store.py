@@ -42,6 +42,9 @@ AXIS_ATTRS = {
 }
 
 
+COORD_CHUNK = 2**16  # values per chunk of an axis' coordinate (512 KiB of int64 or float64)
+
+
 def template(spec: Spec, problem: Problem, fingerprint: str, range_coords: bool = True) -> tuple[xr.Dataset, dict]:
     """The dataset with every cell pending, and the Zarr encoding (chunks aligned to batches).
     ``range_coords=False`` leaves out the coordinates of the axes given as ranges (:func:`create`
@@ -69,6 +72,8 @@ def template(spec: Spec, problem: Problem, fingerprint: str, range_coords: bool 
         for name, values in spec.axes.items()
         if range_coords or not isinstance(values, range)
     }
+    for name in spec.axes:  # room to grow: a million seeds added to a store of 8 are 16 chunk files, not 125,000
+        encoding[name] = {"chunks": (COORD_CHUNK,)}
     coords["checkpoint"] = ("checkpoint", np.arange(count), {"long_name": "checkpoint index"})
     coords["time"] = ("checkpoint", spec.checkpoint_times(), {"long_name": "flow time", "units": "flow time"})
     attrs = {
@@ -101,7 +106,8 @@ def create(path: str | Path, spec: Spec, problem: Problem, fingerprint: str) -> 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
             fixed = ds.drop_vars(list(RESULTS))
-            fixed.to_zarr(str(tmp), mode="w", zarr_format=3, consolidated=False)
+            coords = {n: encoding[n] for n in fixed.variables if n in encoding}
+            fixed.to_zarr(str(tmp), mode="w", zarr_format=3, consolidated=False, encoding=coords)
             group = zarr.open_group(str(tmp), mode="r+")
             group.attrs.pop("coordinates", None)  # "time" is named by the results that use it (below)
             for name, values in spec.axes.items():
@@ -145,17 +151,25 @@ def grow(path: str | Path, spec: Spec, fingerprint: str) -> None:
 
 
 def settle(path: str | Path) -> None:
-    """Tidy a store a killed driver left (under its lock): the files a write cut short left beside the
-    metadata (Zarr writes ``NAME.<hex>.partial`` and renames it into place), and the consolidated metadata
-    of a store whose root holds none (a growth cut short after its attributes)."""
+    """Tidy what a driver killed mid-growth left (under the store's lock), so that every reader — one that reads
+    the arrays' own metadata too — sees one grid: the files a write cut short left beside the metadata (Zarr
+    writes ``NAME.<hex>.partial`` and renames it into place); no consolidated metadata (killed after the root's
+    attributes: consolidated now); arrays whose own metadata was grown but never committed (shrunk back to the
+    committed shape: nothing was written beyond it but coordinates)."""
     root = Path(path)
     for folder in [root, *(p for p in root.iterdir() if p.is_dir())]:
         for left in folder.glob("*.partial"):
             left.unlink(missing_ok=True)
-    if zarr.open_group(str(path), mode="r").metadata.consolidated_metadata is None:
+    committed = zarr.open_group(str(path), mode="r")
+    if committed.metadata.consolidated_metadata is None:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
             zarr.consolidate_metadata(str(path), zarr_format=3)
+        return
+    own = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    for name, arr in committed.arrays():
+        if own[name].shape != arr.shape:
+            own[name].resize(arr.shape)
 
 
 def _write_range(group: zarr.Group, name: str, values: range) -> None:
@@ -164,7 +178,7 @@ def _write_range(group: zarr.Group, name: str, values: range) -> None:
     arr = group.create_array(
         name,
         shape=(len(values),),
-        chunks="auto",
+        chunks=(COORD_CHUNK,),
         dtype=np.int64,
         fill_value=0,
         dimension_names=(name,),

@@ -4,6 +4,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from sweep import problem, runner, store
@@ -80,3 +81,16 @@ def test_a_different_sweep_is_refused_naming_what_differs(tmp_path, change, word
     with pytest.raises(StoreError, match="holds a different sweep") as info:
         runner.prepare(specs.parse({**made, **change}), tmp_path / "s.zarr")
     assert words in str(info.value)
+
+
+def test_what_only_the_fingerprint_sees_and_a_change_of_data_kind_are_refused(tmp_path):
+    made = {"axes": {"depth": [2], "seed": [0, 1], "init_angle": [0.0]}, "horizon": 1.0}
+    s = specs.parse(made)
+    p = problem.build(s.problem)
+    store.create(tmp_path / "s.zarr", s, p, s.fingerprint(p.digest()))
+    with pytest.raises(StoreError, match=r"holds a different sweep \(fingerprint "):  # -0.0 == 0.0, yet not the same
+        runner.prepare(specs.parse({**made, "axes": {**made["axes"], "init_angle": [-0.0]}}), tmp_path / "s.zarr")
+    np.savez(tmp_path / "d.npz", X=p.x, Y=p.y)
+    data = {**made, "problem": {"data": str(tmp_path / "d.npz")}}
+    with pytest.raises(StoreError, match=r"\(problem: synthetic data → a data file\)"):
+        runner.prepare(specs.parse(data), tmp_path / "s.zarr")

@@ -504,3 +504,30 @@ def test_a_growth_killed_at_each_write_of_the_root_metadata_leaves_the_old_or_th
     # the moments a growth becomes visible: the root's attrs (spec, fingerprint), then its consolidated metadata
     assert len(counted.roots) == 2, counted.run[3]  # the attrs (spec and fingerprint at once), then consolidation
     kill_each([counted.roots[which]], counted, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_growth_killed_before_its_commit_then_the_old_sweep_then_another_growth(counted, tmp_path):
+    """Killed after the arrays' own metadata was grown (before the root's commit), then resumed with the
+    store's own spec: the rerun shrinks the arrays' metadata back, so that even a reader of it (not of the
+    consolidated metadata) sees one grid; a different growth then grows it right."""
+    out = tmp_path / "k.zarr"
+    shutil.copytree(counted.base, out)
+    k = counted.roots[0] - 1  # the last write before the root's: the arrays' metadata and coordinates are grown
+    proc = start(["run", "--out", out, *KILL_GROW, "--workers", "1", "--quiet"], LINFLOW_TEST_KILL_AT_WRITE=str(k))
+    finish(proc)
+    assert proc.returncode == -signal.SIGKILL
+    own = zarr.open_group(str(out), mode="r", use_consolidated=False)
+    assert own["status"].shape != counted.old.shape or own["seed"].shape != (5,)  # the arrays' own: grown
+    r = cli("run", "--out", out, "--json")  # the store's own spec: nothing to compute, nothing grows
+    assert r.exit_code == 0 and json.loads(r.stdout.strip().splitlines()[-1])["cells_run"] == 0, r.output
+    own = zarr.open_group(str(out), mode="r", use_consolidated=False)
+    assert {name: own[name].shape[:4] for name in RESULTS} == {name: counted.old.shape for name in RESULTS}
+    assert own["seed"].shape == (5,) and own["depth"].shape == (1,)
+    plain_reader = xr.open_zarr(out, consolidated=False).load()
+    assert plain_reader.status.shape == counted.old.shape
+    assert plain_reader.loss.values.tobytes() == counted.before.loss.values.tobytes()
+    other = sweep_with(depth=[1, 3], seed={"start": 0, "stop": 7})  # another growth than the one killed
+    r = cli("run", "--out", out, "--depth", "1,3", "--seed", "0:7", "--quiet")
+    assert r.exit_code == 0 and "depth 1 → 2, seed 5 → 7: 9 new cells" in r.stderr, r.output
+    assert_bitwise(out, other)

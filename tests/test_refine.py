@@ -116,6 +116,8 @@ def test_seed_axes_grow_as_they_were_written():
     assert rf.more_seeds(range(0, 8), 16) == {"start": 0, "stop": 16, "step": 1}
     assert rf.more_seeds(range(5, 20, 5), 6) == {"start": 5, "stop": 35, "step": 5}
     assert rf.more_seeds((3, 1, 7), 5) == [3, 1, 7, 8, 9]
+    assert rf.more_seeds((0, 1, 2), 6) == {"start": 0, "stop": 6, "step": 1}  # a list that is a range: 3 numbers
+    assert rf.more_seeds((4, 6), 4) == [4, 6, 7, 8]  # the next integers after the largest: not a range
     s = specs.parse({"axes": {"seed": [3, 1, 7]}})
     grown = specs.parse({"axes": {"seed": rf.more_seeds(s.axes["seed"], 5)}})
     assert specs.extension(s, grown) == ({"seed": (3, 5)}, None)  # always a growth of the store
@@ -124,17 +126,32 @@ def test_seed_axes_grow_as_they_were_written():
     assert rf.next_size((2, 1, 3, 4), 4, 29) == 4  # not one more seed fits
 
 
-def test_tight_needs_every_fitted_exponent_within_and_an_interval():
-    def fit(b, lo, hi):
+def test_tight_needs_every_slice_with_a_converged_run_fitted_within_the_target():
+    def fit(b, lo, hi, n=None):
         b, lo, hi = (np.asarray(v, float) for v in (b, lo, hi))
-        ds = xr.Dataset({"exponent": ("n", b), "exponent_low": ("n", lo), "exponent_high": ("n", hi)})
+        n = np.where(np.isfinite(b), 10, 0) if n is None else np.asarray(n)
+        ds = xr.Dataset(
+            {"exponent": ("k", b), "exponent_low": ("k", lo), "exponent_high": ("k", hi), "n_points": ("k", n)}
+        )
         ds["half_width"] = (ds.exponent_high - ds.exponent_low) / 2 / abs(ds.exponent)
-        ds["note"] = ("n", np.array([""] * len(b), dtype=object))
-        return ds.assign_coords(n=np.arange(len(b)))
+        ds["note"] = ("k", np.array([""] * len(b), dtype=object))
+        return ds.assign_coords(k=np.arange(len(b)))
 
     assert rf.tight(fit([1.0, -2.0], [0.96, -2.08], [1.04, -1.92]), 0.05)
     assert not rf.tight(fit([1.0, -2.0], [0.9, -2.1], [1.1, -1.9]), 0.05)  # ±10% > 5%
     assert not rf.tight(fit([1.0, 2.0], [0.99, np.nan], [1.01, np.nan]), 0.05)  # a fit with no interval
-    assert rf.tight(fit([1.0, np.nan], [0.99, np.nan], [1.01, np.nan]), 0.05)  # no fit at all: not counted
-    assert not rf.tight(fit([np.nan], [np.nan], [np.nan]), 0.05)  # nothing fitted: not done
+    assert rf.tight(fit([1.0, np.nan], [0.99, np.nan], [1.01, np.nan]), 0.05)  # no run converged there: not counted
+    assert not rf.tight(fit([1.0, np.nan], [0.99, np.nan], [1.01, np.nan], [10, 2]), 0.05)  # 2 converged: may fit
+    assert not rf.tight(fit([np.nan], [np.nan], [np.nan]), 0.05)  # nothing counted: not done
     assert rf.widest(fit([1.0, 2.0], [0.99, np.nan], [1.01, np.nan])) == np.inf
+    assert list(rf.counted(fit([1.0, np.nan], [0.99, np.nan], [1.01, np.nan], [10, 0]))) == [True, False]
+
+
+def test_refine_stops_at_once_when_no_run_converges(ray_local, tmp_path):
+    out = tmp_path / "never.zarr"
+    r = cli("run", *BASE, "--horizon", "0.05", "--out", out, "--quiet")  # far too short to reach eps
+    assert r.exit_code == 0, r.output
+    before = digest(out)
+    r = cli("refine", out, "--fit", "depth", "--ci", "0.1", "--quiet")
+    assert r.exit_code == 1 and "refine stopped: no run converged" in r.stderr and "growing" not in r.stderr, r.output
+    assert r.stdout.count("round ") == 1 and digest(out) == before
