@@ -138,6 +138,8 @@ def grow(path: str | Path, spec: Spec, fingerprint: str) -> None:
     shape = spec.shape
     for name, n in zip(spec.axes, shape):
         old = committed[name].shape[0]
+        if old == n and group[name].shape[0] == n:
+            continue  # an axis that does not grow (and whose metadata no earlier attempt grew)
         coord = group[name]
         coord.resize((n,))
         step = coord.chunks[0]
