@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from faults import fault_env
 from typer.testing import CliRunner
 
 import sweep
@@ -20,9 +21,9 @@ from sweep.errors import StoreDamaged
 from sweep.schema import Status
 
 LINFLOW = str(Path(sys.executable).parent / "linflow")
-# long enough (Euler, small steps, batches of 4) that a reader finds it part-done; stopped once read
+# 64 batches of 4 cells (Euler, small steps), each made to take ≥ 0.5 s: a reader finds it part-done; stopped once read
 SLOW = [
-    *("--depth", "2,4", "--width", "6", "--init-norm", "0.5,1", "--seed", "0:128", "--m", "20", "--dx", "4"),
+    *("--depth", "2,4", "--width", "6", "--init-norm", "0.5,1", "--seed", "0:64", "--m", "20", "--dx", "4"),
     *("--method", "euler", "--step", "1e-3", "--horizon", "20", "--checkpoints", "6", "--batch", "4"),
 ]
 
@@ -44,6 +45,7 @@ def done_cells(out: Path) -> int:
 def test_report_and_open_results_on_a_store_a_live_driver_is_writing(tmp_path):
     out = tmp_path / "live.zarr"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(fault_env(slow_batch=0.5))  # a batch ≥ 0.5 s: the run lasts ~30 s on any machine (stopped sooner)
     driver = subprocess.Popen(
         [LINFLOW, "run", *SLOW, "--workers", "2", "--out", str(out), "--quiet"],
         stdout=subprocess.PIPE,
@@ -63,7 +65,7 @@ def test_report_and_open_results_on_a_store_a_live_driver_is_writing(tmp_path):
             assert lock.writer(out) is not None  # the driver still holds the store
             ds = sweep.open_results(out)
             n, k = ds.attrs["cells"], ds.attrs["cells_done"]
-            assert n == 2 * 2 * 128 and 1 <= k <= n
+            assert n == 2 * 2 * 64 and 1 <= k <= n
             done = ds.status.values != Status.PENDING
             assert int(done.sum()) == k
             loss = ds.loss.values  # read after the status: every done cell is whole

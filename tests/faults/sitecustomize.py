@@ -11,6 +11,8 @@ driver that started them, so every worker loads this module before its first tas
 * LINFLOW_TEST_KILL_WORKER=FILE — the first batch computed kills its own worker process once it is
   computed (before the task returns it); FILE, created exclusively, marks that it happened (it
   holds the pid), so it happens once across all workers.
+* LINFLOW_TEST_SLOW_BATCH=SECONDS — every batch takes at least this long (it sleeps after computing):
+  a run lasts long enough, on any machine, for a test to watch it mid-way.
 
 and, when ``zarr.storage._local`` is imported, the function through which Zarr's LocalStore writes
 every file (``_atomic_write``: a temporary file beside the target, renamed onto it) is wrapped — in
@@ -36,6 +38,7 @@ FAIL_SEED = os.environ.get("LINFLOW_TEST_FAIL_SEED")
 KILL_MARKER = os.environ.get("LINFLOW_TEST_KILL_WORKER")
 KILL_AT_WRITE = int(os.environ.get("LINFLOW_TEST_KILL_AT_WRITE") or 0)
 WRITE_LOG = os.environ.get("LINFLOW_TEST_WRITE_LOG")
+SLOW_BATCH = float(os.environ.get("LINFLOW_TEST_SLOW_BATCH") or 0)
 
 
 def _wrap_batch(module):
@@ -51,6 +54,10 @@ def _wrap_batch(module):
             if int(FAIL_SEED) in seeds:
                 raise RuntimeError(f"test hook: cells with seed {FAIL_SEED} fail")
         results = run_batch(spec, problem, region, mask)
+        if SLOW_BATCH:
+            import time
+
+            time.sleep(SLOW_BATCH)
         if KILL_MARKER:
             try:
                 fd = os.open(KILL_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -101,7 +108,7 @@ def _wrap_local_store(module):
 
 
 WRAPS = {}
-if FAIL_SEED is not None or KILL_MARKER:
+if FAIL_SEED is not None or KILL_MARKER or SLOW_BATCH:
     WRAPS["sweep.batch"] = _wrap_batch
 if KILL_AT_WRITE or WRITE_LOG:
     WRAPS["zarr.storage._local"] = _wrap_local_store
