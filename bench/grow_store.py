@@ -191,10 +191,10 @@ def case(name: str, folder: Path, repeats: int) -> dict:
     build = time.perf_counter() - t
     shape, chunks = store.layout(store.open_group(base))
     edge = [n % c != 0 for n, c in zip(shape, chunks)]
-    grows = [a for a, n, m in zip(old.axes, old.shape, new.shape) if n != m]
+    grows = specs.extension(old, new)[0]
     edges = any(e for a, e in zip(old.axes, edge) if a in grows)
     cells_old, cells_new = math.prod(old.shape), math.prod(new.shape)
-    grown = runner.growth_text(list(old.axes), old.shape, new.shape)
+    grown = runner.growth_text(new, grows)
     print(
         f"\n({name}) {what}\n"
         f"  base: {cells_old:,} cells, grid {shape} over {tuple(old.axes)}, chunks {chunks} "

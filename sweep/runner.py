@@ -138,10 +138,11 @@ def _extension(group, spec: Spec, problem: Problem) -> tuple[dict, str | None]:
     return grows, None
 
 
-def growth_text(names, old: tuple[int, ...], new: tuple[int, ...]) -> str:
-    """'seed 8 → 32, depth 4 → 6: 1,440 new cells': a grid of axes ``names`` grown from shape ``old`` to ``new``."""
-    what = ", ".join(f"{n} {a} → {b}" for n, a, b in zip(names, old, new) if a != b)
-    return f"{what}: {math.prod(new) - math.prod(old):,} new cells"
+def growth_text(spec: Spec, grows: dict) -> str:
+    """'depth 4 → 6, seed 8 → 32: 1,440 new cells': the grid of ``spec`` grown along ``grows`` ({axis: (old, new)})."""
+    old = [grows.get(name, (n, n))[0] for name, n in zip(spec.axes, spec.shape)]
+    what = ", ".join(f"{name} {a} → {b}" for name, (a, b) in grows.items())
+    return f"{what}: {math.prod(spec.shape) - math.prod(old):,} new cells"
 
 
 def check_memory(spec: Spec, problem: Problem) -> None:
@@ -422,20 +423,19 @@ def run(spec: Spec, out: str | Path, *, address=None, workers=None, progress=Non
                 store.settle(where)
                 grows = _growth(Path(out), spec, problem, fingerprint)
             if grows:
-                before = store.layout(store.open_group(out))[0]
                 store.grow(where, spec, fingerprint)
-                grown = growth_text(list(spec.axes), before, spec.shape)
-                print(f"linflow: growing {out}: {grown}", file=sys.stderr)
+                print(f"linflow: growing {out}: {growth_text(spec, grows)}", file=sys.stderr)
         except OSError as exc:
             raise StoreError("out", f"cannot {'grow' if exists else 'create'} {out}: {exc.strerror or exc}") from None
         group = store.open_group(out, mode="r+")
-        if store.layout(group)[0] != spec.shape:  # never computes a grid with another spec's coordinates
-            raise StoreError("out", f"{out}'s grid {store.layout(group)[0]} is not the spec's {spec.shape}")
+        shape = store.layout(group)[0]
+        if shape != spec.shape:  # never computes a grid with another spec's coordinates
+            raise StoreError("out", f"{out}'s grid {shape} is not the spec's {spec.shape}")
         store.recheck(group, out)  # lost or torn chunks of done cells (a partial copy): back to pending
         work = store.todo(group, retry_failed)
-        total = int(np.prod(store.layout(group)[0]))
+        total = math.prod(shape)
         done = total - sum(int(m.sum()) for _, m in work)
-        report = Report(path=str(out), counts={}, grown=grown if grows else "")
+        report = Report(path=str(out), counts={}, grown=growth_text(spec, grows) if grows else "")
         if progress:
             progress(done, total)
         if work:

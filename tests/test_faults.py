@@ -7,7 +7,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
-from faults import fault_env
+from faults import fault_env, reap, start
 from reference import assert_identical, compute
 from typer.testing import CliRunner
 
@@ -25,7 +24,6 @@ from sweep.lock import lock_path
 
 pytestmark = pytest.mark.slow
 
-LINFLOW = str(Path(sys.executable).parent / "linflow")
 # 24 batches of 4 cells, ~0.3 s of kernel time each: long enough to be hit mid-run
 SWEEP = {
     "axes": {"depth": [2, 3], "width": [5], "init_norm": [0.5, 5.0], "seed": {"start": 0, "stop": 24}},
@@ -46,32 +44,6 @@ def spec(tmp_path):
     p = tmp_path / "sweep.yaml"
     p.write_text(yaml.safe_dump(SWEEP))
     return p
-
-
-def env(**extra):
-    e = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    e.update(extra)
-    return e
-
-
-def start(args, **extra):
-    """``linflow`` in its own session, so that the Ray processes it starts can be reaped after a kill."""
-    return subprocess.Popen(
-        [LINFLOW, *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env(**extra),
-        start_new_session=True,
-    )
-
-
-def reap(proc):
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=60)
 
 
 def cli(*args):

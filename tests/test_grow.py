@@ -9,22 +9,19 @@ old or the new store, which the same command then finishes."""
 import copy
 import hashlib
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import psutil
 import pytest
 import xarray as xr
 import yaml
 import zarr
-from faults import fault_env
+from faults import fault_env, reap
+from faults import start as start_linflow
 from reference import assert_identical
 from typer.testing import CliRunner
 
@@ -35,7 +32,6 @@ from sweep.lock import lock_path
 from sweep.problem import build
 from sweep.schema import RESULTS
 
-LINFLOW = str(Path(sys.executable).parent / "linflow")
 # tiny cells (rk4, 100 steps, 5 checkpoints, dy = 1 so that init_angle can be an axis); batch 4: seed 0:5
 # is cut into chunks of 2 to 4 seeds, none of which divides 5, so that the last old chunk is partial and
 # shared with the first new seeds
@@ -322,18 +318,8 @@ KILL_SEED = 20260412
 
 
 def start(args, **extra):
-    """``linflow`` in its own session (its pid is the session's id), so that its Ray processes can be reaped."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(fault_env())
-    env.update(extra)
-    return subprocess.Popen(
-        [LINFLOW, *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
+    """``linflow`` with tests/faults on its PYTHONPATH, and ``extra`` (which faults) in its environment."""
+    return start_linflow(args, **fault_env(), **extra)
 
 
 def finish(proc, timeout=240) -> tuple[str, str]:
@@ -341,17 +327,7 @@ def finish(proc, timeout=240) -> tuple[str, str]:
     try:
         return proc.communicate(timeout=timeout)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=60)
-        for p in psutil.process_iter():
-            try:
-                if p.pid != proc.pid and os.getsid(p.pid) == proc.pid:
-                    p.kill()
-            except (OSError, psutil.Error):
-                pass
+        reap(proc)
 
 
 def writes(log: Path, out: Path) -> list[str]:

@@ -4,14 +4,13 @@ says done, say "k of n cells done", and never fail on pending cells or a batch b
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
-from faults import fault_env
+from faults import LINFLOW, fault_env, start
 from typer.testing import CliRunner
 
 import sweep
@@ -20,7 +19,6 @@ from sweep import lock, schema, store
 from sweep.errors import StoreDamaged
 from sweep.schema import Status
 
-LINFLOW = str(Path(sys.executable).parent / "linflow")
 # 64 batches of 4 cells (Euler, small steps), each made to take ≥ 0.5 s: a reader finds it part-done; stopped once read
 SLOW = [
     *("--depth", "2,4", "--width", "6", "--init-norm", "0.5,1", "--seed", "0:64", "--m", "20", "--dx", "4"),
@@ -44,16 +42,8 @@ def done_cells(out: Path) -> int:
 @pytest.mark.slow
 def test_report_and_open_results_on_a_store_a_live_driver_is_writing(tmp_path):
     out = tmp_path / "live.zarr"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(fault_env(slow_batch=0.5))  # a batch ≥ 0.5 s: the run lasts ~30 s on any machine (stopped sooner)
-    driver = subprocess.Popen(
-        [LINFLOW, "run", *SLOW, "--workers", "2", "--out", str(out), "--quiet"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
+    # a batch ≥ 0.5 s: the run lasts ~30 s on any machine (stopped sooner)
+    driver = start(["run", *SLOW, "--workers", "2", "--out", out, "--quiet"], **fault_env(slow_batch=0.5))
     try:
         deadline = time.monotonic() + 240
         while done_cells(out) == 0:
@@ -76,7 +66,6 @@ def test_report_and_open_results_on_a_store_a_live_driver_is_writing(tmp_path):
                 capture_output=True,
                 text=True,
                 timeout=300,
-                env=env,
             )
             assert r.returncode == 0, r.stderr
             words = r.stdout.strip().split("(")[-1]
@@ -87,10 +76,11 @@ def test_report_and_open_results_on_a_store_a_live_driver_is_writing(tmp_path):
             assert f"{done_now:,} of {n:,} cells done." in md
             if done_now < n:
                 assert "still pending" in md
-            seen.append(done_now)
+            seen.append((done_now, "a run is writing the store" in words))
             if driver.poll() is not None:
                 break
-        assert seen == sorted(seen)  # the reports followed the run
+        assert [d for d, _ in seen] == sorted(d for d, _ in seen)  # the reports followed the run
+        assert seen[0][1] and seen[0][0] < n  # the first, at least, was of a store mid-run
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGINT)  # stopped as Ctrl-C does: every stored batch kept

@@ -8,17 +8,16 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import tomllib
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 import xarray as xr
 import yaml
+from faults import LINFLOW, reap, session, start
 from reference import assert_identical, compute
 from typer.testing import CliRunner
 
@@ -28,7 +27,6 @@ from sweep import spec as specs
 from sweep.lock import lock_path
 
 ROOT = Path(__file__).resolve().parents[1]
-LINFLOW = str(Path(sys.executable).parent / "linflow")
 # 24 batches of 4 cells, ~0.3 s of kernel time each: several seconds on 2 workers
 SWEEP = {
     "axes": {"depth": [2, 3], "width": [5], "init_norm": [0.5, 5.0], "seed": {"start": 0, "stop": 24}},
@@ -80,45 +78,6 @@ def spec(tmp_path):
     p = tmp_path / "sweep.yaml"
     p.write_text(yaml.safe_dump(SWEEP))
     return p
-
-
-def start(args, **extra):
-    """``linflow`` in its own session (its pid is the session's id): its Ray processes can be found and reaped."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(extra)
-    return subprocess.Popen(
-        [LINFLOW, *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-
-
-def session(proc) -> dict[int, str]:
-    """The processes of ``proc``'s session other than itself (the Ray processes it started): pid → name."""
-    found = {}
-    for p in psutil.process_iter(["pid", "name"]):
-        try:
-            if p.pid != proc.pid and os.getsid(p.pid) == proc.pid:
-                found[p.pid] = p.info["name"]
-        except (OSError, psutil.Error):
-            pass
-    return found
-
-
-def reap(proc):
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=60)
-    for pid in session(proc):  # Ray processes that left the group
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def wait_for(condition, seconds=90.0):

@@ -3,11 +3,10 @@ form, and simulated limits of the layerwise flow."""
 
 import numpy as np
 import pytest
+from reference import balanced_flow
 from scipy.integrate import solve_ivp
 
 from analysis import theory
-from sweep import kernel
-from sweep.init import balanced_layers, layer_dims
 
 ZETA = 2.0
 TIGHT = {"method": "DOP853", "rtol": 1e-13, "atol": 1e-15}
@@ -88,34 +87,17 @@ def test_exact_excess_loss_matches_ode(n, th):
     assert np.max(np.abs(got[big] / ref[big] - 1)) < 1e-8
 
 
-def balanced_limit(w0, target, depth, width, horizon):
-    model = kernel.Layerwise(layer_dims(target.shape[1], target.shape[0], depth, width), target)
-    layers = balanced_layers(w0, problem_seed=0, seed=0, depth=depth, width=width)
-    y0 = model.pack([w[None] for w in layers])
-    r = kernel.integrate(
-        model,
-        y0,
-        kernel.DOPRI5,
-        horizon=horizon,
-        checkpoints=np.array([0.0, horizon]),
-        eps=1e-30,
-        rtol=1e-10,
-        atol=1e-13,
-    )
-    return model.product(r.y_final)[0]
-
-
 def test_predicted_limit_matches_simulated_limits():
     rng = np.random.default_rng(0)
     # dy = 1 generic start: the global minimizer
     z = rng.standard_normal((1, 5))
     w0 = 3 * rng.standard_normal((1, 5))
     assert theory.predicted_limit(w0, z, 3) == 0
-    assert np.allclose(balanced_limit(w0, z, 3, 4, 60.0), z, atol=1e-6)
+    assert np.allclose(balanced_flow(w0, z, 3, 4, 60.0)[1], z, atol=1e-6)
     # dy = 1 anti-aligned start at depth 3: zero
     w0 = -1.5 * z
     assert theory.predicted_limit(w0, z, 3) == -1
-    assert np.linalg.norm(balanced_limit(w0, z, 3, 4, 200.0)) < 0.05 * np.linalg.norm(z)
+    assert np.linalg.norm(balanced_flow(w0, z, 3, 4, 200.0)[1]) < 0.05 * np.linalg.norm(z)
     assert theory.predicted_limit(w0, z, 1) == 0  # depth 1 is linear regression
     # dy = 3, rank-1 start with p_1 = 0 (u0 ⟂ u_1, v0 ⟂ v_1) and p_2 ≠ 0 at depth 3: the saddle s_2 u_2 v_2ᵀ.
     # The saddle is strict (σ = s_2 > 0), so round-off along u_1 v_1ᵀ would grow; in Z's own basis the
@@ -130,7 +112,7 @@ def test_predicted_limit_matches_simulated_limits():
     assert theory.predicted_limit(w0, z3, 3) == 2
     saddle = np.zeros((3, 5))
     saddle[1, 1] = 2.0
-    assert np.allclose(balanced_limit(w0, z3, 3, 1, 60.0), saddle, atol=1e-6)
+    assert np.allclose(balanced_flow(w0, z3, 3, 1, 60.0)[1], saddle, atol=1e-6)
     # rotated into a generic basis, p_1 ≈ 1e-16 and still counts as zero within the tolerance
     q3, _ = np.linalg.qr(rng.standard_normal((3, 3)))
     q5, _ = np.linalg.qr(rng.standard_normal((5, 5)))

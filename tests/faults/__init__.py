@@ -1,9 +1,57 @@
-"""Faults injected into real runs from the tests (see ``sitecustomize`` in this folder)."""
+"""Faults injected into real runs from the tests (see ``sitecustomize`` in this folder), and the real
+``linflow`` processes they are injected into: started in a session of their own, reaped with their Ray."""
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import psutil
+
 FOLDER = Path(__file__).resolve().parent
+LINFLOW = str(Path(sys.executable).parent / "linflow")
+
+
+def start(args, **extra) -> subprocess.Popen:
+    """``linflow ARGS`` in its own session (its pid is the session's id), so that its Ray processes can be
+    found and reaped; never attached to a cluster named in RAY_ADDRESS; ``extra`` added to its environment."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(extra)
+    return subprocess.Popen(
+        [LINFLOW, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def session(proc) -> dict[int, str]:
+    """The processes of ``proc``'s session other than itself (the Ray processes it started): pid → name."""
+    found = {}
+    for p in psutil.process_iter(["pid", "name"]):
+        try:
+            if p.pid != proc.pid and os.getsid(p.pid) == proc.pid:
+                found[p.pid] = p.info["name"]
+        except (OSError, psutil.Error):
+            pass
+    return found
+
+
+def reap(proc):
+    """SIGKILL ``proc``'s process group, wait for it, then the Ray processes of its session that left the group."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=60)
+    for pid in session(proc):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def fault_env(*, fail_seed=None, kill_worker=None, slow_batch=None) -> dict[str, str]:
