@@ -38,6 +38,11 @@ class StoreWriteError(LinflowError, RuntimeError):
         super().__init__(None, problem)
 
 
+class LockLost(StoreWriteError):
+    """The run's lock was taken over (it was paused past the stale age) or its store deleted or replaced:
+    what it wrote before is safe; it writes nothing more."""
+
+
 class LockError(LinflowError, RuntimeError):
     """The store is being written by another live run."""
 

@@ -1,16 +1,23 @@
 """One writer per store: a lock file beside it (``STORE.lock``, named after the store's resolved path,
-so every symlink to a store shares its lock) holding the owner's pid, host and a random token.
+so every symlink to a store shares its lock) holding the owner's pid, host, PID namespace, boot id, a
+random token and a generation (how many takeovers the lock has seen).
 
 The lock appears with its content in one step: the content is written to a file of its own, which is
 then hard-linked to the lock's name (``link`` fails when the name exists). A lock is stale — and taken
-over with a warning — when its process is gone (same host) or its heartbeat (the file's mtime, touched
-while the sweep runs) is older than ``STALE_SECONDS`` (another host), so a crashed driver never blocks a
-store forever. A lock without readable content (left by a writer without hard links, or by hand) is
-busy for ``GRACE_SECONDS`` after it was written, stale after that.
+over with a warning — when its process is gone (a pid is proof of death only on the same host, in the
+same PID namespace, in the same boot) or else when its heartbeat (the file's mtime, touched while the
+sweep runs) is older than ``STALE_SECONDS``, so a crashed driver never blocks a store forever. A lock
+without readable content (left by a writer without hard links, or by hand) is busy for ``GRACE_SECONDS``
+after it was written, stale after that.
 
 Taking over is race-free: a process first claims the stale lock — a claim file named after the lock's
 content, made the same exclusive way — and only the holder of the claim replaces that lock by its own
 (one rename), after checking that the lock still holds the content it judged stale.
+
+A lock is a lease: its holder can be paused for minutes (SIGSTOP, swap, a network disk) and wake up
+after another driver took it over. So a holder checks that the lock still holds its token — and that
+the store is still the one it opened — before every write and every heartbeat (:meth:`StoreLock.check`),
+and stops with :class:`LockLost` when it does not.
 """
 
 from __future__ import annotations
@@ -24,17 +31,43 @@ import socket
 import time
 from pathlib import Path
 
-from .errors import LockError
+from .errors import LockError, LockLost
 
-STALE_SECONDS = 600.0
+STALE_SECONDS = 600.0  # a heartbeat older than this: its driver is gone (the driver beats every 1/20 of it)
 GRACE_SECONDS = 5.0
 CLAIM_STALE_SECONDS = 60.0  # a takeover takes milliseconds: a claim this old on another host is dead
 ATTEMPTS = 100
 
 
+def heartbeat_seconds() -> float:
+    """How often a holder touches its lock: 20 beats in the stale age."""
+    return STALE_SECONDS / 20
+
+
 def lock_path(store: str | Path) -> Path:
     p = Path(store).resolve()
     return p.with_name(p.name + ".lock")
+
+
+def _host() -> str:
+    return socket.gethostname()
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _namespace() -> dict:
+    """Where a pid means this process: the PID namespace and the boot (None where the system has no /proc)."""
+    try:
+        pidns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pidns = None
+    return {"pidns": pidns, "boot": _read_text("/proc/sys/kernel/random/boot_id")}
 
 
 def _alive(pid: int) -> bool:
@@ -60,20 +93,30 @@ def _read(path: Path) -> tuple[bytes, dict, float] | None:
             age = time.time() - os.fstat(f.fileno()).st_mtime
     except FileNotFoundError:
         return None
+    return raw, _owner(raw), age
+
+
+def _owner(raw: bytes) -> dict:
+    """The owner a lock file's content names ({} when empty or torn)."""
     try:
         info = json.loads(raw)
     except ValueError:
-        info = {}
+        return {}
     ok = isinstance(info, dict) and isinstance(info.get("pid"), int) and info["pid"] > 0 and "host" in info
-    return raw, info if ok else {}, age
+    return info if ok else {}
 
 
-def _stale(info: dict, age: float, stale_seconds: float = STALE_SECONDS) -> bool:
+def _pid_visible(info: dict) -> bool:
+    """Whether the pid of a lock names a process this one can see: same host, PID namespace and boot."""
+    return info["host"] == _host() and all(info.get(k, "?") == v for k, v in _namespace().items())
+
+
+def _stale(info: dict, age: float, stale_seconds: float | None = None) -> bool:
     if not info:  # no readable owner: being written, unless it has been so for long
         return age > GRACE_SECONDS
-    if info["host"] == socket.gethostname():
+    if _pid_visible(info):
         return not _alive(info["pid"])  # a complete lock naming a dead process: stale at any age
-    return age > stale_seconds
+    return age > (STALE_SECONDS if stale_seconds is None else stale_seconds)  # elsewhere: only the heartbeat
 
 
 def writer(store: str | Path) -> dict | None:
@@ -136,6 +179,7 @@ class StoreLock:
         self.store = self.path.with_name(self.path.name[: -len(".lock")])
         self.taken_over: dict | None = None
         self.info: dict | None = None
+        self.pinned: tuple | None = None  # (device, inode) of the store this lock's holder writes
 
     def __enter__(self):
         return self.acquire()
@@ -147,9 +191,11 @@ class StoreLock:
     def acquire(self):
         me = {
             "pid": os.getpid(),
-            "host": socket.gethostname(),
+            "host": _host(),
             "since": time.strftime("%Y-%m-%d %H:%M:%S"),
             "token": secrets.token_hex(8),
+            "generation": 0,
+            **_namespace(),
         }
         for _ in range(ATTEMPTS):
             if _place(self.path, me):
@@ -161,6 +207,8 @@ class StoreLock:
             raw, info, age = seen
             if not _stale(info, age):
                 raise LockError(self._busy(info, age))
+            gen = info.get("generation")
+            me["generation"] = gen + 1 if isinstance(gen, int) else 1
             if self._take_over(raw, info, age, me):
                 self.info = me
                 return self
@@ -213,16 +261,57 @@ class StoreLock:
             return None
         if "pid" not in t:
             return f"took over the lock of {self.store} from an unreadable lock file (written {t['heartbeat']})"
-        gone = "gone since" if t["host"] == socket.gethostname() else "no heartbeat since"
+        gone = "gone since" if _pid_visible(t) else "no heartbeat since"
         return f"took over the lock of {self.store} from pid {t['pid']} on {t['host']} ({gone} {t['heartbeat']})"
 
+    def pin(self):
+        """Remember the store as it is now (after it was made or opened): :meth:`check` fails once it is
+        deleted or replaced."""
+        st = os.stat(self.store)
+        self.pinned = (st.st_dev, st.st_ino)
+
+    def check(self):
+        """LockLost unless the lock still holds this holder's token and the pinned store is still there."""
+        self._verify(_read(self.path))
+        if self.pinned is not None:
+            try:
+                st = os.stat(self.store)
+                same = (st.st_dev, st.st_ino) == self.pinned and os.path.isfile(self.store / "zarr.json")
+            except OSError:
+                same = False
+            if not same:
+                raise LockLost(
+                    f"{self.store} was deleted or replaced while this run wrote it; nothing more written by this run"
+                )
+
+    def _verify(self, seen):
+        if seen is None:
+            raise LockLost(
+                f"lost the lock on {self.store}: its lock file {self.path} was deleted; the results written "
+                "are safe; nothing more written by this run"
+            )
+        info = seen[1]
+        if self.info is None or info.get("token") != self.info["token"]:
+            who = f"pid {info['pid']} on {info['host']}" if info else "another run"
+            raise LockLost(
+                f"lost the lock on {self.store} to {who}; its results are safe; nothing more written by this run"
+            )
+
     def beat(self):
+        """Refresh the heartbeat of this holder's lock — the very file whose token was checked (LockLost when
+        the lock is no longer its own: never touch another's)."""
         try:
-            os.utime(self.path)
-        except OSError:
-            pass
+            f = open(self.path, "rb")
+        except FileNotFoundError:
+            self._verify(None)
+        with f:
+            raw = f.read()
+            self._verify((raw, _owner(raw), 0.0))
+            os.utime(f.fileno())
+        self.check()
 
     def release(self):
+        self.pinned = None
         try:
             seen = _read(self.path)
             if self.info and seen and seen[1].get("token") == self.info["token"]:

@@ -26,7 +26,7 @@ import numpy as np
 
 from . import kernel, schema, store
 from .errors import ClusterError, LinflowError, RayGone, SpecError, StoreError, StoreWriteError  # noqa: F401
-from .lock import StoreLock
+from .lock import StoreLock, heartbeat_seconds
 from .problem import Problem, build
 from .schema import Status, plain
 from .spec import Spec
@@ -34,7 +34,6 @@ from .task import run_task
 
 # BLAS inside a task stays single-threaded: one task per core is the parallelism
 SINGLE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-HEARTBEAT_SECONDS = 30.0
 # a task's spec and data travel inside the task when this small (Ray inlines arguments under 100 KiB): no
 # object-store copy that Ray's core would try to recover — and die on — when a signal to the whole process
 # group has ended the raylet a moment before this driver
@@ -419,11 +418,13 @@ def run(spec: Spec, out: str | Path, *, address=None, workers=None, progress=Non
         try:
             if not exists:
                 store.create(where, spec, problem, fingerprint)
+                lock.pin()
             else:  # what a driver killed mid-growth left, then the store checked again: it may have changed since
+                lock.pin()
                 store.settle(where)
                 grows = _growth(Path(out), spec, problem, fingerprint)
             if grows:
-                store.grow(where, spec, fingerprint)
+                store.grow(where, spec, fingerprint, lock.check)
                 print(f"linflow: growing {out}: {growth_text(spec, grows)}", file=sys.stderr)
         except OSError as exc:
             raise StoreError("out", f"cannot {'grow' if exists else 'create'} {out}: {exc.strerror or exc}") from None
@@ -431,7 +432,7 @@ def run(spec: Spec, out: str | Path, *, address=None, workers=None, progress=Non
         shape = store.layout(group)[0]
         if shape != spec.shape:  # never computes a grid with another spec's coordinates
             raise StoreError("out", f"{out}'s grid {shape} is not the spec's {spec.shape}")
-        store.recheck(group, out)  # lost or torn chunks of done cells (a partial copy): back to pending
+        store.recheck(group, out, lock.check)  # lost or torn chunks of done cells (a partial copy): back to pending
         work = store.todo(group, retry_failed)
         total = math.prod(shape)
         done = total - sum(int(m.sum()) for _, m in work)
@@ -555,8 +556,8 @@ def _dispatch(spec, problem, group, work, report, lock, address, workers, progre
                 raise RayGone(f"Ray stopped mid-run ({_one_line(exc)})") from None
             if owner and not address:
                 _check_local_ray()
-            if time.monotonic() - last_beat > HEARTBEAT_SECONDS / 2:
-                lock.beat()
+            if time.monotonic() - last_beat > heartbeat_seconds():
+                lock.beat()  # LockLost when another driver took the lock over meanwhile
                 last_beat = time.monotonic()
             if not ready:
                 continue
@@ -575,9 +576,8 @@ def _dispatch(spec, problem, group, work, report, lock, address, workers, progre
             report.kernel_seconds += seconds
             for region, mask, results, errors in computed:
                 try:
-                    store.write_batch(group, region, results, mask)
-                    if errors or "failures" in group.attrs:
-                        store.record_failures(group, region, mask, errors)
+                    store.write_batch(group, region, results, mask, lock.check)
+                    store.record_failures(group, region, mask, errors, lock.check)
                 except OSError as exc:
                     raise StoreWriteError(
                         f"writing {report.path} failed ({exc.strerror or exc}); every batch written before "

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from sweep import store
-from sweep.lock import lock_path
+from sweep.lock import _namespace, lock_path
 
 pytestmark = pytest.mark.slow
 
@@ -161,7 +161,8 @@ def test_stale_lock_of_a_dead_driver_is_taken_over(ray_local, spec, tmp_path, re
     out = tmp_path / "s.zarr"
     dead = subprocess.Popen(["true"])
     dead.wait()
-    lock_path(out).write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename, "since": "earlier"}))
+    owner = {"pid": dead.pid, "host": os.uname().nodename, "since": "earlier", **_namespace()}
+    lock_path(out).write_text(json.dumps(owner))
     r = cli("run", spec, "--out", out, "--quiet")
     assert r.exit_code == 0, r.output
     assert not lock_path(out).exists()

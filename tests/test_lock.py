@@ -18,7 +18,7 @@ import xarray as xr
 from typer.testing import CliRunner
 
 from cli.main import app
-from sweep.lock import GRACE_SECONDS, LockError, StoreLock, lock_path
+from sweep.lock import GRACE_SECONDS, LockError, StoreLock, _namespace, lock_path
 
 pytestmark = pytest.mark.slow
 
@@ -64,6 +64,11 @@ for t in range(trials):
 
 def cli(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def lock_of(pid: int) -> str:
+    """The content of a lock of process ``pid`` of this host, PID namespace and boot."""
+    return json.dumps({"pid": pid, "host": socket.gethostname(), "since": "earlier", **_namespace()})
 
 
 def dead_pid() -> int:
@@ -132,7 +137,7 @@ def test_one_holder_among_processes_acquiring_at_once(tmp_path):
 
 def test_one_process_takes_over_a_stale_lock_that_many_find_at_once(tmp_path):
     def stale(store):
-        lock_path(store).write_text(json.dumps({"pid": dead_pid(), "host": socket.gethostname(), "since": "earlier"}))
+        lock_path(store).write_text(lock_of(dead_pid()))
 
     outcome = contend(tmp_path.resolve(), before=stale)
     assert [(o["holders"], o["took_over"]) for o in outcome] == [(1, 1)] * len(outcome), outcome
@@ -190,7 +195,7 @@ def test_a_live_lock_is_refused_and_kept(tmp_path):
 def test_a_dead_drivers_lock_is_taken_over_with_a_warning(ray_local, tmp_path):
     out = tmp_path / "s.zarr"
     pid = dead_pid()
-    lock_path(out).write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "since": "earlier"}))
+    lock_path(out).write_text(lock_of(pid))
     r = cli("run", *SMALL, "--out", out, "--quiet")
     assert r.exit_code == 0, r.output
     warning = (
