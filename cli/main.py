@@ -416,11 +416,12 @@ def status(
     try:
         if lock:
             lock.acquire()
+            lock.pin()
         damage = store.inspect(group, path, verify=verify, writing=not verify and writer(path) is not None)
         if damage.fixed:
             _fail(f"{path} is damaged: {damage.first()}")
         if damage and verify:
-            store.mark_pending(group, damage)
+            store.mark_pending(group, damage, lock.check)
             typer.echo(
                 f"linflow: warning: {damage.summary()}; marked pending — they will be recomputed "
                 f"(rerun `linflow run … --out {path}`)",

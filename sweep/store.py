@@ -121,7 +121,7 @@ def create(path: str | Path, spec: Spec, problem: Problem, fingerprint: str) -> 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def grow(path: str | Path, spec: Spec, fingerprint: str) -> None:
+def grow(path: str | Path, spec: Spec, fingerprint: str, check=lambda: None) -> None:
     """Grow a store to the axes of ``spec``, each of which extends the store's own (new values after
     the old ones: checked by the caller, :func:`sweep.spec.extension`). The new cells are pending
     (their chunks are missing, or the fill values of an edge chunk); no chunk of a result is written.
@@ -132,7 +132,9 @@ def grow(path: str | Path, spec: Spec, fingerprint: str) -> None:
     (invisible: the root still describes the old shape), then the root's attributes (spec,
     fingerprint) — written without consolidated metadata, which makes readers read the arrays' own,
     now grown — and last the consolidated metadata again. A store killed at any moment shows either
-    the old or the new shape; rerunning the growth finishes it (every step is idempotent)."""
+    the old or the new shape; rerunning the growth finishes it (every step is idempotent). ``check()`` is
+    called before each write (the driver's lock: :meth:`sweep.lock.StoreLock.check`)."""
+    check()
     committed = open_group(path)  # the shape readers see now: new coordinates are written after it
     group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
     shape = spec.shape
@@ -141,13 +143,16 @@ def grow(path: str | Path, spec: Spec, fingerprint: str) -> None:
         if old == n and group[name].shape[0] == n:
             continue  # an axis that does not grow (and whose metadata no earlier attempt grew)
         coord = group[name]
+        check()
         coord.resize((n,))
         step = coord.chunks[0]
         for start in range(old - old % step, n, step):  # whole chunks from the one that holds the first new value
             coord[start : min(start + step, n)] = spec.values(name, slice(start, min(start + step, n)))
     for name in RESULTS:
         arr = group[name]
+        check()
         arr.resize(shape + arr.shape[len(shape) :])
+    check()
     group.update_attributes({"spec": spec.to_yaml(), "fingerprint": fingerprint})  # one write of the root
     settle(path)
 
@@ -351,9 +356,12 @@ def pending_regions(group: zarr.Group) -> list[tuple[slice, ...]]:
     return [r for r, _ in todo(group)]
 
 
-def write_batch(group: zarr.Group, region: tuple[slice, ...], results: dict[str, np.ndarray], mask=None) -> None:
+def write_batch(
+    group: zarr.Group, region: tuple[slice, ...], results: dict[str, np.ndarray], mask=None, check=lambda: None
+) -> None:
     """Write one batch as whole chunks, ``status`` last. With ``mask``, only the masked cells take
-    the new values; the rest of the chunk is read back and rewritten unchanged."""
+    the new values; the rest of the chunk is read back and rewritten unchanged. ``check()`` is called
+    before each variable is written (the driver's lock: :meth:`sweep.lock.StoreLock.check`)."""
     partial = mask is not None and not np.all(mask)
     for name in [n for n in RESULTS if n != "status"] + ["status"]:
         values = results[name]
@@ -361,6 +369,7 @@ def write_batch(group: zarr.Group, region: tuple[slice, ...], results: dict[str,
         if partial:
             values = arr[region]
             values[mask] = results[name][mask]
+        check()
         arr[region] = values
 
 
@@ -388,17 +397,22 @@ def failures(group: zarr.Group, path=None) -> list[dict]:
     return out
 
 
-def record_failures(group: zarr.Group, region, mask, errors: list[tuple[dict, str]]) -> None:
-    """Replace the recorded errors of the cells just computed (``mask`` in ``region``) by ``errors``."""
-    names = list(group["status"].metadata.dimension_names)
-    coords = {n: group[n][...] for n in names}
+def record_failures(group: zarr.Group, region, mask, errors: list[tuple[dict, str]], check=lambda: None) -> None:
+    """Replace the recorded errors of the cells just computed (``mask`` in ``region``) by ``errors``. The root's
+    attributes are read anew, merged and written in one step — never through ``group``, a handle that may
+    have been opened before the last write of them (a growth). ``check()`` is called before the write."""
+    root = zarr.open_group(group.store, path=group.path, mode="r+")
+    if not errors and "failures" not in root.attrs:
+        return
+    names = list(root["status"].metadata.dimension_names)
+    coords = {n: root[n][...] for n in names}
     done = set()
     for idx in zip(*np.nonzero(mask)):
         done.add(tuple(plain(coords[n][s.start + i]) for n, s, i in zip(names, region, idx)))
-    kept = [f for f in failures(group) if tuple(f["cell"][n] for n in names) not in done]
+    kept = [f for f in failures(root) if tuple(f["cell"][n] for n in names) not in done]
     kept += [{"cell": cell, "error": error} for cell, error in errors]
-    if kept or "failures" in group.attrs:
-        group.attrs["failures"] = json.dumps(kept[-MAX_FAILURES:])
+    check()
+    root.update_attributes({"failures": json.dumps(kept[-MAX_FAILURES:])})
 
 
 MAX_FAILURES = 1000
@@ -603,7 +617,7 @@ def summary(group: zarr.Group, path: str | Path, damage: Damage) -> Summary:
     )
 
 
-def mark_pending(group: zarr.Group, damage: Damage) -> None:
+def mark_pending(group: zarr.Group, damage: Damage, check=lambda: None) -> None:
     """Make the cells of every damaged chunk pending, as a batch never written is: ``status`` first,
     then the chunks of every variable there are deleted (they read as fill values), and their
     recorded failures dropped. A rerun recomputes them whole."""
@@ -611,18 +625,18 @@ def mark_pending(group: zarr.Group, damage: Damage) -> None:
     for corner, (r, _) in damage.regions.items():
         for name in ["status"] + [n for n in RESULTS if n != "status"]:
             arr = group[name]
+            check()
             (root / arr.path / _keys(arr, [corner])[0]).unlink(missing_ok=True)
-        if "failures" in group.attrs:
-            record_failures(group, r, np.ones([s.stop - s.start for s in r], bool), [])
+        record_failures(group, r, np.ones([s.stop - s.start for s in r], bool), [], check)
     damage.status = read_status(group)[0]
 
 
-def recheck(group: zarr.Group, path: str | Path) -> Damage:
+def recheck(group: zarr.Group, path: str | Path, check=lambda: None) -> Damage:
     """On resume, cheaply (a listing, and decoding only files of suspicious size): mark the cells of
     lost or torn chunks pending, and say how many (one line on stderr)."""
     damage = inspect(group, path)
     if damage:
-        mark_pending(group, damage)
+        mark_pending(group, damage, check)
     if damage.cells:
         print(f"linflow: warning: {damage.summary()}; marked pending — they will be recomputed", file=sys.stderr)
     return damage
