@@ -54,12 +54,13 @@ def reap(proc):
             pass
 
 
-def fault_env(*, fail_seed=None, kill_worker=None, slow_batch=None) -> dict[str, str]:
+def fault_env(*, fail_seed=None, kill_worker=None, slow_batch=None, stale_seconds=None, host=None) -> dict[str, str]:
     """Environment variables that make the workers of a run started with them (a `linflow run`
     subprocess, or a local Ray instance started by this process) fail the cells of seed
     ``fail_seed``, kill one worker once after it computed its batch (``kill_worker``: the marker
-    file), or take ``slow_batch`` seconds at least a batch. PYTHONPATH puts this folder first, so that
-    every Python process loads its sitecustomize."""
+    file), or take ``slow_batch`` seconds at least a batch; and its driver judge a lock stale after
+    ``stale_seconds`` without a heartbeat, and take itself to run on ``host``. PYTHONPATH puts this
+    folder first, so that every Python process loads its sitecustomize."""
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(FOLDER), os.environ.get("PYTHONPATH")]))}
     if fail_seed is not None:
         env["LINFLOW_TEST_FAIL_SEED"] = str(fail_seed)
@@ -67,4 +68,8 @@ def fault_env(*, fail_seed=None, kill_worker=None, slow_batch=None) -> dict[str,
         env["LINFLOW_TEST_KILL_WORKER"] = str(kill_worker)
     if slow_batch is not None:
         env["LINFLOW_TEST_SLOW_BATCH"] = str(slow_batch)  # seconds each batch takes at least
+    if stale_seconds is not None:
+        env["LINFLOW_TEST_STALE_SECONDS"] = str(stale_seconds)
+    if host is not None:
+        env["LINFLOW_TEST_HOSTNAME"] = host
     return env

@@ -25,6 +25,13 @@ start of the process (every file: metadata, coordinates, chunks):
 * LINFLOW_TEST_WRITE_LOG=FILE — each write appends the path of its target to FILE (one a line, the
   K-th too), so that a test can count the writes of a whole run and see what each one was.
 
+and, when ``sweep.lock`` is imported (in every process: the lock is taken by the driver only):
+
+* LINFLOW_TEST_STALE_SECONDS=S — a lock whose heartbeat is older than S seconds is stale (the driver
+  beats every S/20): a driver frozen for a few seconds loses its lock to another.
+* LINFLOW_TEST_HOSTNAME=NAME — the driver takes itself to run on host NAME (its pid proves nothing to
+  a driver of this host, nor theirs to it): a second driver "on another host", on one machine.
+
 Without any of these variables nothing is wrapped."""
 
 import contextlib
@@ -39,6 +46,8 @@ KILL_MARKER = os.environ.get("LINFLOW_TEST_KILL_WORKER")
 KILL_AT_WRITE = int(os.environ.get("LINFLOW_TEST_KILL_AT_WRITE") or 0)
 WRITE_LOG = os.environ.get("LINFLOW_TEST_WRITE_LOG")
 SLOW_BATCH = float(os.environ.get("LINFLOW_TEST_SLOW_BATCH") or 0)
+STALE_SECONDS = float(os.environ.get("LINFLOW_TEST_STALE_SECONDS") or 0)
+HOSTNAME = os.environ.get("LINFLOW_TEST_HOSTNAME")
 
 
 def _wrap_batch(module):
@@ -107,9 +116,20 @@ def _wrap_local_store(module):
     module._atomic_write = counted_atomic_write
 
 
+def _wrap_lock(module):
+    if STALE_SECONDS:
+        module.STALE_SECONDS = STALE_SECONDS
+    if HOSTNAME:
+        import types
+
+        module.socket = types.SimpleNamespace(gethostname=lambda: HOSTNAME)  # the module's only use of socket
+
+
 WRAPS = {}
 if FAIL_SEED is not None or KILL_MARKER or SLOW_BATCH:
     WRAPS["sweep.batch"] = _wrap_batch
+if STALE_SECONDS or HOSTNAME:
+    WRAPS["sweep.lock"] = _wrap_lock
 if KILL_AT_WRITE or WRITE_LOG:
     WRAPS["zarr.storage._local"] = _wrap_local_store
 
