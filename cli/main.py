@@ -289,7 +289,7 @@ def _sweep(s: specs.Spec, out: Path, quiet: bool, **kw) -> runner.Report:
     resume = RESUME.format(out)
     # each way a run ends says so in one line, and leaves no lock (runner.run releases it on the way out)
     alone = _stderr_is_fd2()  # a process of its own (not a test runner calling this function)
-    with _stopped_by_signals() as stopped, _ray_logs_off_stderr():
+    with _stopped_by_signals() as stopped, _ray_output_aside():
         try:
             return runner.run(s, out, progress=bar.update if bar else None, **kw)
         except KeyboardInterrupt:  # Ray's calls turn any KeyboardInterrupt into a plain one: `stopped` says which
@@ -366,17 +366,23 @@ def _stderr_is_fd2() -> bool:
 
 
 @contextmanager
-def _ray_logs_off_stderr():
+def _ray_output_aside():
     """Ray's C++ core, in this process, writes its errors to file descriptor 2 as well as to its session's
     log files (python-core-driver-*.log): point descriptor 2 at /dev/null while Ray runs, and keep
     sys.stderr (our one-line messages, the progress bar) on the real stderr through a copy of it.
+    Ray also prints what its raylet says when it dies (its last log lines, which its session's raylet.out
+    holds) to stdout: descriptor 1 points at /dev/null meanwhile too, so that stdout carries linflow's own
+    output only (--json: the JSON) and stderr its one line.
     Only when sys.stderr is descriptor 2 (not under a test runner that captures it)."""
     if not _stderr_is_fd2():
         yield
         return
     sys.stderr.flush()
+    sys.stdout.flush()
     real = os.dup(2)
+    out = os.dup(1)
     null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
     os.dup2(null, 2)
     os.close(null)
     previous = sys.stderr
@@ -393,6 +399,9 @@ def _ray_logs_off_stderr():
     finally:
         copy.close()
         sys.stderr = previous
+        sys.stdout.flush()
+        os.dup2(out, 1)
+        os.close(out)
         os.dup2(real, 2)
         os.close(real)
 

@@ -210,17 +210,18 @@ def crashing_batch() -> np.ndarray:
 @pytest.mark.slow
 def test_dead_raylet_stops_the_run_in_one_line_and_the_store_resumes(ray_local, spec, tmp_path, reference):
     out = tmp_path / "s.zarr"
-    proc = start(["run", spec, "--out", out, "--quiet", "--workers", "2"])
+    proc = start(["run", spec, "--out", out, "--json", "--workers", "2"])
     try:
         wait_for(lambda: batches_written(out, reference.status.size))
         raylet = next(pid for pid, name in session(proc).items() if name == "raylet")
         os.kill(raylet, signal.SIGKILL)
         killed = time.monotonic()
-        _, err = proc.communicate(timeout=120)
+        stdout, err = proc.communicate(timeout=120)
         took = time.monotonic() - killed
     finally:
         reap(proc)
     assert proc.returncode == 1, err
+    assert stdout == ""  # --json: stdout carries the JSON only (none here); never Ray's raylet dump
     assert "Ray stopped mid-run" in one_line(err) and "raylet" in err and "rerun the same command" in err
     assert took < 10  # before Ray's own core ends the driver (some 15 s on), with the lock held
     assert not lock_path(out).exists()
