@@ -3,6 +3,7 @@ another and, woken, writes nothing more; a live driver in another PID namespace 
 a store deleted or replaced under a running driver stops it. Every store ends as a clean run leaves it."""
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import xarray as xr
 from faults import LINFLOW, fault_env, reap, start
@@ -17,7 +19,10 @@ from reference import assert_identical
 
 from sweep import runner, store
 from sweep import spec as specs
-from sweep.lock import lock_path
+from sweep.errors import LockLost
+from sweep.lock import StoreLock, lock_path
+from sweep.problem import build
+from sweep.schema import plain
 
 pytestmark = pytest.mark.slow
 
@@ -172,3 +177,42 @@ def test_a_store_deleted_or_replaced_under_a_running_driver_stops_it(tmp_path, h
     else:
         assert digest(out) == before  # the store in its place untouched
     assert not lock_path(out).exists()  # its own lock released
+
+
+def test_failures_are_recorded_on_the_store_as_it_is_now_not_through_a_handle_opened_before_a_growth(tmp_path):
+    out = tmp_path / "s.zarr"
+    small = specs.parse({"problem": {"m": 10, "dx": 3}, "axes": {"depth": [1], "seed": [0, 1]}, "batch": 2})
+    problem = build(small.problem)
+    store.create(out, small, problem, small.fingerprint(problem.digest()))
+    before = store.open_group(out, mode="r+")  # the driver's handle, opened before the growth
+    grown = specs.parse({**small.to_dict(), "axes": {**small.to_dict()["axes"], "seed": [0, 1, 2, 3]}})
+    store.grow(out, grown, grown.fingerprint(problem.digest()))
+    region = tuple(slice(0, n) for n in small.shape)
+    cell = {name: plain(small.values(name)[0]) for name in small.axes}
+    store.record_failures(before, region, np.ones(small.shape, bool), [(cell, "boom")])
+    now = store.open_group(out)
+    assert store.layout(now)[0] == grown.shape and specs.parse(store.stored_spec(now)) == grown
+    assert now.attrs["fingerprint"] == grown.fingerprint(problem.digest())
+    assert [f["error"] for f in store.failures(now)] == ["boom"]
+    assert xr.open_zarr(out).sizes["seed"] == 4
+
+
+def test_a_heartbeat_never_touches_a_lock_that_is_no_longer_its_own(tmp_path):
+    out = tmp_path / "s.zarr"
+    mine = StoreLock(out)
+    mine.acquire()
+    theirs = json.dumps({"pid": 1, "host": "elsewhere", "since": "now", "token": "0" * 16})
+    lock_path(out).write_text(theirs)  # taken over while this holder slept
+    os.utime(lock_path(out), (1.0, 1.0))
+    with pytest.raises(LockLost, match="lost the lock on .* to pid 1 on elsewhere; its results are safe"):
+        mine.beat()
+    with pytest.raises(LockLost):
+        mine.check()
+    assert lock_path(out).stat().st_mtime == 1.0 and lock_path(out).read_text() == theirs
+    mine.release()  # only ever its own
+    assert lock_path(out).read_text() == theirs
+    lock_path(out).unlink()
+    mine.acquire()
+    lock_path(out).unlink()
+    with pytest.raises(LockLost, match="its lock file .* was deleted"):
+        mine.beat()
