@@ -7,6 +7,7 @@ A batch is one Zarr chunk of the dataset: a hyper-rectangle of cells with a sing
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
@@ -71,17 +72,19 @@ def loss_floor(problem: Problem, rank: int) -> float:
 
 def run_batch(spec: Spec, problem: Problem, region: tuple[slice, ...], mask=None) -> dict[str, np.ndarray]:
     """Integrate the cells of ``region`` (those where ``mask``, shaped like the region, is true;
-    default all); returns the dataset variables shaped like the region (plus trailing checkpoint /
-    out / in dims) — cells outside the mask hold their pending fill values."""
+    default all); returns every variable of the result schema shaped like the region (plus trailing
+    checkpoint / out / in dims) — cells outside the mask, and variables a model does not compute, hold
+    their pending fill values."""
     shape = tuple(s.stop - s.start for s in region)
     c = cells(spec, region)
-    if mask is None or np.all(mask):
-        return {k: v.reshape(shape + v.shape[1:]) for k, v in _compute(spec, problem, c).items()}
     out = empty_results(spec, problem, shape)
-    keep = np.flatnonzero(np.asarray(mask).ravel())
-    if len(keep):
-        for name, values in _compute(spec, problem, {k: v[keep] for k, v in c.items()}).items():
-            out[name].reshape((-1,) + values.shape[1:])[keep] = values
+    keep = np.flatnonzero(np.ones(shape, bool) if mask is None else np.asarray(mask).ravel())
+    if len(keep) == math.prod(shape):
+        computed = _compute(spec, problem, c)
+    else:
+        computed = _compute(spec, problem, {k: v[keep] for k, v in c.items()}) if len(keep) else {}
+    for name, values in computed.items():
+        out[name].reshape((-1,) + values.shape[1:])[keep] = values
     return out
 
 

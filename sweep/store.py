@@ -250,6 +250,13 @@ def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
         raise StoreError("out", f"{path} is a Zarr store but not a linflow store (no fingerprint/status)")
     if not isinstance(status, zarr.Array) or status.ndim < 1 or status.dtype != np.int8:
         raise StoreDamaged(path, f"its status is not a grid of int8 codes ({Path(path) / 'zarr.json'})")
+    missing = [name for name in RESULTS if name not in group]
+    if missing:
+        raise StoreError(
+            "out",
+            f"{path} has no {', '.join(missing)} (results this linflow stores): it was made by another "
+            "version of linflow — run the sweep into a new store",
+        )
     failures(group, path)
     return group
 

@@ -71,3 +71,35 @@ def test_adding_a_variable_is_one_line(monkeypatch, tmp_path):
     assert ds.probe.dims == (*s.axes, "checkpoint") and ds.probe.dtype == np.float32
     assert np.all(ds.probe.values == -1.0) and ds.probe.attrs["units"] == "units"
     assert batch.empty_results(s, p, (2,))["probe"].shape == (2, 5)
+
+
+@pytest.mark.parametrize("model", ["layerwise", "induced", "exact"])
+def test_a_variable_added_to_the_schema_alone_is_in_every_batch_at_its_fill(monkeypatch, model):
+    raw = {**RAW, "model": model, "problem": {"dx": 4, "dy": 1}} if model == "exact" else {**RAW, "model": model}
+    s = specs.parse(raw)
+    p = problem.build(s.problem)
+    extra = schema.Variable("a variable no model computes yet", ("checkpoint",), "f8", -1.0)
+    monkeypatch.setitem(RESULTS, "extra", extra)
+    region = batch.regions(s.shape, batch.chunk_shape(s.shape, tuple(s.axes), s.batch))[0]
+    n = tuple(r.stop - r.start for r in region)
+    for mask in (None, np.arange(int(np.prod(n))).reshape(n) % 2 == 0):
+        out = batch.run_batch(s, p, region, mask)
+        assert set(out) == set(RESULTS)
+        assert out["extra"].shape == n + (s.checkpoints.count,) and (out["extra"] == -1.0).all()
+
+
+def test_a_store_without_one_of_the_results_is_refused_in_one_line(tmp_path):
+    import shutil
+
+    import zarr
+
+    s = specs.parse(RAW)
+    p = problem.build(s.problem)
+    path = tmp_path / "s.zarr"
+    store.create(path, s, p, s.fingerprint(p.digest()))
+    shutil.rmtree(path / "imbalance_drift")  # as a store of a linflow before that variable would be
+    with pytest.warns(UserWarning, match="Consolidated metadata"):
+        zarr.consolidate_metadata(str(path))
+    with pytest.raises(store.StoreError, match=r"has no imbalance_drift \(results this linflow stores\)") as e:
+        store.open_group(path)
+    assert "\n" not in str(e.value)
