@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -83,8 +85,21 @@ def _message(exc: LinflowError) -> str:
 
 
 def _fail(message: str, code: int = 2, kind: str = "error: "):
-    typer.echo(f"linflow: {kind}{message}", err=True)
+    typer.echo(f"linflow: {kind}{_printable(message)}", err=True)  # it may quote a store's text
     sys.exit(code)
+
+
+# a terminal's escape sequences: CSI (ESC [ or C1 CSI, … final byte), OSC (ESC ] or C1 OSC, … BEL or ESC \),
+# and ESC with one byte
+_ESCAPES = re.compile(r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*[\x07\x9c]?|\x1b[ -~]?")
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1
+
+
+def _printable(text) -> str:
+    """Text read from a store (a recorded error, a spec key, a dimension's name) as it is safe to print: without
+    escape sequences and control characters (which could clear the screen, retitle the terminal or hide
+    what follows), its line breaks and tabs as spaces."""
+    return _CONTROLS.sub(lambda m: " " if m.group() in "\t\n\r" else "", _ESCAPES.sub("", str(text)))
 
 
 D = specs.DEFAULTS  # the spec models' defaults, quoted in the help
@@ -280,9 +295,10 @@ def run(
         )
 
 
-def _sweep(s: specs.Spec, out: Path, quiet: bool, **kw) -> runner.Report:
+def _sweep(s: specs.Spec, out: Path, quiet: bool, refused=_message, **kw) -> runner.Report:
     """runner.run with a progress bar, and each way a run can end in one line (exit codes: 2 refused before
-    anything ran, 1 stopped by the store or Ray, 128 + N by signal N — the store keeps every batch)."""
+    anything ran — ``refused`` says why, in the command's words —, 1 stopped by the store or Ray, 128 + N by
+    signal N — the store keeps every batch)."""
     # runner.run checks the data, the store, the lock and the cluster before it writes or starts
     # anything; the progress bar appears with the first stored batch, so such errors print alone
     bar = None if quiet else _ProgressBar()
@@ -307,7 +323,7 @@ def _sweep(s: specs.Spec, out: Path, quiet: bool, **kw) -> runner.Report:
         except runner.RayGone as exc:
             _fail(f"{exc}; {resume}", 1)
         except LinflowError as exc:
-            _fail(_message(exc))
+            _fail(refused(exc))
         finally:
             if bar:
                 bar.stop()
@@ -446,19 +462,20 @@ def status(
     if as_json:
         typer.echo(json.dumps(info.as_dict(verify)))
         return
-    typer.echo(f"{path}  (fingerprint {info.fingerprint}, linflow {info.version})")
+    typer.echo(_printable(f"{path}  (fingerprint {info.fingerprint}, linflow {info.version})"))
     typer.echo(
-        "grid: " + " × ".join(f"{d} {n}" for d, n in zip(info.dims, info.shape)) + f" = {sum(counts.values())} cells"
+        _printable("grid: " + " × ".join(f"{d} {n}" for d, n in zip(info.dims, info.shape)))
+        + f" = {sum(counts.values())} cells"
     )
     _print_counts(counts)
     failed = info.failures
     for f in failed[:20]:
-        typer.echo(f"  failed {f['cell']}: {f['error']}")
+        typer.echo(_printable(f"  failed {f['cell']}: {f['error']}"))
     if len(failed) > 20:
         typer.echo(f"  … and {len(failed) - 20} more failed cells")
     if damage.chunks and not verify:
         typer.echo(
-            f"damaged: {damage.first()}; counted as pending above — `linflow status --verify {path}` "
+            f"damaged: {_printable(damage.first())}; counted as pending above — `linflow status --verify {path}` "
             "marks them pending (a rerun does too)"
         )
     if info.pending_batches:
@@ -535,8 +552,11 @@ def refine(
         problem = build(s.problem)
     except LinflowError as exc:
         _fail(_message(exc))
+    seen = group.attrs["fingerprint"]  # the sweep the store holds: as refine found it, then as each round left it
     for round_ in range(1000):
-        _sweep(s, path, quiet, address=address, workers=workers)  # round 0: finishes what the store lacks
+        refused = partial(_refine_refused, path, seen)
+        _sweep(s, path, quiet, refused, address=address, workers=workers)  # round 0: finishes what the store lacks
+        seen = s.fingerprint(problem.digest())
         result = rf.fits(_load(store.open_group(path), path), fit)
         seeds = axes["seed"] = len(s.axes["seed"])
         typer.echo(
@@ -570,6 +590,23 @@ def refine(
             runner.check_memory(s, problem)
         except SpecError as exc:
             _fail(f"the next round ({more} seeds) is beyond linflow's limits ({exc}); {widest}", 1, "refine stopped: ")
+
+
+def _refine_refused(path: Path, seen: str, exc: LinflowError) -> str:
+    """A refine round refused by runner.run, in refine's words (it has PATH, neither a spec nor --out): a store
+    that no longer holds the sweep ``seen`` (its fingerprint) was grown or replaced by another run meanwhile."""
+    if exc.field != "out":
+        return _message(exc)
+    try:
+        now = store.open_group(path).attrs["fingerprint"]
+    except (LinflowError, OSError):
+        now = None
+    if now != seen:
+        return (
+            f"PATH: {path} changed while refine ran (another run grew or replaced it); "
+            "run refine again to continue from what it holds"
+        )
+    return f"PATH: {exc.problem}"
 
 
 @app.command()

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import yaml
 from pydantic import (
+    AfterValidator,
     AllowInfNan,
     BaseModel,
     BeforeValidator,
@@ -95,12 +96,24 @@ def _whole(value):
     return value
 
 
+def _positive_zero(value: float) -> float:
+    """−0.0 as 0.0: the same number is the same spec, stored coordinate and fingerprint however it was written."""
+    return 0.0 if value == 0 else value
+
+
 def _int(lo: int | None = None, hi: int | None = MAX_INT):
     return Annotated[int, Strict(), Field(ge=lo, le=hi), BeforeValidator(_whole)]
 
 
 def _float(gt: float | None = None, ge: float | None = None, le: float | None = None):
-    return Annotated[float, Strict(), AllowInfNan(False), Field(gt=gt, ge=ge, le=le), BeforeValidator(_plain)]
+    return Annotated[
+        float,
+        Strict(),
+        AllowInfNan(False),
+        Field(gt=gt, ge=ge, le=le),
+        BeforeValidator(_plain),
+        AfterValidator(_positive_zero),
+    ]
 
 
 AnyInt = _int(-MAX_INT)
@@ -249,6 +262,14 @@ def _axis_plain(value):
     return _range_dict(value) if isinstance(value, range) else list(value)
 
 
+def _range_text(value, name):
+    """An integer axis written 'a:b' or 'a:b:s' (``seed: 1:20`` in YAML) as the range its flag reads (``--seed
+    1:20``: :func:`parse_list`); any other value as it is."""
+    if isinstance(value, str) and ":" in value and name in AXES and name not in FLOAT_AXES:
+        return parse_list(value, f"axes.{name}", int)
+    return value
+
+
 def _axis(element):
     """An axis of ``element`` values: a list (or one value), or a range {start, stop, step} of integers —
     kept a ``range`` (its values are built only where needed, :func:`axis_values`), checked at its ends."""
@@ -276,7 +297,12 @@ def _axis(element):
         try:
             out = values.validate_python(tuple(value))
         except ValidationError as exc:
-            raise _spec_error(exc, field) from None
+            error, bad = _spec_error(exc, field), exc.errors()[0]["input"]
+            if isinstance(bad, str) and ":" in bad and name not in FLOAT_AXES:  # seed: [1:20] (YAML 1.1 read 80)
+                error = SpecError(
+                    error.field, f"{error.problem}; a range is a whole axis, without brackets: {name}: a:b"
+                )
+            raise error from None
         if len(set(out)) != len(out):
             seen = set()
             dup = next(v for v in out if v in seen or seen.add(v))
@@ -306,9 +332,11 @@ class Axes(_Record):
     @model_validator(mode="before")
     @classmethod
     def _bounded(cls, raw):
-        """At most MAX_CELLS cells, counted before any axis is built."""
+        """At most MAX_CELLS cells, counted before any axis is built. An integer axis written as its flag takes
+        it, 'a:b' or 'a:b:s' (``seed: 0:100``), is that range (:func:`parse_list`)."""
         if not isinstance(raw, dict):
             return raw
+        raw = {k: _range_text(v, k) for k, v in raw.items()}
         given = {**{k: cls.model_fields[k].default for k in REQUIRED_AXES}, **raw}
         lengths = {k: _axis_length(given[k], f"axes.{k}") for k in AXES if k in given}
         cells = math.prod(lengths.values())
@@ -429,7 +457,7 @@ class Spec(BaseModel):
         }
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False)
 
     def fingerprint(self, data_digest: str = "") -> str:
         """Hash of what determines the numbers: the spec without execution settings (``batch``),
@@ -666,28 +694,82 @@ def json_schema() -> dict:
     return Spec.model_json_schema()
 
 
+# YAML 1.2's core schema (yaml.org/spec/1.2.2, 10.3.2): the plain scalars that are not strings, and their values.
+# Not YAML 1.1's: no base 60 (1:20 was 80), no yes/no/on/off, 010 is ten, 1e3 a number.
+CORE_SCHEMA = {
+    "null": (r"~|null|Null|NULL|", lambda text: None),
+    "bool": (r"true|True|TRUE|false|False|FALSE", lambda text: text.lower() == "true"),
+    "int": (r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+", lambda text: int(text, 0 if text[1:2] in ("o", "x") else 10)),
+    "float": (
+        r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)",
+        lambda text: float(text.replace(".", "") if text.lower().lstrip("+-") in (".inf", ".nan") else text),
+    ),
+}
+
+
+def _core_constructor(name: str, pattern: re.Pattern, convert):
+    """The value of a scalar of type ``name`` of the core schema, also under an explicit tag (``!!int 1:20``)."""
+
+    def construct(loader, node):
+        text = loader.construct_scalar(node)
+        if not pattern.match(text):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{_show(text)} is not a YAML 1.2 {name}", node.start_mark
+            )
+        try:
+            return convert(text)
+        except ValueError:  # an integer of more digits than Python converts (4,300)
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {len(text):,} digits", node.start_mark
+            ) from None
+
+    return construct
+
+
 class _BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with bounded nesting (its composer recurses: 20,000 levels raise
-    RecursionError) and a bounded size with aliases expanded (a few hundred bytes of nested aliases
-    stand for billions of nodes)."""
+    """PyYAML's safe loader, reading YAML 1.2's core schema (:data:`CORE_SCHEMA`), refusing a key given twice in
+    one mapping (YAML 1.1's loader keeps the last), with bounded nesting (its composer recurses: 20,000
+    levels raise RecursionError) and a bounded size with aliases expanded (a few hundred bytes of nested
+    aliases stand for billions of nodes)."""
+
+    yaml_implicit_resolvers = {}  # not YAML 1.1's (inherited): the core schema's, added below
 
     def __init__(self, stream):
         super().__init__(stream)
-        self._depth = 0
+        self._keys = []  # where the node being composed is: the keys and list positions above it
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             return super().compose_node(parent, index)
-        self._depth += 1
-        if self._depth > MAX_YAML_DEPTH:
+        if len(self._keys) >= MAX_YAML_DEPTH:
             mark = self.peek_event().start_mark
             raise SpecError(
                 "spec", f"nested deeper than {MAX_YAML_DEPTH} levels at line {mark.line + 1}, column {mark.column + 1}"
             )
+        # index: the key of a mapping's value or the position of a list's item (None: a key itself)
+        self._keys.append(
+            index.value if isinstance(index, yaml.ScalarNode) else index if isinstance(index, int) else None
+        )
         try:
             return super().compose_node(parent, index)
         finally:
-            self._depth -= 1
+            self._keys.pop()
+
+    def compose_mapping_node(self, anchor):
+        node = super().compose_mapping_node(anchor)
+        lines = {}  # (tag, text) of each key → its line
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                continue  # not a key of a spec (refused when constructed: unhashable)
+            line = key.start_mark.line + 1
+            if (key.tag, key.value) in lines:
+                where = _path([k for k in self._keys if k is not None] + [key.value])
+                where = where if len(where) <= 60 else where[:57] + "..."
+                first = lines[key.tag, key.value]
+                on = f"twice on line {line}" if first == line else f"lines {first} and {line}"
+                raise yaml.composer.ComposerError(None, None, f"duplicate key {where} ({on})", None)
+            lines[key.tag, key.value] = line
+        return node
 
     def compose_document(self):
         node = super().compose_document()
@@ -712,8 +794,22 @@ class _BoundedLoader(yaml.SafeLoader):
         return node
 
 
+class _Dumper(yaml.SafeDumper):
+    """yaml.safe_dump's YAML, with the strings also quoted that YAML 1.2 reads as another type ('1e3', '0o17'):
+    read back the same by :func:`read_yaml` (1.2) and by yaml.safe_load (1.1: readers of a store's spec)."""
+
+
+for _name, (_pattern, _convert) in CORE_SCHEMA.items():
+    _tag, _regexp = f"tag:yaml.org,2002:{_name}", re.compile(f"(?:{_pattern})\\Z")
+    _BoundedLoader.add_implicit_resolver(_tag, _regexp, None)  # in this order: 10 is an int, not a float
+    _BoundedLoader.add_constructor(_tag, _core_constructor(_name, _regexp, _convert))
+    _Dumper.add_implicit_resolver(_tag, _regexp, None)  # after YAML 1.1's own
+_BoundedLoader.add_implicit_resolver("tag:yaml.org,2002:merge", re.compile(r"<<\Z"), ["<"])  # <<: *defaults
+
+
 def read_yaml(p: Path):
-    """The YAML document in file ``p``, checked to be bounded (size, nesting, aliases) and UTF-8."""
+    """The YAML document in file ``p`` as YAML 1.2 reads it (its core schema, each key once in a mapping), checked
+    to be bounded (size, nesting, aliases) and UTF-8."""
     if p.is_dir():
         raise SpecError("spec", f"{p} is a folder, not a YAML file")
     if not p.is_file():

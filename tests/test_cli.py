@@ -473,3 +473,48 @@ def test_run_on_a_data_file(ray_local, tmp_path):
     s = np.linalg.svd(ds.target.values, compute_uv=False)  # width 2 = dy: full rank, L* the residual
     assert np.allclose(ds.loss - ds.excess_loss, 0.5 * (np.sum(y**2) - np.sum(s**2)), rtol=1e-12)
     assert np.all(ds.status.values == 1)
+
+
+# a sweep of a few tiny cells (rk4, 100 steps, 5 checkpoints; dy = 1, so that init_angle can be an axis)
+TINY = [
+    *("--depth", "1", "--width", "2", "--init-norm", "0.5", "--seed", "0:2", "--m", "10", "--dx", "3"),
+    *("--method", "rk4", "--step", "0.01", "--horizon", "1", "--checkpoints", "5"),
+]
+
+
+def test_status_prints_no_terminal_escapes_from_a_store(ray_local, tmp_path):
+    out = tmp_path / "s.zarr"
+    assert cli("run", *TINY, "--out", out, "--quiet").exit_code == 0
+    cell = {"depth": 1, "width": 2, "init_norm": 0.5, "seed": "\x1b[31m0"}
+    hostile = "\x1b[2J\x1b]0;pwned\x07boom\x9b6n\nnext line\x7f\x00"
+    zarr.open_group(str(out), mode="r+").attrs["failures"] = json.dumps([{"cell": cell, "error": hostile}])
+    r = cli("status", out)
+    assert r.exit_code == 0, r.output
+    assert not any(c in r.output for c in "\x1b\x07\x9b\x7f\x00"), repr(r.output)
+    assert "boom" in r.output and "pwned" not in r.output
+    assert [line for line in r.stdout.splitlines() if "boom" in line][0].endswith("boom next line")  # one line
+
+
+def test_negative_zero_is_the_stored_zero(ray_local, tmp_path):
+    out = tmp_path / "a.zarr"
+    assert cli("run", *TINY, "--init-angle", "0.0", "--out", out, "--quiet").exit_code == 0
+    r = cli("run", "--init-angle=-0.0,1.0", "--out", out, "--quiet")  # grows by the angle 1.0 only
+    assert r.exit_code == 0 and "2 cells computed" in r.stdout, r.output
+    angles = xr.open_zarr(out).init_angle.values
+    assert list(angles) == [0.0, 1.0] and not np.signbit(angles[0])
+    assert not np.signbit(store.stored_spec(out)["axes"]["init_angle"][0])
+    r = cli("run", "--init-angle", "0.0,1.0", "--out", out, "--quiet")  # the same sweep: nothing to compute
+    assert r.exit_code == 0 and "0 cells computed" in r.stdout, r.output
+
+
+def test_a_yaml_seed_range_runs_as_its_flag_does(ray_local, tmp_path):
+    spec = tmp_path / "r.yaml"
+    spec.write_text(
+        "problem: {m: 10, dx: 3}\naxes: {depth: [1], width: [2], init_norm: [0.5], seed: 1:20}\n"
+        "integrator: {method: rk4, step: 0.01}\nhorizon: 1.0\ncheckpoints: {count: 5}\n"
+    )
+    r = cli("run", spec, "--out", tmp_path / "r.zarr", "--quiet")
+    assert r.exit_code == 0 and "19 cells computed" in r.stdout, r.output  # YAML 1.1 read seed 1:20 as 80
+    assert list(xr.open_zarr(tmp_path / "r.zarr").seed.values) == list(range(1, 20))
+    flags = cli("run", *TINY, "--seed", "1:20", "--out", tmp_path / "r.zarr", "--quiet")  # the same sweep
+    assert flags.exit_code == 0 and "0 cells computed" in flags.stdout, flags.output

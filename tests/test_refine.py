@@ -155,3 +155,28 @@ def test_refine_stops_at_once_when_no_run_converges(ray_local, tmp_path):
     r = cli("refine", out, "--fit", "depth", "--ci", "0.1", "--quiet")
     assert r.exit_code == 1 and "refine stopped: no run converged" in r.stderr and "growing" not in r.stderr, r.output
     assert r.stdout.count("round ") == 1 and digest(out) == before
+
+
+def test_refine_that_loses_a_race_with_a_run_says_to_run_refine_again(small, monkeypatch):
+    """Another run grows the store (a fourth depth) between refine's rounds: refine's next round (more seeds of
+    three depths) no longer extends the store. It says so in one line, in its own words, and changes nothing."""
+    fits, grown = rf.fits, []
+
+    def another_run_between_rounds(ds, along):
+        if not grown:
+            raw = store.stored_spec(small)
+            raw["axes"]["depth"] = [1, 2, 3, 4]
+            runner.run(specs.parse(raw), small)
+            grown.append(digest(small))
+        return fits(ds, along)
+
+    monkeypatch.setattr(rf, "fits", another_run_between_rounds)
+    r = cli("refine", small, "--fit", "depth", "--ci", "0.01", "--quiet")
+    assert r.exit_code == 2 and r.stdout.count("round ") == 1, r.output
+    last = r.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"linflow: error: PATH: {small} changed while refine ran (another run grew or replaced it); "
+        "run refine again to continue from what it holds"
+    ), last
+    assert "--out" not in r.stderr and "spec that made it" not in r.stderr
+    assert digest(small) == grown[0] and store.open_group(small)["status"].shape == (4, 1, 1, 3)

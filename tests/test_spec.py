@@ -5,6 +5,8 @@ import math
 import numpy as np
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sweep import spec as specs
 from sweep.spec import SpecError
@@ -155,3 +157,161 @@ def test_malformed_yaml_names_the_line(tmp_path):
     p.write_text("- just\n- a list\n")
     with pytest.raises(SpecError, match="mapping"):
         specs.load(p)
+
+
+# --------------------------------------------------------------------------------------------------
+# YAML: the core schema of YAML 1.2, a key once per mapping, and what to_yaml writes read back the same
+# --------------------------------------------------------------------------------------------------
+
+
+def read(tmp_path, text: str):
+    p = tmp_path / "spec.yaml"
+    p.write_text(text)
+    return specs.read_yaml(p)
+
+
+CORE = [
+    ("1:20", "1:20"),  # YAML 1.1: base 60, 80
+    ("-1:20", "-1:20"),
+    ("010", 10),  # YAML 1.1: octal, 8
+    ("0o17", 15),
+    ("0x1f", 31),
+    ("+12", 12),
+    ("1_000", "1_000"),  # YAML 1.1: 1000
+    ("1e3", 1000.0),  # YAML 1.1: a string
+    ("1.0e3", 1000.0),
+    ("-.5", -0.5),
+    ("1.", 1.0),
+    (".inf", math.inf),
+    ("-.Inf", -math.inf),
+    ("~", None),
+    ("null", None),
+    ("NULL", None),
+    ("", None),
+    ("true", True),
+    ("False", False),
+    ("TRUE", True),
+    ("yes", "yes"),  # YAML 1.1: true
+    ("no", "no"),
+    ("on", "on"),
+    ("Off", "Off"),
+    ("y", "y"),
+    ("2001-12-14", "2001-12-14"),  # YAML 1.1: a date
+    ("'010'", "010"),
+    ("!!int 0x10", 16),
+    ("!!float 1", 1.0),
+]
+
+
+@pytest.mark.parametrize("text, value", CORE, ids=[c[0] or "empty" for c in CORE])
+def test_yaml_scalars_are_read_by_the_core_schema_of_yaml_1_2(tmp_path, text, value):
+    got = read(tmp_path, f"a: {text}\n")["a"]
+    assert got == value and type(got) is type(value), (text, got)
+
+
+def test_yaml_nan_is_a_float(tmp_path):
+    assert all(math.isnan(read(tmp_path, f"a: {t}\n")["a"]) for t in (".nan", ".NaN", ".NAN"))
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("a: !!int 1:20\n", "at line 1, column 4: '1:20' is not a YAML 1.2 int"),
+        ("a: !!float 1:20\n", "'1:20' is not a YAML 1.2 float"),
+        ("a: !!bool yes\n", "'yes' is not a YAML 1.2 bool"),
+        ("a: " + "1" * 5000 + "\n", "an integer of 5,000 digits"),
+    ],
+)
+def test_yaml_explicit_tags_follow_the_core_schema_too(tmp_path, text, words):
+    with pytest.raises(SpecError, match="spec: malformed YAML in .*") as info:
+        read(tmp_path, text)
+    assert words in str(info.value) and info.value.field == "spec"
+
+
+DUPLICATES = [
+    ("horizon: 1.0\nhorizon: 2.0\n", "duplicate key horizon (lines 1 and 2)"),
+    ("axes:\n  depth: [1]\n  seed: [0]\n  width: [5]\n  seed: [1]\n", "duplicate key axes.seed (lines 3 and 5)"),
+    ("axes: {seed: [0], seed: [1]}\n", "duplicate key axes.seed (twice on line 1)"),
+    ("integrator:\n  method: euler\n  step: 0.1\n  step: 0.2\n", "duplicate key integrator.step (lines 3 and 4)"),
+    ("a:\n  - {b: 1}\n  - {b: 1, c: 2, c: 3}\n", "duplicate key a[1].c (twice on line 3)"),
+    ("d: &d {x: 1}\ne: {<<: *d, <<: *d}\n", "duplicate key e.<< (twice on line 2)"),
+]
+
+
+@pytest.mark.parametrize("text, words", DUPLICATES, ids=[w for _, w in DUPLICATES])
+def test_yaml_duplicate_keys_are_refused_naming_the_key_and_both_lines(tmp_path, text, words):
+    with pytest.raises(SpecError) as info:
+        read(tmp_path, text)
+    assert info.value.field == "spec" and str(info.value).endswith(f"in {tmp_path / 'spec.yaml'}: {words}")
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path):
+    text = "base: &b {method: euler, step: 0.1}\nintegrator: {<<: *b, step: 0.2}\n"
+    assert read(tmp_path, text)["integrator"] == {"method": "euler", "step": 0.2}
+
+
+def test_an_integer_axis_written_a_colon_b_is_the_range_of_its_flag(tmp_path):
+    p = tmp_path / "spec.yaml"
+    p.write_text("axes:\n  depth: 1:4\n  seed: 1:20\n")
+    s = specs.load(p)
+    assert s.axes["seed"] == range(1, 20) and s.axes["depth"] == range(1, 4)
+    flags = specs.load(None, {"axes": {"seed": specs.parse_list("1:20", "--seed", int), "depth": [1, 2, 3]}})
+    assert flags.fingerprint() == s.fingerprint()
+    assert specs.parse({"axes": {"seed": "9:0:-3"}}).axes["seed"] == (9, 6, 3)  # as --seed 9:0:-3
+    with pytest.raises(SpecError) as info:  # in a list: an error naming the value, never the number 80
+        specs.parse({"axes": {"seed": ["1:20"]}})
+    assert info.value.field == "axes.seed[0]" and "a range is a whole axis, without brackets" in str(info.value)
+    with pytest.raises(SpecError) as info:  # a float axis has no ranges
+        specs.parse({"axes": {"init_norm": "1:3"}})
+    assert info.value.field == "axes.init_norm[0]" and "expected a number, got '1:3'" in str(info.value)
+    with pytest.raises(SpecError, match="axes: the grid has 20,000,000 cells"):  # counted before it is built
+        specs.parse({"axes": {"depth": "1:1001", "seed": "0:20000"}})
+
+
+TRICKY = ["1:20", "yes", "010", "0o17", "0x1F", "1e3", "-.5", "1_000", ".inf", "~", "", "null", "True", "<<", "="]
+
+
+def dump(data) -> str:
+    return yaml.dump(data, Dumper=specs._Dumper)
+
+
+@pytest.mark.parametrize("text", TRICKY)
+def test_strings_that_look_like_numbers_round_trip_through_to_yaml(tmp_path, text):
+    raw = {"model": text, "axes": {"seed": [text]}, text: 1}
+    assert read(tmp_path, dump(raw)) == raw  # YAML 1.2: read_yaml, spec files
+    assert yaml.safe_load(dump(raw)) == raw  # YAML 1.1: the stored spec's readers (store.stored_spec)
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text() | st.sampled_from(TRICKY),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text() | st.sampled_from(TRICKY), inner),
+        max_leaves=12,
+    )
+)
+def test_what_to_yaml_writes_reads_back_the_same_by_yaml_1_2_and_1_1(data):
+    text = dump({"a": data})
+    assert yaml.load(text, Loader=specs._BoundedLoader) == {"a": data} == yaml.safe_load(text)
+
+
+def test_a_spec_round_trips_through_its_yaml(tmp_path):
+    for raw in (
+        {},
+        {"axes": {"init_angle": [0.0, 1.5], "seed": {"start": 3, "stop": 20, "step": 2}}, "horizon": 1e3},
+        {"integrator": {"method": "euler", "step": 1e-3}, "eps": 1e-12, "checkpoints": {"count": 3, "log_start": 0.5}},
+    ):
+        s = specs.parse(raw)
+        for again in (specs.parse(read(tmp_path, s.to_yaml())), specs.parse(yaml.safe_load(s.to_yaml()))):
+            assert again == s and again.fingerprint() == s.fingerprint() and again.to_yaml() == s.to_yaml()
+
+
+def test_negative_zero_is_zero_in_the_spec_and_its_fingerprint(tmp_path):
+    minus = specs.parse({"axes": {"init_angle": [-0.0, 1.0]}})
+    plus = specs.parse({"axes": {"init_angle": [0.0, 1.0]}})
+    assert not np.signbit(minus.axes["init_angle"][0]) and not np.signbit(minus.values("init_angle")[0])
+    assert minus.fingerprint() == plus.fingerprint() and minus.to_yaml() == plus.to_yaml()
+    assert specs.load(None, {"axes": {"init_angle": specs.parse_list("-0.0,1.0", "--init-angle")}}) == plus
+    p = tmp_path / "spec.yaml"
+    p.write_text("axes: {init_angle: [-0.0, 1.0]}\n")
+    assert specs.load(p).fingerprint() == plus.fingerprint()
+    assert "-0.0" not in minus.to_yaml()
