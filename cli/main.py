@@ -452,7 +452,7 @@ def status(
                 f"(rerun `linflow run … --out {path}`)",
                 err=True,
             )
-    except (LockError, OSError) as exc:
+    except (LockError, StoreDamaged, OSError) as exc:  # (a special file that appeared after the store was opened)
         _fail(str(exc))
     finally:
         if lock:

@@ -10,10 +10,12 @@ fill values only, so that a chunk lost later (a partial copy) or torn is found a
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import math
 import os
 import shutil
+import stat
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -99,8 +101,11 @@ def create(path: str | Path, spec: Spec, problem: Problem, fingerprint: str) -> 
     value, which is what a pending cell holds. Time and memory grow with the axes, not the cells."""
     path = Path(path)
     ds, encoding = template(spec, problem, fingerprint, range_coords=False)
-    for stale in path.parent.glob(f".{path.name}.creating-*"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
+    prefix = f".{path.name}.creating-"  # compared, never globbed: a store's name may hold * ? [ ]
+    for stale in os.listdir(path.parent):  # left by a killed run (a pid after the prefix)
+        pid = stale[len(prefix) :]
+        if stale.startswith(prefix) and pid.isascii() and pid.isdigit():
+            shutil.rmtree(path.parent / stale, ignore_errors=True)  # never follows a link
     tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
     try:
         with warnings.catch_warnings():
@@ -159,14 +164,15 @@ def grow(path: str | Path, spec: Spec, fingerprint: str, check=lambda: None) -> 
 
 def settle(path: str | Path) -> None:
     """Tidy what a driver killed mid-growth left (under the store's lock), so that every reader — one that reads
-    the arrays' own metadata too — sees one grid: the files a write cut short left beside the metadata (Zarr
-    writes ``NAME.<hex>.partial`` and renames it into place); no consolidated metadata (killed after the root's
+    the arrays' own metadata too — sees one grid: the files a write cut short left anywhere in the store (Zarr
+    writes ``NAME.<hex>.partial`` and renames it into place; only inside the store's real path, never through a
+    link: a store holding one is refused, :func:`check_tree`); no consolidated metadata (killed after the root's
     attributes: consolidated now); arrays whose own metadata was grown but never committed (shrunk back to the
     committed shape: nothing was written beyond it but coordinates)."""
-    root = Path(path)
-    for folder in [root, *(p for p in root.iterdir() if p.is_dir())]:
-        for left in folder.glob("*.partial"):
-            left.unlink(missing_ok=True)
+    root = os.path.realpath(path)
+    for left in check_tree(path):
+        if os.path.commonpath([root, os.path.realpath(left)]) == root:  # inside the store, whatever changed since
+            Path(left).unlink(missing_ok=True)
     committed = zarr.open_group(str(path), mode="r")
     if committed.metadata.consolidated_metadata is None:
         with warnings.catch_warnings():
@@ -177,6 +183,50 @@ def settle(path: str | Path) -> None:
     for name, arr in committed.arrays():
         if own[name].shape != arr.shape:
             own[name].resize(arr.shape)
+
+
+def check_tree(path: str | Path) -> list[str]:
+    """The ``*.partial`` files in the store at ``path`` (its real path: the store may be reached through a link),
+    or StoreDamaged naming a symbolic link or a special file (FIFO, socket, device) in it: linflow never follows
+    a link inside a store, and reads only regular files. One walk of the store's folders (:func:`_walk`)."""
+    root = os.path.realpath(path)
+    links, special, partial = _walk(root)
+    if links or special:
+        raise _not_a_file(path, os.path.relpath(min(links) if links else min(special), root))
+    return partial
+
+
+def _walk(root: str) -> tuple[list[str], list[str], list[str]]:
+    """The symbolic links, the special files and the ``*.partial`` files under the folder ``root``: one pass,
+    one ``scandir`` a folder (the kind of an entry comes with its name), never following a link."""
+    links, special, partial = [], [], []
+    folders = [root]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                if entry.is_symlink():
+                    links.append(entry.path)
+                elif entry.is_dir(follow_symlinks=False):
+                    folders.append(entry.path)
+                elif not entry.is_file(follow_symlinks=False) and os.path.lexists(entry.path):  # (not just renamed)
+                    special.append(entry.path)
+                elif entry.name.endswith(".partial"):
+                    partial.append(entry.path)
+    return links, special, partial
+
+
+def _not_a_file(path: str | Path, name: str) -> StoreDamaged:
+    """StoreDamaged naming ``name`` (relative to the store at ``path``), a symbolic link or a special file."""
+    found = os.path.join(path, name)
+    mode = os.lstat(found).st_mode
+    if stat.S_ISLNK(mode):
+        return StoreDamaged(
+            path,
+            f"{name} is a symbolic link (to {os.readlink(found)}); linflow never follows links inside a store — "
+            "replace it by what it points to, or remove it",
+        )
+    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    return StoreDamaged(path, f"{name} is {kind}, not a file; linflow reads only regular files in a store — remove it")
 
 
 def _write_range(group: zarr.Group, name: str, values: range) -> None:
@@ -234,10 +284,12 @@ def stored_spec(store: str | Path | zarr.Group) -> dict:
 
 
 def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
-    """The store's root group, checked to be a readable linflow store: StoreDamaged when its
-    metadata (the root ``zarr.json``, the ``failures`` attribute) cannot be read."""
+    """The store's root group, checked to be a readable linflow store: StoreDamaged when it holds a link
+    or a special file (:func:`check_tree`, before anything is read: every reader and writer opens the store
+    here) or when its metadata (the root ``zarr.json``, the ``failures`` attribute) cannot be read."""
     if not is_store(path):
         raise StoreError("out", f"{path} exists but is not a linflow store")
+    check_tree(path)  # before anything is read: no link, no FIFO or device in it
     try:
         group = zarr.open_group(str(path), mode=mode)
         attrs = dict(group.attrs)
@@ -277,9 +329,9 @@ def read_status(group: zarr.Group) -> tuple[np.ndarray, list[tuple[slice, ...]]]
     one file and one zstd call a chunk, in time and memory proportional to the chunks)."""
     arr = group["status"]
     shape, chunks = layout(group)
-    folder = _folder(group, arr)
-    if folder is not None and _zstd_only(arr):
-        return _read_direct(arr, folder, shape, chunks)
+    root = _root(group)
+    if root is not None and _zstd_only(arr):
+        return _read_direct(arr, root, shape, chunks)
     try:
         return arr[...], []
     except Exception:  # a torn chunk: find which, chunk by chunk
@@ -294,17 +346,17 @@ def read_status(group: zarr.Group) -> tuple[np.ndarray, list[tuple[slice, ...]]]
     return status, bad
 
 
-def _read_direct(arr: zarr.Array, folder: str, shape, chunks) -> tuple[np.ndarray, list[tuple[slice, ...]]]:
-    """The status grid read from its chunk files as Zarr reads them: a missing file is the fill
-    value; a file that does not decode to a whole chunk is unreadable (its cells read as pending)."""
+def _read_direct(arr: zarr.Array, root: str, shape, chunks) -> tuple[np.ndarray, list[tuple[slice, ...]]]:
+    """The status grid read from its chunk files (in the store at ``root``) as Zarr reads them: a missing file
+    is the fill value; a file that does not decode to a whole chunk is unreadable (its cells read as pending);
+    a link or a special file is StoreDamaged (:func:`_read_chunk`)."""
     status = np.full(shape, arr.fill_value, dtype=np.int8)
     bad = []
     grid = regions(shape, chunks)
     corners = [tuple(s.start // c for s, c in zip(r, chunks)) for r in grid]
     for r, key in zip(grid, _keys(arr, corners)):
         try:
-            with open(f"{folder}/{key}", "rb") as f:
-                data = f.read()
+            data = _read_chunk(root, f"{arr.path}/{key}", status.itemsize * math.prod(chunks))
         except FileNotFoundError:
             continue
         except OSError:
@@ -320,12 +372,29 @@ def _read_direct(arr: zarr.Array, folder: str, shape, chunks) -> tuple[np.ndarra
     return status, bad
 
 
-def _folder(group: zarr.Group, arr: zarr.Array) -> str | None:
-    """The folder of an array of a store on the local disk (None for other stores)."""
+def _root(group: zarr.Group) -> str | None:
+    """The folder of a group of a store on the local disk (None for other stores)."""
     root = getattr(group.store, "root", None)
     if not isinstance(group.store, zarr.storage.LocalStore) or root is None:
         return None
-    return os.path.join(str(root), group.path, arr.path) if group.path else os.path.join(str(root), arr.path)
+    return os.path.join(str(root), group.path) if group.path else str(root)
+
+
+def _read_chunk(root: str, name: str, nbytes: int) -> bytes:
+    """The bytes of the chunk file ``name`` (relative to the store at ``root``) of a chunk of ``nbytes`` bytes
+    compressed by zstd: read only from a regular file — a link (never followed) or a FIFO or a device is
+    StoreDamaged — and never more than zstd's bound for ``nbytes`` (a longer file is no such chunk: it does
+    not decode). FileNotFoundError when it is missing."""
+    try:
+        fd = os.open(os.path.join(root, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW: a link
+            raise _not_a_file(root, name) from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _not_a_file(root, name)
+        return f.read(nbytes + (nbytes >> 8) + 1024)  # zstd's compress bound is n + n/256 + 64 at most
 
 
 def _zstd_only(arr: zarr.Array) -> bool:
@@ -525,6 +594,8 @@ def inspect(group: zarr.Group, path: str | Path, verify: bool = False, writing: 
     """Find the chunks that done cells need and that are missing (a listing of the store's folders)
     or unreadable (decoded: every chunk with ``verify``, else only files of suspicious size). The
     status grid itself is always decoded: its unreadable chunks make their cells unknown (pending).
+    ``group`` comes from :func:`open_group`, which refused links and special files; the chunk files read
+    here are read only if regular, and bounded in size (:func:`_read_chunk`).
     ``writing``: a run is writing the store, so a chunk whose results are on disk and whose status is
     not may be a batch being written (its status comes last) — pending, not lost."""
     root = Path(path)
@@ -545,7 +616,7 @@ def inspect(group: zarr.Group, path: str | Path, verify: bool = False, writing: 
         files = present[name] = _chunk_sizes(folder, keys[name])
         if name == "status":
             continue
-        decodes = _decoder(arr)
+        decodes = _decoder(arr, str(root))
         median = float(np.median(list(files.values()))) if files else 0.0
         for i, (r, key) in enumerate(zip(grid, keys[name])):
             size = files.get(key)
@@ -553,7 +624,7 @@ def inspect(group: zarr.Group, path: str | Path, verify: bool = False, writing: 
                 if done[i] and (every or np.isin(status[r], _NEEDED_BEFORE_EVERY_CHUNK.get(name, ())).any()):
                     damage.chunks.append((f"{arr.path}/{key}", "missing", done[i]))
                     damage.regions[corners[i]] = (r, done[i])
-            elif (verify or size < max(SUSPICIOUS_BYTES, median / 4)) and not decodes(f"{folder}/{key}", r):
+            elif (verify or size < max(SUSPICIOUS_BYTES, median / 4)) and not decodes(f"{arr.path}/{key}", r):
                 damage.chunks.append((f"{arr.path}/{key}", "unreadable", done[i]))
                 damage.regions[corners[i]] = (r, done[i])
     bad_status = {tuple(s.start for s in r) for r in bad_status}
@@ -683,33 +754,35 @@ def _keys(arr: zarr.Array, corners: list[tuple[int, ...]]) -> list[str]:
 
 def _chunk_sizes(folder: str, keys: list[str]) -> dict[str, int]:
     """Chunk key → file size of the chunks ``keys`` (relative to an array's folder) that are on
-    disk: one stat a chunk, no walk through the folders Zarr makes for trailing dims."""
+    disk as regular files: one lstat a chunk, no walk through the folders Zarr makes for trailing dims."""
     out = {}
     for key in keys:
         try:
-            out[key] = os.stat(f"{folder}/{key}").st_size
+            st = os.lstat(f"{folder}/{key}")
         except OSError:  # missing (or its folder unreadable): not there
-            pass
+            continue
+        if stat.S_ISREG(st.st_mode):  # a link, a FIFO, a device: no chunk
+            out[key] = st.st_size
     return out
 
 
-def _decoder(arr: zarr.Array):
-    """``decodes(file, region)``: whether a chunk file of ``arr`` decodes to a whole chunk — zstd
-    directly for the store's own codecs (bytes + zstd, microseconds a chunk), else through Zarr."""
+def _decoder(arr: zarr.Array, root: str):
+    """``decodes(name, region)``: whether the chunk file ``name`` (relative to the store at ``root``) of ``arr``
+    decodes to a whole chunk — zstd directly for the store's own codecs (bytes + zstd, microseconds a chunk,
+    :func:`_read_chunk`), else through Zarr."""
     if _zstd_only(arr):
         nbytes = math.prod(arr.chunks) * arr.dtype.itemsize
 
-        def decodes(file: str, region) -> bool:
+        def decodes(name: str, region) -> bool:
             try:
-                with open(file, "rb") as f:
-                    data = f.read()
+                data = _read_chunk(root, name, nbytes)
             except OSError:
                 return False
             return _zstd_chunk(data, nbytes) is not None
 
         return decodes
 
-    def decodes_by_zarr(file: str, region) -> bool:
+    def decodes_by_zarr(name: str, region) -> bool:
         try:
             arr[region]
             return True
