@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import zarr
 
 from sweep import problem, runner, store
 from sweep import spec as specs
@@ -88,8 +89,13 @@ def test_what_only_the_fingerprint_sees_and_a_change_of_data_kind_are_refused(tm
     s = specs.parse(made)
     p = problem.build(s.problem)
     store.create(tmp_path / "s.zarr", s, p, s.fingerprint(p.digest()))
-    with pytest.raises(StoreError, match=r"holds a different sweep \(fingerprint "):  # -0.0 == 0.0, yet not the same
-        runner.prepare(specs.parse({**made, "axes": {**made["axes"], "init_angle": [-0.0]}}), tmp_path / "s.zarr")
+    same = runner.prepare(specs.parse({**made, "axes": {**made["axes"], "init_angle": [-0.0]}}), tmp_path / "s.zarr")
+    assert same.exists and same.grows == {}  # -0.0 is 0.0: the same sweep, the same fingerprint
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")
+    group.update_attributes({"fingerprint": "0" * 16})  # a fingerprint its own spec does not give: other data
+    with pytest.raises(StoreError, match=r"holds a different sweep \(the data\)"):
+        runner.prepare(s, tmp_path / "s.zarr")
+    group.update_attributes({"fingerprint": s.fingerprint(p.digest())})
     np.savez(tmp_path / "d.npz", X=p.x, Y=p.y)
     data = {**made, "problem": {"data": str(tmp_path / "d.npz")}}
     with pytest.raises(StoreError, match=r"\(problem: synthetic data → a data file\)"):

@@ -33,8 +33,9 @@ def test_the_wheel_holds_every_package_and_runs_a_sweep(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=120)
     python = venv / "bin" / "python"
     purelib = Path(
-        subprocess.check_output([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], text=True)
-        .strip()
+        subprocess.check_output(
+            [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], text=True
+        ).strip()
     )
     # the dependencies come from this environment (a path line: its .pth files, this checkout's editable
     # install among them, are not read); linflow itself only from the wheel
