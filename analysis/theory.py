@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from sweep.exact import exact_excess_loss, exact_path, exact_time_to_eps, initial_excess  # noqa: F401 — §4, public here
+from sweep.kernel.exact import exact_excess_loss, exact_path, exact_time_to_eps, initial_excess  # noqa: F401 — §4, public here
 
 ALIGN_TOL = 1e-8  # |p_k| ≤ ALIGN_TOL·(|u_kᵀu0| + |v_kᵀv0| + 1) counts as an exact alignment zero
 

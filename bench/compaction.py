@@ -1,6 +1,6 @@
 """Finished trajectories cost nothing: a batch in which most trajectories stop early (at ε) against its
 two parts run apart, same kernel, same process. A finished trajectory's column is refilled with the next
-one of the batch (sweep/stepper.py, `integrate`), so the mixed batch should cost the sum of its parts.
+one of the batch (sweep/kernel/stepper.py, `integrate`), so the mixed batch should cost the sum of its parts.
 
     python bench/compaction.py [--repeats 5]
 """

@@ -1,7 +1,7 @@
 """Target 4 — ``model: exact``: balanced scalar-output cells from the closed form of docs/theory.md §4
 (compiled quadrature) against dopri5 on the induced flow at tight tolerance: agreement and speed-up.
-The exact model is run once before the timed runs; that first call (compiling sweep.exact, or
-loading it from numba's cache) is reported on its own, as is the time spent inside sweep.exact.
+The exact model is run once before the timed runs; that first call (compiling sweep.kernel.exact, or
+loading it from numba's cache) is reported on its own, as is the time spent inside sweep.kernel.exact.
 
     python bench/exact_model.py [--repeats 3]
 """
@@ -18,8 +18,9 @@ import time
 
 import numpy as np
 
-from sweep import batch, exact, problem
+from sweep import batch, problem
 from sweep import spec as specs
+from sweep.kernel import exact
 
 SWEEP = {
     "axes": {"depth": [1, 2, 3, 4, 5], "width": [5], "init_norm": [0.3, 1.0, 10.0], "seed": {"start": 0, "stop": 16}},
@@ -45,7 +46,7 @@ def compute(raw):
 
 
 class _Inside:
-    """Wall time spent in sweep.exact's public functions (batch.py imports them at each call)."""
+    """Wall time spent in sweep.kernel.exact's public functions (batch.py imports them at each call)."""
 
     def __init__(self):
         self.seconds = 0.0
@@ -76,7 +77,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     dopri = {**SWEEP, "model": "induced", "integrator": {"method": "dopri5", "rtol": 1e-12, "atol": 1e-15}}
-    first = compute({**SWEEP, "model": "exact"})[1]  # compiles sweep.exact (or loads numba's cache)
+    first = compute({**SWEEP, "model": "exact"})[1]  # compiles sweep.kernel.exact (or loads numba's cache)
     inside = []
     runs = {"exact": [], "dopri5": [compute(dopri) for _ in range(args.repeats)]}
     for _ in range(args.repeats):
@@ -101,7 +102,7 @@ def main():
         f"(medians of {args.repeats})"
     )
     print(
-        f"  exact: first call {first:.2f} s (compile or cache load, not timed above); inside sweep.exact "
+        f"  exact: first call {first:.2f} s (compile or cache load, not timed above); inside sweep.kernel.exact "
         f"{statistics.median(inside) * 1e3:.1f} ms of the {t_ex * 1e3:.1f} ms (the rest is the batch around it)"
     )
 

@@ -155,8 +155,8 @@ def _compute(spec: Spec, problem: Problem, c: dict[str, np.ndarray]) -> dict[str
 def _compute_exact(spec: Spec, problem: Problem, c: dict, depth: int, width: int) -> dict[str, np.ndarray]:
     """``model: exact`` — balanced scalar-output starts from the closed form of docs/theory.md §4 (all
     cells at once): no integrator steps; W stays in the plane of W0 and Z, W(t) = r (cos θ ẑ + sin θ q̂)."""
-    from .exact import exact_path, exact_time_to_eps
     from .init import start_direction
+    from .kernel.exact import exact_path, exact_time_to_eps
 
     z = problem.target.ravel()
     zeta = float(np.linalg.norm(z))

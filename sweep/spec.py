@@ -37,7 +37,7 @@ from pydantic import (
 )
 
 from .errors import SpecError
-from .kernel import KERNEL_VERSION, METHODS
+from .kernel import DEFAULT_METHOD, KERNEL_VERSION, METHODS
 
 # canonical order of the grid axes (dims of the dataset); seed last so batches run over seeds
 AXES = ("depth", "width", "init_norm", "init_angle", "seed")
@@ -360,7 +360,7 @@ class FixedStep(_Record):
 class Adaptive(_Record):
     """An adaptive method (dopri5): it chooses its steps to keep each within rtol and atol."""
 
-    method: Literal[ADAPTIVE_METHODS] = ADAPTIVE_METHODS[0]
+    method: Literal[ADAPTIVE_METHODS] = DEFAULT_METHOD
     rtol: Positive = 1e-8
     atol: Positive = 1e-12
     max_steps: Count = MAX_STEPS

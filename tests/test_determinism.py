@@ -23,6 +23,7 @@ import yaml
 from sweep import kernel
 from sweep.init import layer_dims
 from sweep.problem import synthetic
+from sweep.schema import Status
 
 FIELDS = ("excess", "time_to_eps", "status", "steps", "rhs_evals", "y_final", "t_final")  # every Result field
 POSITIONS = (0, 7, 8, 63, 255, 256)  # and the last; 255 and 256 fit only in the batch of 4097
@@ -140,8 +141,8 @@ def test_a_trajectory_has_the_same_bits_alone_and_anywhere_in_any_batch(name, me
     model, horizon, _ = case(name)
     subjects = np.concatenate([starts(model, [2.0], seed=21), starts(model, [0.05], seed=12)])
     alone = [integrate(name, method, s[None]) for s in subjects]
-    assert alone[0].status[0] == kernel.CONVERGED and alone[0].t_final[0] < horizon
-    assert alone[1].status[0] == kernel.UNCONVERGED and alone[1].t_final[0] == horizon
+    assert alone[0].status[0] == Status.CONVERGED and alone[0].t_final[0] < horizon
+    assert alone[1].status[0] == Status.UNCONVERGED and alone[1].t_final[0] == horizon
 
     for nb in sizes:
         pool = companions(name, nb)
@@ -158,11 +159,11 @@ def test_a_trajectory_has_the_same_bits_alone_and_anywhere_in_any_batch(name, me
             if nb == 64 and shift == 0:  # the companions really are varied: they finish at different times
                 others = np.setdiff1d(np.arange(nb), positions)
                 st = r.status[others]
-                assert np.any(st == kernel.CONVERGED) and np.any(st == kernel.UNCONVERGED), np.bincount(st)
+                assert np.any(st == Status.CONVERGED) and np.any(st == Status.UNCONVERGED), np.bincount(st)
                 assert len(np.unique(r.steps[others])) >= 5
                 assert np.any(r.t_final[others] < horizon)
                 if isinstance(model, kernel.Induced) and method != "dopri5":
-                    assert np.any(st == kernel.DIVERGED)
+                    assert np.any(st == Status.DIVERGED)
 
 
 def test_every_trajectory_of_a_varied_batch_has_its_own_bits():
@@ -175,7 +176,7 @@ def test_every_trajectory_of_a_varied_batch_has_its_own_bits():
         for i in range(0, 64, 3):
             alone = integrate(name, method, y0[i : i + 1], stop_at_eps=False)
             assert_same_trajectory(together, i, alone, 0, (name, method, i))
-        assert np.any(np.isfinite(together.time_to_eps)) and np.any(together.status == kernel.UNCONVERGED)
+        assert np.any(np.isfinite(together.time_to_eps)) and np.any(together.status == Status.UNCONVERGED)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -205,9 +206,9 @@ def test_a_diverging_trajectory_leaves_its_companions_bitwise_alone(name, method
     else:
         bad = starts(model, [norm], seed=8)
     without = integrate(name, method, calm)
-    assert not np.any(without.status == kernel.DIVERGED)
+    assert not np.any(without.status == Status.DIVERGED)
     alone = integrate(name, method, bad)
-    assert alone.status[0] == kernel.DIVERGED
+    assert alone.status[0] == Status.DIVERGED
     assert alone.steps[0] < without.steps.max()  # it ends while its companions are still running
     for p in (0, 8, 64):
         y0 = np.insert(calm, p, bad[0], axis=0)
@@ -266,7 +267,7 @@ def test_batch_size_and_workers_do_not_change_a_single_bit(tmp_path):
     }
     ref = compute({**SWEEP, "batch": 7})  # what the workers compute for --batch 7, in this process, without Ray
     status = ref.status.values
-    assert np.any(status == kernel.CONVERGED) and np.any(status == kernel.UNCONVERGED)
+    assert np.any(status == Status.CONVERGED) and np.any(status == Status.UNCONVERGED)
     assert len(np.unique(ref.steps.values)) > 10
     one, default = runs.values()
     assert one.status.encoding["chunks"] == (1, 1, 1, 1)

@@ -1,4 +1,4 @@
-"""sweep.exact (the balanced scalar-output closed form, docs/theory.md §4) against an independent oracle
+"""sweep.kernel.exact (the balanced scalar-output closed form, docs/theory.md §4) against an independent oracle
 (issue 8 item 1).
 
 The oracle integrates the polar form dr/dt = N r^p (ζ cos θ − r), dθ/dt = −ζ r^{p−1} sin θ with
@@ -12,7 +12,7 @@ same run. The oracle is itself checked (to ~1e-11) against the explicit solution
 x = artanh cos θ; the radial N = 2 logistic and N = 4 quadrature, evaluated in 40-digit decimal) and
 against itself (rtol 1e-12 vs 1e-13; d integrated vs d = (u − 1) + (1 − cos θ)).
 
-Nothing of sweep.exact is used but its public API.
+Nothing of sweep.kernel.exact is used but its public API.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from scipy.integrate import solve_ivp
 from scipy.optimize import brentq
 
-from sweep.exact import exact_excess_loss, exact_path, exact_time_to_eps
+from sweep.kernel.exact import exact_excess_loss, exact_path, exact_time_to_eps
 
 # tolerances of issue 8 item 1
 TTE_RTOL = 1e-9  # T_ε relative
@@ -55,7 +55,7 @@ def deadline(seconds=CALL_SECONDS):
     """Raise TimeoutError in the main thread after ``seconds`` (SIGALRM)."""
 
     def on_alarm(signum, frame):
-        raise TimeoutError(f"sweep.exact took more than {seconds} s")
+        raise TimeoutError(f"sweep.kernel.exact took more than {seconds} s")
 
     old = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -414,7 +414,7 @@ def test_oracle_agrees_with_itself(n):
 
 
 # ---------------------------------------------------------------------------------------------
-# sweep.exact against the oracle
+# sweep.kernel.exact against the oracle
 # ---------------------------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from scipy.integrate import solve_ivp
 from sweep import kernel
 from sweep.init import balanced_layers, end_to_end_start, gaussian_layers, layer_dims, rank_of
 from sweep.problem import synthetic
+from sweep.schema import Status
 
 TIGHT = {"method": "DOP853", "rtol": 1e-13, "atol": 1e-16}
 
@@ -215,7 +216,7 @@ def test_time_to_eps_matches_event_location():
         w0 = w0_for(z, init_norm, seed=depth)
         expected = polar_time_to_eps(z, w0, depth, eps, horizon=50)
         r = run(kernel.Induced(depth, z), w0.ravel(), horizon=50.0, eps=eps)
-        assert r.status[0] == kernel.CONVERGED
+        assert r.status[0] == Status.CONVERGED
         assert abs(r.time_to_eps[0] / expected - 1) < 1e-6, (depth, r.time_to_eps[0], expected)
 
 
@@ -225,7 +226,7 @@ def test_stop_at_eps_ends_at_the_crossing():
     tc = np.linspace(0, 20, 41)
     go = run(kernel.Induced(2, z), w0.ravel(), tc=tc, horizon=20.0, eps=1e-4)
     stop = run(kernel.Induced(2, z), w0.ravel(), tc=tc, horizon=20.0, eps=1e-4, stop_at_eps=True)
-    assert stop.status[0] == go.status[0] == kernel.CONVERGED
+    assert stop.status[0] == go.status[0] == Status.CONVERGED
     assert stop.time_to_eps[0] == pytest.approx(go.time_to_eps[0], rel=1e-12)
     after = tc > stop.time_to_eps[0]
     assert np.all(np.isnan(stop.excess[0, after])) and np.all(np.isfinite(stop.excess[0, ~after]))
@@ -242,7 +243,7 @@ def test_blow_up_is_a_result_and_leaves_the_batch_alone():
     model = kernel.Induced(3, z)
     both = run(model, np.stack([near, far]), kernel.EULER, horizon=1.0, step=1e-3)
     alone = run(model, near, kernel.EULER, horizon=1.0, step=1e-3)
-    assert list(both.status) == [alone.status[0], kernel.DIVERGED]
+    assert list(both.status) == [alone.status[0], Status.DIVERGED]
     assert np.array_equal(both.excess[0], alone.excess[0])
     assert np.array_equal(both.y_final[0], alone.y_final[0])
 
@@ -446,7 +447,7 @@ def test_induced_time_to_eps_near_zero_is_as_accurate_as_layerwise(depth):
                 stop_at_eps=True,
                 **DEFAULT_TOL,
             )
-            assert r.status[0] == kernel.CONVERGED
+            assert r.status[0] == Status.CONVERGED
             errors.append(abs(r.time_to_eps[0] / expected - 1))
         induced, layerwise = errors
         assert induced <= 3 * max(layerwise, DEFAULT_TOL["rtol"]), (init_norm, induced, layerwise)

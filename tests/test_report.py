@@ -330,7 +330,7 @@ def test_report_lists_an_escape_from_a_strict_saddle_apart(reports):
 
 
 def test_a_theory_computation_that_raises_is_caught_per_cell_and_said(corpus, tmp_path, monkeypatch):
-    """Fault injection: the closed forms raise at depth 3 (as sweep/exact.py's did, with an
+    """Fault injection: the closed forms raise at depth 3 (as sweep/kernel/exact.py's did, with an
     OverflowError, on the issue's store). The other cells keep their theory; the report counts and
     names the cells and the error, and draws the excess-loss figure without that exact curve."""
     real_time, real_curve = theory.exact_time_to_eps, theory.exact_excess_loss

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sweep.tableau import DOPRI5, EULER, METHODS, RK4, Tableau
+from sweep.kernel.tableau import DOPRI5, EULER, METHODS, RK4, Tableau
 
 
 @pytest.mark.parametrize(("method", "order"), [(EULER, 1), (RK4, 4), (DOPRI5, 5)])

@@ -134,7 +134,7 @@ def test_bounds_hold_on_the_exact_times():
 
 def test_certificate_and_local_rate_on_the_exact_trajectory():
     # excess(t) ≤ excess(0)·exp(−2∫‖W‖^p) along the flow; near the optimum excess ∝ exp(−2ζ^p t)
-    from sweep.exact import exact_path
+    from sweep.kernel.exact import exact_path
 
     for n, r0, th in ((2, 0.5, 1.0), (3, 4.0, 2.0), (5, 1.0, 0.3)):
         t = np.linspace(0, 8, 4001)

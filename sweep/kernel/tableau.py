@@ -1,7 +1,7 @@
 """Explicit Runge–Kutta methods as data: a Butcher tableau that checks itself.
 
 A method differs from another in its coefficients, never in code: one compiled stepper
-(:mod:`sweep.stepper`) serves every :class:`Tableau`, as in scipy's ``integrate/_ivp/rk.py`` and diffrax.
+(:mod:`sweep.kernel.stepper`) serves every :class:`Tableau`, as in scipy's ``integrate/_ivp/rk.py`` and diffrax.
 """
 
 from __future__ import annotations
@@ -95,3 +95,4 @@ DOPRI5 = Tableau(
 )
 
 METHODS = {t.name: t for t in (EULER, RK4, DOPRI5)}
+DEFAULT_METHOD = "dopri5"  # adaptive: what a spec without an integrator gets

@@ -1,8 +1,8 @@
 """The flow kernel: models, and :func:`integrate` — NumPy arrays in and out, compiled inside.
 
 A batch is an array ``(B, P)``, one trajectory per row; a model says how its parameters pack into a row
-and gives compiled code its :class:`sweep.flows.Geometry`. The right-hand sides are in
-:mod:`sweep.flows`, the methods in :mod:`sweep.tableau`, the stepper in :mod:`sweep.stepper`; the
+and gives compiled code its :class:`sweep.kernel.flows.Geometry`. The right-hand sides are in
+:mod:`sweep.kernel.flows`, the methods in :mod:`sweep.kernel.tableau`, the stepper in :mod:`sweep.kernel.stepper`; the
 mathematics in ``docs/theory.md`` (§2 for the flows). No Ray, no I/O.
 """
 
@@ -14,9 +14,7 @@ from functools import cached_property
 import numpy as np
 
 from . import flows, stepper
-from .schema import STATUS_MEANINGS, Status  # noqa: F401 — the statuses' names
-from .stepper import BLOWUP, CONVERGED, DIVERGED, FAILED, PENDING, UNCONVERGED  # noqa: F401 — the statuses
-from .tableau import DOPRI5, EULER, METHODS, RK4, Tableau  # noqa: F401 — the methods
+from .tableau import Tableau
 
 # 3: the compiled kernel (its rounding differs from version 2's in the last bits); 4: model exact sums each
 # cell's dot products alone (in version 3 they went through BLAS, whose rounding of a cell depended on its batch)
@@ -58,7 +56,7 @@ class Layerwise(_Model):
     """Gradient flow on every layer: dW_j/dt = (W_N⋯W_{j+1})ᵀ (Z − W) (W_{j−1}⋯W_1)ᵀ.
 
     ``dims = (d_0 = dx, d_1, …, d_N = dy)``; a row packs W_1 … W_N row-major. The products are taken
-    from the narrow end, on the transposed network when dx < dy (:func:`sweep.flows._layerwise`)."""
+    from the narrow end, on the transposed network when dx < dy (:func:`sweep.kernel.flows._layerwise`)."""
 
     def __init__(self, dims, target: np.ndarray, tail: float = 0.0):
         self.dims = tuple(int(d) for d in dims)
@@ -137,7 +135,7 @@ class Induced(_Model):
     flow is zero, so nothing would damp what a Runge–Kutta step leaves there (about the tolerance),
     and the excess loss depends on it to first order: :meth:`project` keeps the state on the rank-r
     set, and the stepper applies it to every state it reports. The error weights measure W in the
-    scale of the layers it stands for (:func:`sweep.flows.weight_floor`)."""
+    scale of the layers it stands for (:func:`sweep.kernel.flows.weight_floor`)."""
 
     def __init__(self, depth: int, target: np.ndarray, tail: float = 0.0, rank: int | None = None):
         self.depth = int(depth)

@@ -1,7 +1,7 @@
 """One explicit Runge–Kutta stepper for every method and model, compiled whole.
 
 Trajectories run in a block of ``width`` columns laid out batch-last, ``(P, width)`` (see
-:mod:`sweep.flows`). Each has its own time, step size, counters and status. When one finishes, its
+:mod:`sweep.kernel.flows`). Each has its own time, step size, counters and status. When one finishes, its
 results are written out, the block's last live column takes its place, and the free columns take the
 next trajectories of the batch: finished trajectories cost nothing. The driver loop, :func:`integrate`,
 reads:
@@ -23,9 +23,9 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
+from ..schema import Status
 from . import flows
 from .flows import inner, jit
-from .schema import Status
 
 part = numba.njit(inline="always", error_model="numpy")  # inlined into integrate: one compiled unit
 
@@ -36,7 +36,7 @@ SAFETY, MIN_FACTOR, MAX_FACTOR = 0.9, 0.2, 10.0
 
 
 class Method(NamedTuple):
-    """A :class:`sweep.tableau.Tableau` as arrays: ``e`` is zero and ``p`` has no columns when absent."""
+    """A :class:`sweep.kernel.tableau.Tableau` as arrays: ``e`` is zero and ``p`` has no columns when absent."""
 
     a: np.ndarray
     b: np.ndarray
@@ -267,7 +267,7 @@ def _step(g, meth, blk, cur, m):
 @part
 def _control(g, meth, opt, blk, cur, m):
     """Accept or reject each step by the RMS norm of its error estimate h·Σ e_j k_j in the weights
-    rtol·max(|y|, |y_new|) + floor (:func:`sweep.flows.weight_floor`); choose the next step size.
+    rtol·max(|y|, |y_new|) + floor (:func:`sweep.kernel.flows.weight_floor`); choose the next step size.
     A step rejected at a size below 10 ulp of t fails the trajectory (diverged if the error was not
     finite). Returns whether every step was accepted."""
     y, y_new = blk.ys[cur], blk.ys[1 - cur]
