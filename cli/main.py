@@ -34,6 +34,7 @@ from sweep.errors import (
     StoreWriteError,
 )
 from sweep.lock import StoreLock, writer
+from sweep.models import MODELS
 from sweep.problem import build
 
 
@@ -198,7 +199,7 @@ def run(
     ] = None,
     model: Annotated[
         str | None,
-        _opt(f"layerwise | induced | exact (closed form, dy = 1, balanced) [default: {D['model']}]."),
+        _opt(" | ".join(f"{m.name} ({m.help})" for m in MODELS.values()) + f" [default: {D['model']}]."),
     ] = None,
     init: Annotated[
         str | None,

@@ -12,7 +12,8 @@ import math
 import numpy as np
 
 from . import kernel, schema
-from .init import initial_layers, layer_dims, rank_of
+from .init import initial_layers, rank_of
+from .models import MODELS
 from .problem import Problem
 from .schema import Status
 from .spec import Spec
@@ -53,15 +54,6 @@ def cells(spec: Spec, region: tuple[slice, ...]) -> dict[str, np.ndarray]:
     values = [spec.values(name, s) for name, s in zip(spec.axes, region)]  # a range's slice only
     mesh = np.meshgrid(*values, indexing="ij")
     return {name: m.ravel() for name, m in zip(spec.axes, mesh)}
-
-
-def _model(spec: Spec, problem: Problem, depth: int, width: int):
-    target = problem.target
-    r = rank_of(problem.dx, problem.dy, depth, width)
-    tail = kernel.tail_loss(target, r)
-    if spec.model == "induced":
-        return kernel.Induced(depth, target, tail, rank=r)
-    return kernel.Layerwise(layer_dims(problem.dx, problem.dy, depth, width), target, tail)
 
 
 def loss_floor(problem: Problem, rank: int) -> float:
@@ -111,15 +103,12 @@ def _compute(spec: Spec, problem: Problem, c: dict[str, np.ndarray]) -> dict[str
     """The dataset variables of a flat list of cells of one depth and width, cell axis first."""
     n = len(c["seed"])
     depth, width = int(c["depth"][0]), int(c["width"][0])
-    if spec.model == "exact":
+    record = MODELS[spec.model]
+    if not record.integrated:
         return _compute_exact(spec, problem, c, depth, width)
-    model = _model(spec, problem, depth, width)
-    target = problem.target
-    starts = [initial_layers(spec.init.scheme, target, **_start_args(spec, c, i)) for i in range(n)]
-    if spec.model == "induced":
-        y0 = np.stack([_product(layers).ravel() for layers in starts])
-    else:
-        y0 = model.pack([np.stack(ws) for ws in zip(*starts)])
+    model = record.kernel_model(problem, depth, width)
+    starts = [initial_layers(spec.init.scheme, problem.target, **_start_args(spec, c, i)) for i in range(n)]
+    y0 = record.states(model, starts)
 
     settings = {k: v for k, v in spec.integrator.items() if k != "method"}
     result = kernel.integrate(
@@ -210,13 +199,6 @@ def _row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     for j in range(a.shape[1]):
         out += a[:, j] * (b[:, j] if b.ndim == 2 else b[j])
     return out
-
-
-def _product(layers):
-    w = layers[0]
-    for layer in layers[1:]:
-        w = layer @ w
-    return w
 
 
 def _imbalance(model, y0, y1):

@@ -27,6 +27,7 @@ import numpy as np
 from . import kernel, schema, store
 from .errors import ClusterError, LinflowError, RayGone, SpecError, StoreError, StoreWriteError  # noqa: F401
 from .lock import StoreLock, heartbeat_seconds
+from .models import MODELS
 from .problem import Problem, build
 from .schema import Status, plain
 from .spec import Spec
@@ -73,12 +74,7 @@ def prepare(spec: Spec, out: str | Path) -> Plan:
     the same sweep, or one that extends it along its axes (:func:`sweep.spec.extension`). Raises
     SpecError on a bad spec, StoreError on a bad ``out`` or a store holding another sweep."""
     problem = build(spec.problem)
-    if spec.model == "exact" and problem.dy != 1:
-        raise SpecError(
-            "model",
-            "exact (the closed form of docs/theory.md §4) needs a scalar output, dy = 1; "
-            f"the data has dy = {problem.dy}",
-        )
+    MODELS[spec.model].check_data(problem.dy)
     check_memory(spec, problem)
     fingerprint = spec.fingerprint(problem.digest())
     path = Path(out)
@@ -173,13 +169,9 @@ def check_memory(spec: Spec, problem: Problem) -> None:
     per_task = math.prod(chunk_shape(spec.shape, tuple(spec.axes), spec.batch))
     depth, width = max(spec.axes["depth"]), max(spec.axes["width"])  # the parameters grow with both
     layers = parameter_count(problem.dx, problem.dy, depth, width)
-    if spec.model == "layerwise":  # state and stages are the layers; the starts are packed into it
-        per_state = 8 * ((method.stages + 6) * layers)
-    elif spec.model == "induced":  # state W (dy×dx); the starts' layers are built, then multiplied out
-        per_state = 8 * ((method.stages + 5) * problem.dx * problem.dy + layers)
-    else:  # exact: closed form of W0 only
-        per_state = 8 * 4 * problem.dx * problem.dy
-    transient = 8 * layers if spec.model != "exact" else 0  # one start being factored
+    model = MODELS[spec.model]
+    per_state = model.state_bytes(method.stages, problem.dx, problem.dy, depth, width)
+    transient = 8 * layers if model.integrated else 0  # one start being factored
     need = per_task * (per_state + per_cell) + transient
     if need <= MEMORY_LIMIT:
         return

@@ -38,6 +38,7 @@ from pydantic import (
 
 from .errors import SpecError
 from .kernel import DEFAULT_METHOD, KERNEL_VERSION, METHODS
+from .models import DEFAULT_MODEL, MODELS
 
 # canonical order of the grid axes (dims of the dataset); seed last so batches run over seeds
 AXES = ("depth", "width", "init_norm", "init_angle", "seed")
@@ -389,7 +390,7 @@ class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, title="linflow sweep spec")
 
     problem: Problem = Synthetic()
-    model: Literal["layerwise", "induced", "exact"] = "layerwise"
+    model: Literal[tuple(MODELS)] = DEFAULT_MODEL
     init: Init = Init()
     axes: Axes = Axes()
     integrator: Integrator = Adaptive()
@@ -409,7 +410,7 @@ class Spec(BaseModel):
     @model_validator(mode="after")
     def _consistent(self):
         model, scheme, problem, step = self.model, self.init.scheme, self.problem, self.integrator.get("step")
-        if model in ("induced", "exact") and scheme != "balanced":
+        if MODELS[model].balanced_only and scheme != "balanced":
             raise SpecError(
                 "model",
                 f"the {model} flow holds only for balanced starts; use init.scheme: balanced or model: layerwise",
@@ -425,11 +426,8 @@ class Spec(BaseModel):
         if log_start is not None and log_start > self.horizon:
             raise SpecError("checkpoints.log_start", f"must be ≤ {self.horizon:.6g}, got {log_start}")
         synthetic = isinstance(problem, Synthetic)
-        if model == "exact" and synthetic and problem.dy != 1:
-            raise SpecError(
-                "model",
-                f"exact (the closed form of docs/theory.md §4) needs a scalar output, dy = 1; got dy = {problem.dy}",
-            )
+        if synthetic:
+            MODELS[model].check_data(problem.dy)
         if self.axes.init_angle is not None:
             if scheme != "balanced":
                 raise SpecError("axes.init_angle", "needs init.scheme: balanced (a Gaussian start has no set angle)")

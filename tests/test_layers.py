@@ -28,6 +28,7 @@ BASE = ("sweep.schema", "sweep.version", "sweep.errors")  # result table and sta
 LAYER = {
     **{m: "base" for m in BASE},
     **{m: "kernel" for m in KERNEL},
+    "sweep.models": "cells",  # one record per model: below the spec, which offers their names
     "sweep.spec": "cells",
     "sweep.problem": "cells",
     "sweep.init": "cells",

@@ -83,20 +83,20 @@ class Layerwise(_Model):
         v_off = np.concatenate([[0], e_off + r * d[0] + np.cumsum([0] + [d[i] * r for i in range(1, n)])]).astype(int)
         target = np.ascontiguousarray(self.target.T if self.flip else self.target)
         return flows.Geometry(
-            flows.LAYERWISE,
-            n,
-            int(r),
-            d.astype(np.int64),
-            off.astype(np.int64),
-            rs.astype(np.int64),
-            cs.astype(np.int64),
-            target,
-            self.tail,
-            0.5 * float(np.sum(target**2)),
-            s_off[:-1] if n > 1 else np.zeros(1, np.int64),
-            e_off,
-            v_off[:-1] if n > 1 else np.zeros(1, np.int64),
-            int(v_off[-1]),
+            kind=flows.LAYERWISE,
+            depth=n,
+            rank=int(r),
+            dims=d.astype(np.int64),
+            off=off.astype(np.int64),
+            rs=rs.astype(np.int64),
+            cs=cs.astype(np.int64),
+            target=target,
+            tail=self.tail,
+            half_z2=0.5 * float(np.sum(target**2)),
+            s_off=s_off[:-1] if n > 1 else np.zeros(1, np.int64),
+            e_off=e_off,
+            v_off=v_off[:-1] if n > 1 else np.zeros(1, np.int64),
+            work_rows=int(v_off[-1]),
         )
 
     def layers(self, y: np.ndarray) -> list[np.ndarray]:
@@ -150,20 +150,20 @@ class Induced(_Model):
         rank = min(self.dx, self.dy) if self.rank is None else int(self.rank)
         none = np.zeros(1, np.int64)
         return flows.Geometry(
-            flows.INDUCED,
-            self.depth,
-            rank,
-            np.array([self.dx, self.dy], np.int64),
-            none,
-            none,
-            none,
-            np.ascontiguousarray(self.target),
-            self.tail,
-            0.5 * float(np.sum(self.target**2)),
-            none,
-            0,
-            none,
-            0,
+            kind=flows.INDUCED,
+            depth=self.depth,
+            rank=rank,
+            dims=np.array([self.dx, self.dy], np.int64),
+            off=none,
+            rs=none,
+            cs=none,
+            target=np.ascontiguousarray(self.target),
+            tail=self.tail,
+            half_z2=0.5 * float(np.sum(self.target**2)),
+            s_off=none,
+            e_off=0,
+            v_off=none,
+            work_rows=0,
         )
 
     def product(self, y: np.ndarray) -> np.ndarray:
