@@ -33,9 +33,9 @@ from sweep.errors import (
     StoreError,
     StoreWriteError,
 )
-from sweep.lock import StoreLock, writer
 from sweep.models import MODELS
 from sweep.problem import build
+from sweep.store.lock import StoreLock, writer
 
 
 class _OneLineErrors(TyperGroup):
@@ -730,11 +730,16 @@ def _new_folder(out: Path, flag: str = "--out") -> None:
         parent = parent.parent
     if not parent.is_dir():
         _fail(f"{flag}: cannot create {out}: {parent} is a file, not a folder")
-    inside = next((p for p in (parent, *parent.parents) if store.is_store(p)), None)
-    if inside is not None:
-        _fail(f"{flag}: cannot write {out} inside the store {inside}; choose a folder outside it")
+    _inside_no_store(out, flag)
     if not os.access(parent, os.W_OK):
         _fail(f"{flag}: cannot write in {parent}: not writable")
+
+
+def _inside_no_store(out: Path, flag: str) -> None:
+    try:
+        store.check_new(out, flag)
+    except StoreError as exc:
+        _fail(str(exc))
 
 
 def _new_file(out: Path, flag: str = "--out") -> None:
@@ -744,9 +749,7 @@ def _new_file(out: Path, flag: str = "--out") -> None:
     if not out.parent.is_dir():
         what = "is a file, not a folder" if out.parent.exists() else "does not exist"
         _fail(f"{flag}: cannot write {out}: the folder {out.parent} {what}")
-    inside = next((p for p in out.resolve().parents if store.is_store(p)), None)
-    if inside is not None:
-        _fail(f"{flag}: cannot write {out} inside the store {inside}; choose a folder outside it")
+    _inside_no_store(out, flag)
     if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
         _fail(f"{flag}: cannot write {out}: not writable")
 

@@ -26,11 +26,11 @@ import numpy as np
 
 from . import kernel, schema, store
 from .errors import ClusterError, LinflowError, RayGone, SpecError, StoreError, StoreWriteError  # noqa: F401
-from .lock import StoreLock, heartbeat_seconds
 from .models import MODELS
 from .problem import Problem, build
 from .schema import Status, plain
 from .spec import Spec
+from .store.lock import StoreLock, heartbeat_seconds
 from .task import run_task
 
 # BLAS inside a task stays single-threaded: one task per core is the parallelism
@@ -80,12 +80,10 @@ def prepare(spec: Spec, out: str | Path) -> Plan:
     path = Path(out)
     if path.exists():
         return Plan(problem, fingerprint, True, _growth(path, spec, problem, fingerprint))
+    store.check_new(path)
     parent = path.resolve().parent
     while not parent.exists():
         parent = parent.parent
-    inside = next((p for p in (parent, *parent.parents) if store.is_store(p)), None)
-    if inside is not None:
-        raise StoreError("out", f"cannot create {path} inside the store {inside}; choose a folder outside it")
     if not parent.is_dir():
         raise StoreError("out", f"cannot create {path}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK):

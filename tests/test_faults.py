@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from sweep import store
-from sweep.lock import _namespace, lock_path
+from sweep.store.lock import _namespace, lock_path
 
 pytestmark = pytest.mark.slow
 

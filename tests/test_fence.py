@@ -20,9 +20,9 @@ from reference import assert_identical
 from sweep import runner, store
 from sweep import spec as specs
 from sweep.errors import LockLost
-from sweep.lock import StoreLock, lock_path
 from sweep.problem import build
 from sweep.schema import plain
+from sweep.store.lock import StoreLock, lock_path
 
 pytestmark = pytest.mark.slow
 

@@ -28,9 +28,9 @@ from typer.testing import CliRunner
 from cli.main import app
 from sweep import runner, store
 from sweep import spec as specs
-from sweep.lock import lock_path
 from sweep.problem import build
 from sweep.schema import RESULTS
+from sweep.store.lock import lock_path
 
 # tiny cells (rk4, 100 steps, 5 checkpoints, dy = 1 so that init_angle can be an axis); batch 4: seed 0:5
 # is cut into chunks of 2 to 4 seeds, none of which divides 5, so that the last old chunk is partial and

@@ -19,7 +19,7 @@ import sweep
 from cli.main import app
 from sweep import store
 from sweep.errors import StoreDamaged
-from sweep.lock import lock_path
+from sweep.store.lock import lock_path
 
 # 1 depth × 1 norm × 3 seeds, a chunk a seed: 3 chunks a variable; tiny cells
 SPEC = [
@@ -229,12 +229,13 @@ def test_a_special_file_as_a_chunk_is_named_promptly_by_status_verify_and_report
 READ = """
 import sys, zarr
 from sweep import store
+from sweep.errors import StoreDamaged
 path = sys.argv[1]
 group = zarr.open_group(path, mode="r")  # not through store.open_group: the reads themselves are bounded
 for read in (lambda: store.read_status(group) and "read", lambda: store.inspect(group, path, verify=True).first()):
     try:
         print(read())
-    except store.StoreDamaged as exc:
+    except StoreDamaged as exc:
         print(exc.problem)
 """
 

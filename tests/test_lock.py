@@ -18,7 +18,7 @@ import xarray as xr
 from typer.testing import CliRunner
 
 from cli.main import app
-from sweep.lock import GRACE_SECONDS, LockError, StoreLock, _namespace, lock_path
+from sweep.store.lock import GRACE_SECONDS, LockError, StoreLock, _namespace, lock_path
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ SMALL = [
 # wake when it lets go), acquire, say whether it holds the lock, and hold it until the gate done<t>
 CONTENDER = r"""
 import fcntl, sys, time
-from sweep.lock import LockError, StoreLock
+from sweep.store.lock import LockError, StoreLock
 
 root, trials = sys.argv[1], int(sys.argv[2])
 for t in range(trials):
@@ -170,7 +170,7 @@ def test_a_live_lock_is_refused_and_kept(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time\nfrom sweep.lock import StoreLock\n"
+            "import sys, time\nfrom sweep.store.lock import StoreLock\n"
             "l = StoreLock(sys.argv[1]).acquire()\nprint('held', flush=True)\ntime.sleep(60)",
             str(store),
         ],

@@ -6,6 +6,7 @@ import pytest
 
 from sweep import batch, problem, schema, store
 from sweep import spec as specs
+from sweep.errors import StoreError
 from sweep.schema import RESULTS, Status
 
 RAW = {
@@ -100,6 +101,6 @@ def test_a_store_without_one_of_the_results_is_refused_in_one_line(tmp_path):
     shutil.rmtree(path / "imbalance_drift")  # as a store of a linflow before that variable would be
     with pytest.warns(UserWarning, match="Consolidated metadata"):
         zarr.consolidate_metadata(str(path))
-    with pytest.raises(store.StoreError, match=r"has no imbalance_drift \(results this linflow stores\)") as e:
+    with pytest.raises(StoreError, match=r"has no imbalance_drift \(results this linflow stores\)") as e:
         store.open_group(path)
     assert "\n" not in str(e.value)

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from sweep import batch, store
 from sweep import spec as specs
-from sweep.lock import lock_path
+from sweep.store.lock import lock_path
 
 ROOT = Path(__file__).resolve().parents[1]
 # 24 batches of 4 cells, ~0.3 s of kernel time each: several seconds on 2 workers

@@ -25,7 +25,7 @@ start of the process (every file: metadata, coordinates, chunks):
 * LINFLOW_TEST_WRITE_LOG=FILE — each write appends the path of its target to FILE (one a line, the
   K-th too), so that a test can count the writes of a whole run and see what each one was.
 
-and, when ``sweep.lock`` is imported (in every process: the lock is taken by the driver only):
+and, when ``sweep.store.lock`` is imported (in every process: the lock is taken by the driver only):
 
 * LINFLOW_TEST_STALE_SECONDS=S — a lock whose heartbeat is older than S seconds is stale (the driver
   beats every S/20): a driver frozen for a few seconds loses its lock to another.
@@ -129,7 +129,7 @@ WRAPS = {}
 if FAIL_SEED is not None or KILL_MARKER or SLOW_BATCH:
     WRAPS["sweep.batch"] = _wrap_batch
 if STALE_SECONDS or HOSTNAME:
-    WRAPS["sweep.lock"] = _wrap_lock
+    WRAPS["sweep.store.lock"] = _wrap_lock
 if KILL_AT_WRITE or WRITE_LOG:
     WRAPS["zarr.storage._local"] = _wrap_local_store
 

@@ -31,7 +31,7 @@ import socket
 import time
 from pathlib import Path
 
-from .errors import LockError, LockLost
+from ..errors import LockError, LockLost
 
 STALE_SECONDS = 600.0  # a heartbeat older than this: its driver is gone (the driver beats every 1/20 of it)
 GRACE_SECONDS = 5.0
