@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sweep import runner, store
+from sweep import cluster, runner, store
 from sweep import spec as specs
 from sweep.schema import RESULTS, Status
 
@@ -274,7 +274,7 @@ def main():
         f"model exact, m 20, dx 4, dy 1, 11 checkpoints, batch 256; medians of {args.repeats}"
     )
     started = time.perf_counter()
-    owner = runner.connect(workers=args.workers)
+    owner = cluster.connect(workers=args.workers)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) if args.keep is None else args.keep
@@ -282,7 +282,7 @@ def main():
             rows = [case(n, folder, args.repeats) for n in names]
     finally:
         if owner:
-            runner._stop_ray()
+            cluster.stop_ray()
     print(f"\nall cases: {time.perf_counter() - started:.0f} s; load average at the end {load()}\n")
     head = f"{'case':<5}{'base cells':>11}{'new':>7}{'chunks':>20}{'tasks':>7}{'written':>10}{'old rewr.':>11}"
     print(head + f"{'growth s':>10}{'fresh s':>9}{'ratio':>7}  ≤ {TARGET:.0f}%")

@@ -8,8 +8,6 @@ import os
 import re
 import signal
 import sys
-import threading
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Annotated
@@ -23,11 +21,12 @@ except ImportError:  # pragma: no cover
     from click import exceptions as _cx
 
 
-from sweep import runner, store
+from sweep import cluster, runner, store
 from sweep import spec as specs
 from sweep.errors import (
     LinflowError,
     LockError,
+    RayGone,
     SpecError,
     StoreDamaged,
     StoreError,
@@ -305,8 +304,8 @@ def _sweep(s: specs.Spec, out: Path, quiet: bool, refused=_message, **kw) -> run
     bar = None if quiet else _ProgressBar()
     resume = RESUME.format(out)
     # each way a run ends says so in one line, and leaves no lock (runner.run releases it on the way out)
-    alone = _stderr_is_fd2()  # a process of its own (not a test runner calling this function)
-    with _stopped_by_signals() as stopped, _ray_output_aside():
+    alone = cluster.stderr_is_fd2()  # a process of its own (not a test runner calling this function)
+    with cluster.stopped_by_signals() as stopped, cluster.ray_output_aside():
         try:
             return runner.run(s, out, progress=bar.update if bar else None, **kw)
         except KeyboardInterrupt:  # Ray's calls turn any KeyboardInterrupt into a plain one: `stopped` says which
@@ -321,7 +320,7 @@ def _sweep(s: specs.Spec, out: Path, quiet: bool, refused=_message, **kw) -> run
             _fail(resume, 128 + signum, kind)
         except StoreWriteError as exc:
             _fail(str(exc), 1)
-        except runner.RayGone as exc:
+        except RayGone as exc:
             _fail(f"{exc}; {resume}", 1)
         except LinflowError as exc:
             _fail(refused(exc))
@@ -349,78 +348,6 @@ def show_spec(
         typer.echo(specs.load(spec).to_yaml(), nl=False)
     except SpecError as exc:
         _fail(_message(exc))
-
-
-@contextmanager
-def _stopped_by_signals():
-    """SIGTERM (Slurm, systemd, docker stop, timeout) stops a run as SIGINT (Ctrl-C) does: the first
-    of them raises KeyboardInterrupt in the main thread and is listed in the list yielded (exit code
-    128 + its number, as a shell reports); the ones after it are ignored, so that stopping (Ray's
-    shutdown, the lock's release) is not cut short when a whole process group is signalled."""
-    stopping = []
-    if threading.current_thread() is not threading.main_thread():
-        yield stopping
-        return
-
-    def stop(signum, frame):
-        if not stopping:
-            stopping.append(signum)
-            raise KeyboardInterrupt
-
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stopping
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
-def _stderr_is_fd2() -> bool:
-    try:
-        return sys.stderr.fileno() == 2
-    except (AttributeError, OSError, ValueError):
-        return False
-
-
-@contextmanager
-def _ray_output_aside():
-    """Ray's C++ core, in this process, writes its errors to file descriptor 2 as well as to its session's
-    log files (python-core-driver-*.log): point descriptor 2 at /dev/null while Ray runs, and keep
-    sys.stderr (our one-line messages, the progress bar) on the real stderr through a copy of it.
-    Ray also prints what its raylet says when it dies (its last log lines, which its session's raylet.out
-    holds) to stdout: descriptor 1 points at /dev/null meanwhile too, so that stdout carries linflow's own
-    output only (--json: the JSON) and stderr its one line.
-    Only when sys.stderr is descriptor 2 (not under a test runner that captures it)."""
-    if not _stderr_is_fd2():
-        yield
-        return
-    sys.stderr.flush()
-    sys.stdout.flush()
-    real = os.dup(2)
-    out = os.dup(1)
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 1)
-    os.dup2(null, 2)
-    os.close(null)
-    previous = sys.stderr
-    sys.stderr = copy = open(
-        real,
-        "w",
-        buffering=1,
-        encoding=previous.encoding,
-        errors=previous.errors,
-        closefd=False,
-    )
-    try:
-        yield
-    finally:
-        copy.close()
-        sys.stderr = previous
-        sys.stdout.flush()
-        os.dup2(out, 1)
-        os.close(out)
-        os.dup2(real, 2)
-        os.close(real)
 
 
 @app.command()

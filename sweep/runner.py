@@ -8,15 +8,11 @@ error recorded in the store's attrs), and the sweep goes on.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import pickle
 import resource
-import signal
-import socket
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +20,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import kernel, schema, store
-from .errors import ClusterError, LinflowError, RayGone, SpecError, StoreError, StoreWriteError  # noqa: F401
+from . import cluster, kernel, schema, store
+from .errors import LinflowError, RayGone, SpecError, StoreError, StoreWriteError
 from .models import MODELS
 from .problem import Problem, build
 from .schema import Status, plain
@@ -33,8 +29,6 @@ from .spec import Spec
 from .store.lock import StoreLock, heartbeat_seconds
 from .task import run_task
 
-# BLAS inside a task stays single-threaded: one task per core is the parallelism
-SINGLE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 # a task's spec and data travel inside the task when this small (Ray inlines arguments under 100 KiB): no
 # object-store copy that Ray's core would try to recover — and die on — when a signal to the whole process
 # group has ended the raylet a moment before this driver
@@ -196,197 +190,6 @@ def check_memory(spec: Spec, problem: Problem) -> None:
     )
 
 
-def runtime_env(address: str | None) -> dict:
-    """Environment of the workers: single-threaded BLAS; on a cluster also the
-    ``sweep`` package itself (workers need not have linflow installed)."""
-    env_vars = dict(SINGLE_THREAD)
-    env = {"env_vars": env_vars}
-    if address:
-        env["py_modules"] = [str(Path(__file__).resolve().parent)]
-        env["excludes"] = ["*.zarr", "runs/", "__pycache__/"]
-    return env
-
-
-ADDRESS_SECONDS = 5.0  # answering at address: connecting, and a Ray server's first gRPC frame
-
-# an HTTP/2 server (gRPC: Ray's GCS and its Ray Client server) sends a SETTINGS frame first (RFC 9113 §3.4)
-_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
-
-
-def check_address(address: str | None) -> None:
-    """Check a named cluster's address before anything is created, in seconds (ClusterError naming
-    ``address``): its form (``HOST:PORT``, the GCS, or ``ray://HOST:PORT``, Ray Client), that Ray
-    Client is installed for ``ray://``, and that the port answers as a Ray server does (gRPC) —
-    ray.init would otherwise retry for minutes, or wait forever on a port that is not Ray's.
-    ``auto``, ``local`` and unnamed (a local instance) are not checked."""
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if not address or address in ("auto", "local"):
-        return
-    scheme, _, hostport = address.rpartition("://")
-    host, _, port = hostport.rstrip("/").rpartition(":")
-    if scheme in ("http", "https"):
-        raise ClusterError(
-            "address",
-            f"{address} is the job-submission (dashboard) address: submit the run "
-            f"with `ray job submit --address {address} -- linflow run …`, or drive the "
-            f"cluster from here with ray://{host or 'HOST'}:10001 (Ray Client) or "
-            f"{host or 'HOST'}:6379 (the GCS)",
-        )
-    if scheme not in ("", "ray") or not host or not port.isdigit() or "/" in host:
-        raise ClusterError(
-            "address",
-            f"expected HOST:PORT (the GCS, e.g. 10.0.0.1:6379) or ray://HOST:PORT "
-            f"(Ray Client, e.g. ray://10.0.0.1:10001), got {address!r}",
-        )
-    if scheme == "ray":
-        import importlib.util
-
-        if importlib.util.find_spec("grpc") is None:
-            raise ClusterError("address", "ray:// (Ray Client) needs grpcio: python3 -m pip install 'ray[client]'")
-    try:
-        conn = socket.create_connection((host, int(port)), timeout=ADDRESS_SECONDS)
-    except OSError as exc:
-        raise ClusterError(
-            "address", f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); is it up?"
-        ) from None
-    with conn:
-        if os.environ.get("RAY_USE_TLS", "0").lower() not in ("0", "false", ""):
-            return  # TLS: no cleartext gRPC to probe
-        try:
-            conn.sendall(_H2_PREFACE)
-            head = b""
-            while len(head) < 9 and (more := conn.recv(9 - len(head))):
-                head += more
-        except OSError:
-            head = b""
-    if len(head) < 9 or head[3] != 4:  # no answer in time, or no SETTINGS frame
-        raise ClusterError(
-            "address",
-            f"{address} is open but does not answer as Ray does (gRPC) within "
-            f"{ADDRESS_SECONDS:.0f} s; is it the GCS port (6379) or the Ray Client port (10001)?",
-        )
-
-
-def connect(address: str | None = None, workers: int | None = None) -> bool:
-    """Attach to the Ray cluster at ``address`` (or RAY_ADDRESS), else start a local instance with
-    ``workers`` CPUs (default: all). Returns True when this call started Ray (and should stop it).
-
-    The caller's SIGTERM and SIGINT handlers stay in force (ray.init replaces SIGTERM's with its own
-    ``sys.exit``, and its core adds a stack dump). Interrupted or failed half-way — a signal while Ray
-    starts — it stops whatever it had started before it re-raises."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    # log_to_driver off: the workers' and raylet's logs stay in Ray's session folder, not on our stderr
-    quiet = {"logging_level": logging.ERROR, "configure_logging": True, "log_to_driver": False}
-    handlers = _signal_handlers()
-    ours = {p.pid for p in _ray_descendants()}
-    # the driver's core would add a handler that dumps a stack on SIGTERM, then ends the process
-    # before the caller's handler can release anything (RAY_DISABLE_FAILURE_SIGNAL_HANDLER, read by
-    # ray.init; a local instance's processes inherit it, and Ray still reports their deaths)
-    env_vars = {"RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1"}
-    if not address:
-        env_vars[OWNER_VAR] = str(os.getpid())  # marks the local instance's processes as this driver's
-        # a local instance inherits the driver's environment: set it for the Ray processes started here, so
-        # the workers Ray starts ahead of time (default environment) serve the tasks without a cold start
-        env_vars.update(runtime_env(None)["env_vars"])
-    saved = {k: os.environ.get(k) for k in env_vars}
-    os.environ.update(env_vars)
-    try:
-        if address:
-            ray.init(address=address, runtime_env=runtime_env(address), **quiet)
-        else:
-            # "local": a new instance, never a cluster that another process announced in Ray's temp folder
-            ray.init(address="local", num_cpus=workers, include_dashboard=False, **quiet)
-        return True
-    except BaseException as exc:
-        _stop_ray(keep=ours)
-        _restore(handlers)
-        caller = handlers.get(signal.SIGTERM)
-        if isinstance(exc, SystemExit) and exc.code == signal.SIGTERM and callable(caller):
-            caller(signal.SIGTERM, None)  # ray.init's own SIGTERM handler (sys.exit) ran: the caller's decides
-        raise
-    finally:
-        _restore(handlers)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _signal_handlers() -> dict:
-    """The Python handlers of SIGTERM and SIGINT (only the main thread has them)."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-
-
-def _restore(handlers: dict) -> None:
-    for sig, handler in handlers.items():
-        if callable(handler):  # the caller's own (a default or ignore setting came from outside Python)
-            signal.signal(sig, handler)
-
-
-_RAY_PROCESS = ("ray::", "/ray/core/src/", "/ray/_private/", "/ray/dashboard/", "/ray/autoscaler/")
-
-
-OWNER_VAR = "LINFLOW_RAY_OWNER"  # in the environment of a local Ray instance's processes: the driver's pid
-
-
-def _ray_descendants() -> list:
-    """Ray's processes that this process started (raylet, GCS, agents, workers, monitors): its
-    descendants, and those a signal to the whole group orphaned (their environment names this driver)."""
-    import psutil
-
-    me = str(os.getpid())
-    found = {}
-    for p in psutil.Process().children(recursive=True):
-        try:
-            if any(k in " ".join(p.cmdline()) for k in _RAY_PROCESS):
-                found[p.pid] = p
-        except psutil.Error:
-            continue
-    for p in psutil.process_iter():
-        try:
-            if p.pid not in found and p.ppid() == 1 and p.environ().get(OWNER_VAR) == me:
-                found[p.pid] = p
-        except psutil.Error:
-            continue
-    return list(found.values())
-
-
-def _stop_ray(keep=frozenset(), grace: float = 3.0) -> None:
-    """ray.shutdown, then end the Ray processes this process started that are still alive (those of an
-    interrupted start, which Ray does not know yet; agents whose raylet is gone): SIGTERM, then SIGKILL."""
-    import psutil
-    import ray
-
-    left = [p for p in _ray_descendants() if p.pid not in keep]  # before the raylet goes, taking the tree
-    try:
-        ray.shutdown()
-    except Exception:  # noqa: BLE001 — Ray half-started or already gone: its processes are ended below
-        pass
-    for _ in range(3):  # a raylet ended mid-start may have spawned agents after the last look: look again
-        left = list({p.pid: p for p in left + _ray_descendants() if p.pid not in keep and p.is_running()}.values())
-        if not left:
-            break
-        for p in left:
-            try:
-                p.terminate()
-            except psutil.Error:
-                pass
-        _, alive = psutil.wait_procs(left, timeout=grace)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        left = []
-
-
 def run(spec: Spec, out: str | Path, *, address=None, workers=None, progress=None, retry_failed=False) -> Report:
     """Run (or resume) the sweep ``spec`` into the store ``out``.
 
@@ -394,7 +197,7 @@ def run(spec: Spec, out: str | Path, *, address=None, workers=None, progress=Non
     ``progress(done_cells, total_cells)`` is called after each stored batch."""
     started = time.perf_counter()
     problem, fingerprint, exists, grows = prepare(spec, out)
-    check_address(address)
+    cluster.check_address(address)
     where = Path(out).resolve()  # a store is one store under any of its names (symlinks): one lock
     lock = StoreLock(where)
     try:
@@ -455,14 +258,14 @@ def run_all(specs: dict[str, Spec], folder: str | Path, *, address=None, workers
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     stores = {name: folder / f"{name}.zarr" for name in specs}
-    owner = connect(address, workers)
+    owner = cluster.connect(address, workers)
     try:
         for name, spec in specs.items():
             report = (lambda d, t, n=name: progress(n, d, t)) if progress else None
             run(spec, stores[name], address=address, workers=workers, progress=report)
     finally:
         if owner:
-            _stop_ray()
+            cluster.stop_ray()
     return stores
 
 
@@ -514,10 +317,10 @@ def _dispatch(spec, problem, group, work, report, lock, address, workers, progre
 
     started = time.perf_counter()
     owner = done = False
-    others = {p.pid for p in _ray_descendants()}  # Ray processes of this process that are not this run's
+    others = {p.pid for p in cluster.ray_descendants()}  # Ray processes of this process that are not this run's
     try:
         try:
-            owner = connect(address, workers)
+            owner = cluster.connect(address, workers)
         except (LinflowError, KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 — Ray did not start, or the cluster refused this driver
@@ -545,7 +348,7 @@ def _dispatch(spec, problem, group, work, report, lock, address, workers, progre
             except (rx.RaySystemError, rx.LocalRayletDiedError, ConnectionError) as exc:
                 raise RayGone(f"Ray stopped mid-run ({_one_line(exc)})") from None
             if owner and not address:
-                _check_local_ray()
+                cluster.check_local_ray()
             if time.monotonic() - last_beat > heartbeat_seconds():
                 lock.beat()  # LockLost when another driver took the lock over meanwhile
                 last_beat = time.monotonic()
@@ -587,19 +390,7 @@ def _dispatch(spec, problem, group, work, report, lock, address, workers, progre
         if not done:  # stopped by a signal or a failure: the driver writes no more, so the store is free
             lock.release()  # before Ray's stop, however long that takes (run releases it again: a no-op)
         if owner:
-            _stop_ray(keep=others)
-
-
-def _check_local_ray() -> None:
-    """RayGone when the raylet or the GCS of the local instance this process started has died."""
-    import ray
-
-    node = getattr(ray._private.worker, "_global_node", None)
-    for kind in ("raylet", "gcs_server"):
-        for info in getattr(node, "all_processes", {}).get(kind, []):
-            code = info.process.poll()
-            if code is not None:
-                raise RayGone(f"Ray stopped mid-run: its {kind} (pid {info.process.pid}) died (exit code {code})")
+            cluster.stop_ray(keep=others)
 
 
 def _lost_batch(spec, problem, region, mask) -> dict:

@@ -15,8 +15,8 @@ def ray_local():
     """One real local Ray instance (2 CPUs) for the in-process runs of a test module."""
     import ray
 
-    from sweep import runner
+    from sweep import cluster
 
-    runner.connect(workers=2)
+    cluster.connect(workers=2)
     yield
     ray.shutdown()

@@ -556,11 +556,11 @@ def existing_store(tmp_path_factory):
     """A real, finished store (made once) that no bad input may change."""
     import ray
 
-    from sweep import runner
+    from sweep import cluster, runner
     from sweep import spec as specs
 
     root = tmp_path_factory.mktemp("existing")
-    runner.connect(workers=2)
+    cluster.connect(workers=2)
     try:
         runner.run(specs.parse(GOOD), root / "done.zarr")
     finally:

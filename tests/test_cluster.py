@@ -15,6 +15,7 @@ from reference import assert_identical, compute
 
 from sweep import runner
 from sweep import spec as specs
+from sweep.cluster import connect
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = {
@@ -100,7 +101,7 @@ def test_sweep_on_a_multi_node_cluster_matches_a_local_run(cluster, tmp_path):
 def test_worker_node_removed_mid_sweep(cluster, tmp_path):
     import ray
 
-    runner.connect(address=cluster.address)
+    connect(address=cluster.address)
     try:
         out = tmp_path / "s.zarr"
         first_batch = threading.Event()

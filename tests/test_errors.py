@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import zarr
 
-from sweep import problem, runner, store
+from sweep import cluster, problem, runner, store
 from sweep import spec as specs
 from sweep.errors import ClusterError, LinflowError, LockError, RayGone, SpecError, StoreError, StoreWriteError
 
@@ -37,7 +37,7 @@ def test_the_library_speaks_of_out_not_of_a_flag(tmp_path):
 
 def test_the_library_speaks_of_address_not_of_a_flag():
     with pytest.raises(ClusterError) as info:
-        runner.check_address("not an address")
+        cluster.check_address("not an address")
     assert info.value.field == "address" and "--address" not in str(info.value)
 
 

@@ -35,6 +35,7 @@ LAYER = {
     "sweep.batch": "batch",
     "sweep.task": "worker",
     **{f"sweep.store{m}": "worker" for m in ("", ".make", ".group", ".chunks", ".damage", ".results", ".lock")},
+    "sweep.cluster": "driver",  # the Ray lifecycle: below the runner, which dispatches through it
     "sweep.runner": "driver",
     "sweep": "driver",  # the package __init__: the public face (open_results, __version__)
 }

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from analysis import theory
 from cli.main import app
-from sweep import batch, runner, store
+from sweep import batch, cluster, runner, store
 from sweep import spec as specs
 
 FAIL_SEED = 7  # cells with this seed fail (the test hook of tests/faults), in the stores that have it
@@ -177,7 +177,7 @@ def corpus(tmp_path_factory):
     saved = {k: os.environ.get(k) for k in faults}
     os.environ.update(faults)
     try:
-        runner.connect(workers=2)
+        cluster.connect(workers=2)
     finally:
         for k, v in saved.items():
             if v is None:
