@@ -84,6 +84,11 @@ def _message(exc: LinflowError) -> str:
     return f"{FLAGS[exc.field]}: {exc.problem}" if exc.field in FLAGS else str(exc)
 
 
+def _say(text: str) -> None:
+    """One line on stderr from a run (a lock taken over, a growth, damaged cells marked pending)."""
+    typer.echo(f"linflow: {_printable(text)}", err=True)
+
+
 def _fail(message: str, code: int = 2, kind: str = "error: "):
     typer.echo(f"linflow: {kind}{_printable(message)}", err=True)  # it may quote a store's text
     sys.exit(code)
@@ -307,7 +312,7 @@ def _sweep(s: specs.Spec, out: Path, quiet: bool, refused=_message, **kw) -> run
     alone = cluster.stderr_is_fd2()  # a process of its own (not a test runner calling this function)
     with cluster.stopped_by_signals() as stopped, cluster.ray_output_aside():
         try:
-            return runner.run(s, out, progress=bar.update if bar else None, **kw)
+            return runner.run(s, out, progress=bar.update if bar else None, say=_say, **kw)
         except KeyboardInterrupt:  # Ray's calls turn any KeyboardInterrupt into a plain one: `stopped` says which
             signum = stopped[0] if stopped else signal.SIGINT
             kind = "interrupted; " if signum == signal.SIGINT else "terminated (SIGTERM); "
@@ -583,6 +588,7 @@ def reproduce(
             address=address,
             workers=workers,
             progress=progress,
+            say=_say,
         )
         datasets = {n: xr.open_zarr(path).load() for n, path in stores.items()}
         written = study.write(out, datasets)

@@ -12,8 +12,8 @@ import math
 import os
 import pickle
 import resource
-import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -190,11 +190,15 @@ def check_memory(spec: Spec, problem: Problem) -> None:
     )
 
 
-def run(spec: Spec, out: str | Path, *, address=None, workers=None, progress=None, retry_failed=False) -> Report:
+def run(
+    spec: Spec, out: str | Path, *, address=None, workers=None, progress=None, retry_failed=False, say=None
+) -> Report:
     """Run (or resume) the sweep ``spec`` into the store ``out``.
 
     Only the cells still pending are computed (and, with ``retry_failed``, the failed ones).
-    ``progress(done_cells, total_cells)`` is called after each stored batch."""
+    ``progress(done_cells, total_cells)`` is called after each stored batch. What is worth a line — a lock
+    taken over, a growth, damaged cells marked pending — goes to ``say(text)`` (the CLI prints it);
+    without ``say``, the warnings among them are ``warnings.warn``-ed (a notebook shows them)."""
     started = time.perf_counter()
     problem, fingerprint, exists, grows = prepare(spec, out)
     cluster.check_address(address)
@@ -206,7 +210,7 @@ def run(spec: Spec, out: str | Path, *, address=None, workers=None, progress=Non
     except OSError as exc:
         raise StoreError("out", f"cannot create {out}: {exc.strerror or exc}") from None
     if lock.taken_over is not None:
-        print(f"linflow: warning: {lock.takeover_message()}", file=sys.stderr)
+        _notice(say, lock.takeover_message())
     try:
         try:
             if not exists:
@@ -218,14 +222,16 @@ def run(spec: Spec, out: str | Path, *, address=None, workers=None, progress=Non
                 grows = _growth(Path(out), spec, problem, fingerprint)
             if grows:
                 store.grow(where, spec, fingerprint, lock.check)
-                print(f"linflow: growing {out}: {growth_text(spec, grows)}", file=sys.stderr)
+                _notice(say, f"growing {out}: {growth_text(spec, grows)}", warning=False)
         except OSError as exc:
             raise StoreError("out", f"cannot {'grow' if exists else 'create'} {out}: {exc.strerror or exc}") from None
         group = store.open_group(out, mode="r+")
         shape = store.layout(group)[0]
         if shape != spec.shape:  # never computes a grid with another spec's coordinates
             raise StoreError("out", f"{out}'s grid {shape} is not the spec's {spec.shape}")
-        store.recheck(group, out, lock.check)  # lost or torn chunks of done cells (a partial copy): back to pending
+        damage = store.recheck(group, out, lock.check)  # lost or torn chunks of done cells (a partial copy): pending
+        if damage.cells:
+            _notice(say, f"{damage.summary()}; marked pending — they will be recomputed")
         work = store.todo(group, retry_failed)
         total = math.prod(shape)
         done = total - sum(int(m.sum()) for _, m in work)
@@ -252,9 +258,9 @@ def run(spec: Spec, out: str | Path, *, address=None, workers=None, progress=Non
     return report
 
 
-def run_all(specs: dict[str, Spec], folder: str | Path, *, address=None, workers=None, progress=None) -> dict:
+def run_all(specs: dict[str, Spec], folder: str | Path, *, address=None, workers=None, progress=None, say=None) -> dict:
     """Run (or resume) several sweeps on one Ray connection, each into ``folder/NAME.zarr``; returns
-    {name: store path}. ``progress(name, done, total)``."""
+    {name: store path}. ``progress(name, done, total)``; ``say`` as :func:`run`'s."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     stores = {name: folder / f"{name}.zarr" for name in specs}
@@ -262,11 +268,19 @@ def run_all(specs: dict[str, Spec], folder: str | Path, *, address=None, workers
     try:
         for name, spec in specs.items():
             report = (lambda d, t, n=name: progress(n, d, t)) if progress else None
-            run(spec, stores[name], address=address, workers=workers, progress=report)
+            run(spec, stores[name], address=address, workers=workers, progress=report, say=say)
     finally:
         if owner:
             cluster.stop_ray()
     return stores
+
+
+def _notice(say, text: str, warning: bool = True) -> None:
+    """``text`` to ``say`` ('warning: ' before a warning), or without ``say`` a warning to ``warnings.warn``."""
+    if say is not None:
+        say(f"warning: {text}" if warning else text)
+    elif warning:
+        warnings.warn(text, RuntimeWarning, stacklevel=3)
 
 
 def run_local(spec: Spec, problem: Problem | None = None):

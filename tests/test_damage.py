@@ -13,6 +13,8 @@ import zarr
 from typer.testing import CliRunner
 
 from cli.main import app
+from sweep import runner, store
+from sweep import spec as specs
 
 # 2 depths × 2 norms × 5 seeds in chunks of 4 seeds: 8 chunks per variable, 4 cells each but 1 in the
 # chunks of seed 4; horizon long enough that both converged and unconverged cells are stored
@@ -256,3 +258,16 @@ def test_malformed_failures_attribute_is_one_line_for_every_command(reference, c
         ("run", *SPEC, "--out", copy),
     ):
         one_line(cli(*args), "is damaged", '"failures" attribute')
+
+
+def test_a_notebook_run_warns_of_the_damage_it_repairs_and_prints_nothing(reference, copy, capfd):
+    """The library says what is worth a line through warnings (only the CLI prints): a rerun in-process on a
+    damaged store warns once with the count, writes nothing to stdout or stderr, and repairs to the same bits."""
+    damage(copy, LOST["w_final missing"][0])
+    spec = specs.parse(store.stored_spec(copy))
+    with pytest.warns(RuntimeWarning, match=r"^4 cells had missing or unreadable chunks \(w_final\); marked pending"):
+        report = runner.run(spec, copy)
+    assert report.cells_run == 4
+    out, err = capfd.readouterr()
+    assert "linflow" not in out + err and "marked pending" not in out + err
+    same_bits(copy, reference[1])

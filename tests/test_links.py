@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import xarray as xr
-from faults import LINFLOW, reap
+from faults import reap, start
 from typer.testing import CliRunner
 
 import sweep
@@ -196,16 +196,7 @@ def bounded():
 def linflow(*args, timeout=60) -> tuple[int, str]:
     """``linflow ARGS`` in a real process (a session of its own, its memory bounded), killed after ``timeout``
     seconds: (exit code, stderr)."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen(
-        [LINFLOW, *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-        preexec_fn=bounded,
-    )
+    proc = start(args, preexec_fn=bounded)
     try:
         _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 
 import sweep
 from cli.main import app
-from sweep import lock, schema, store
+from sweep import schema, store
 from sweep.errors import StoreDamaged
 from sweep.schema import Status
+from sweep.store import lock
 
 # 64 batches of 4 cells (Euler, small steps), each made to take ≥ 0.5 s: a reader finds it part-done; stopped once read
 SLOW = [

@@ -3,7 +3,6 @@ that a rerun recomputes them (:func:`mark_pending`, :func:`recheck`)."""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,10 +189,8 @@ def mark_pending(group: zarr.Group, damage: Damage, check=lambda: None) -> None:
 
 def recheck(group: zarr.Group, path: str | Path, check=lambda: None) -> Damage:
     """On resume, cheaply (a listing, and decoding only files of suspicious size): mark the cells of
-    lost or torn chunks pending, and say how many (one line on stderr)."""
+    lost or torn chunks pending; returns what was found (its ``summary()`` says how many)."""
     damage = inspect(group, path)
     if damage:
         mark_pending(group, damage, check)
-    if damage.cells:
-        print(f"linflow: warning: {damage.summary()}; marked pending — they will be recomputed", file=sys.stderr)
     return damage

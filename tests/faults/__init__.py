@@ -13,9 +13,10 @@ FOLDER = Path(__file__).resolve().parent
 LINFLOW = str(Path(sys.executable).parent / "linflow")
 
 
-def start(args, **extra) -> subprocess.Popen:
+def start(args, preexec_fn=None, **extra) -> subprocess.Popen:
     """``linflow ARGS`` in its own session (its pid is the session's id), so that its Ray processes can be
-    found and reaped; never attached to a cluster named in RAY_ADDRESS; ``extra`` added to its environment."""
+    found and reaped; never attached to a cluster named in RAY_ADDRESS; ``extra`` added to its environment;
+    ``preexec_fn`` run in the child before it starts (a resource limit)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(extra)
     return subprocess.Popen(
@@ -25,6 +26,7 @@ def start(args, **extra) -> subprocess.Popen:
         text=True,
         env=env,
         start_new_session=True,
+        preexec_fn=preexec_fn,
     )
 
 
