@@ -670,7 +670,7 @@ def _new_folder(out: Path, flag: str = "--out") -> None:
 
 def _inside_no_store(out: Path, flag: str) -> None:
     try:
-        store.check_new(out, flag)
+        store.check_new(out, flag, "write")
     except StoreError as exc:
         _fail(str(exc))
 

@@ -53,7 +53,7 @@ def _walk(root: str) -> tuple[list[str], list[str], list[str]]:
     return links, special, partial
 
 
-def check_new(out: str | Path, field: str = "out") -> None:
+def check_new(out: str | Path, field: str = "out", verb: str = "create") -> None:
     """StoreError naming ``field`` when ``out`` (a store, a report folder, a file; made or not yet) would lie
     inside a linflow store — which only linflow writes, and whose damage checks would refuse it."""
     place = Path(out).resolve()
@@ -61,7 +61,7 @@ def check_new(out: str | Path, field: str = "out") -> None:
         place = place.parent
     inside = next((p for p in (place, *place.parents) if is_store(p)), None)
     if inside is not None:
-        raise StoreError(field, f"cannot write {out} inside the store {inside}; choose a folder outside it")
+        raise StoreError(field, f"cannot {verb} {out} inside the store {inside}; choose a folder outside it")
 
 
 def stored_spec(store: str | Path | zarr.Group) -> dict:
