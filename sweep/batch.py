@@ -71,10 +71,10 @@ def run_batch(spec: Spec, problem: Problem, region: tuple[slice, ...], mask=None
     c = cells(spec, region)
     out = empty_results(spec, problem, shape)
     keep = np.flatnonzero(np.ones(shape, bool) if mask is None else np.asarray(mask).ravel())
-    if len(keep) == math.prod(shape):
-        computed = _compute(spec, problem, c)
-    else:
-        computed = _compute(spec, problem, {k: v[keep] for k, v in c.items()}) if len(keep) else {}
+    if len(keep) == math.prod(shape):  # every cell: the computed arrays themselves (no copy)
+        out.update({k: v.reshape(out[k].shape) for k, v in _compute(spec, problem, c).items()})
+        return out
+    computed = _compute(spec, problem, {k: v[keep] for k, v in c.items()}) if len(keep) else {}
     for name, values in computed.items():
         out[name].reshape((-1,) + values.shape[1:])[keep] = values
     return out

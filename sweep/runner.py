@@ -352,6 +352,9 @@ def _dispatch(spec, problem, group, work, report, lock, address, workers, progre
         queue = [(chunks, 1) for chunks in tasks]
         running = {}  # object ref → (chunks, attempt)
         nodes = set()
+        # whether the store records failures: read once (the handle was opened under this run's lock, and only this
+        # run adds them), so that a batch without errors in a store without failures opens no root metadata
+        recorded = "failures" in group.attrs
         last_beat = time.monotonic()
         while queue or running:
             try:
@@ -384,7 +387,9 @@ def _dispatch(spec, problem, group, work, report, lock, address, workers, progre
             for region, mask, results, errors in computed:
                 try:
                     store.write_batch(group, region, results, mask, lock.check)
-                    store.record_failures(group, region, mask, errors, lock.check)
+                    if errors or recorded:
+                        store.record_failures(group, region, mask, errors, lock.check)
+                        recorded = True
                 except OSError as exc:
                     raise StoreWriteError(
                         f"writing {report.path} failed ({exc.strerror or exc}); every batch written before "
