@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import signal
 import sys
 from functools import partial
@@ -34,7 +33,10 @@ from sweep.errors import (
 )
 from sweep.models import MODELS
 from sweep.problem import build
+from sweep.schema import AXES
 from sweep.store.lock import StoreLock, writer
+
+from .terminal import ProgressBar, printable
 
 
 class _OneLineErrors(TyperGroup):
@@ -86,25 +88,12 @@ def _message(exc: LinflowError) -> str:
 
 def _say(text: str) -> None:
     """One line on stderr from a run (a lock taken over, a growth, damaged cells marked pending)."""
-    typer.echo(f"linflow: {_printable(text)}", err=True)
+    typer.echo(f"linflow: {printable(text)}", err=True)
 
 
 def _fail(message: str, code: int = 2, kind: str = "error: "):
-    typer.echo(f"linflow: {kind}{_printable(message)}", err=True)  # it may quote a store's text
+    typer.echo(f"linflow: {kind}{printable(message)}", err=True)  # it may quote a store's text
     sys.exit(code)
-
-
-# a terminal's escape sequences: CSI (ESC [ or C1 CSI, … final byte), OSC (ESC ] or C1 OSC, … BEL or ESC \),
-# and ESC with one byte
-_ESCAPES = re.compile(r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*[\x07\x9c]?|\x1b[ -~]?")
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1
-
-
-def _printable(text) -> str:
-    """Text read from a store (a recorded error, a spec key, a dimension's name) as it is safe to print: without
-    escape sequences and control characters (which could clear the screen, retitle the terminal or hide
-    what follows), its line breaks and tabs as spaces."""
-    return _CONTROLS.sub(lambda m: " " if m.group() in "\t\n\r" else "", _ESCAPES.sub("", str(text)))
 
 
 D = specs.DEFAULTS  # the spec models' defaults, quoted in the help
@@ -114,19 +103,18 @@ def _opt(help: str, *names: str):
     return typer.Option(*names, help=help)
 
 
-def _axis(name: str) -> str:
-    """An axis default as the flag would write it: 1,2,3,4 or 0:8."""
-    v = D["axes"][name]
-    return f"{v['start']}:{v['stop']}" if isinstance(v, dict) else ",".join(map(str, v))
+def _axis_help(name: str) -> str:
+    """An axis flag's help (schema.AXES), with its default as the flag would write it: 1,2,3,4 or 0:8."""
+    v = D["axes"].get(name)
+    if v is None:
+        return f"{AXES[name].example}."
+    default = f"{v['start']}:{v['stop']}" if isinstance(v, dict) else ",".join(map(str, v))
+    return f"{AXES[name].example} [default: {default}]."
 
 
 # the flags that set a spec key: flag → (its key in the spec, how its text is read: an axis list, else as typed)
 SPEC_FLAGS = {
-    "depth": ("axes.depth", int),
-    "width": ("axes.width", int),
-    "init_norm": ("axes.init_norm", float),
-    "init_angle": ("axes.init_angle", float),
-    "seed": ("axes.seed", int),
+    **{name: (f"axes.{name}", int if a.dtype == "i8" else float) for name, a in AXES.items()},
     "model": ("model", None),
     "init": ("init.scheme", None),
     "method": ("integrator.method", None),
@@ -187,20 +175,11 @@ def run(
             "-o",
         ),
     ] = None,
-    depth: Annotated[str | None, _opt(f"Depths, e.g. 1,2,3,4 or 1:9 [default: {_axis('depth')}].")] = None,
-    width: Annotated[str | None, _opt(f"Hidden-layer widths, e.g. 1,5 [default: {_axis('width')}].")] = None,
-    init_norm: Annotated[
-        str | None,
-        _opt(f"‖W(0)‖₂/‖Z‖₂ values, e.g. 0.1,1,10 [default: {_axis('init_norm')}]."),
-    ] = None,
-    init_angle: Annotated[
-        str | None,
-        _opt("Angles (rad) between W(0) and Z, e.g. 0,1.5,3.1 (vector targets)."),
-    ] = None,
-    seed: Annotated[
-        str | None,
-        _opt(f"Initialization seeds, e.g. 0:100 or 1,2,3 [default: {_axis('seed')}]."),
-    ] = None,
+    depth: Annotated[str | None, _opt(_axis_help("depth"))] = None,
+    width: Annotated[str | None, _opt(_axis_help("width"))] = None,
+    init_norm: Annotated[str | None, _opt(_axis_help("init_norm"))] = None,
+    init_angle: Annotated[str | None, _opt(_axis_help("init_angle"))] = None,
+    seed: Annotated[str | None, _opt(_axis_help("seed"))] = None,
     model: Annotated[
         str | None,
         _opt(" | ".join(f"{m.name} ({m.help})" for m in MODELS.values()) + f" [default: {D['model']}]."),
@@ -306,7 +285,7 @@ def _sweep(s: specs.Spec, out: Path, quiet: bool, refused=_message, **kw) -> run
     signal N — the store keeps every batch)."""
     # runner.run checks the data, the store, the lock and the cluster before it writes or starts
     # anything; the progress bar appears with the first stored batch, so such errors print alone
-    bar = None if quiet else _ProgressBar()
+    bar = None if quiet else ProgressBar()
     resume = RESUME.format(out)
     # each way a run ends says so in one line, and leaves no lock (runner.run releases it on the way out)
     alone = cluster.stderr_is_fd2()  # a process of its own (not a test runner calling this function)
@@ -395,20 +374,20 @@ def status(
     if as_json:
         typer.echo(json.dumps(info.as_dict(verify)))
         return
-    typer.echo(_printable(f"{path}  (fingerprint {info.fingerprint}, linflow {info.version})"))
+    typer.echo(printable(f"{path}  (fingerprint {info.fingerprint}, linflow {info.version})"))
     typer.echo(
-        _printable("grid: " + " × ".join(f"{d} {n}" for d, n in zip(info.dims, info.shape)))
+        printable("grid: " + " × ".join(f"{d} {n}" for d, n in zip(info.dims, info.shape)))
         + f" = {sum(counts.values())} cells"
     )
     _print_counts(counts)
     failed = info.failures
     for f in failed[:20]:
-        typer.echo(_printable(f"  failed {f['cell']}: {f['error']}"))
+        typer.echo(printable(f"  failed {f['cell']}: {f['error']}"))
     if len(failed) > 20:
         typer.echo(f"  … and {len(failed) - 20} more failed cells")
     if damage.chunks and not verify:
         typer.echo(
-            f"damaged: {_printable(damage.first())}; counted as pending above — `linflow status --verify {path}` "
+            f"damaged: {printable(damage.first())}; counted as pending above — `linflow status --verify {path}` "
             "marks them pending (a rerun does too)"
         )
     if info.pending_batches:
@@ -700,44 +679,6 @@ def _print_counts(counts: dict):
     total = sum(counts.values()) or 1
     for name, n in counts.items():
         typer.echo(f"  {name:<12}{n:>8}  {100 * n / total:5.1f}%")
-
-
-class _ProgressBar:
-    """Cells done, elapsed time and ETA on stderr; shown from the first stored batch on (so that
-    errors found before any work print alone on their line)."""
-
-    def __init__(self):
-        self.bar = None
-
-    def update(self, done: int, total: int):
-        if self.bar is None:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn("cells"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("elapsed"),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-            )
-            self.task = self.bar.add_task("cells", total=total, completed=done)
-            self.bar.start()
-        self.bar.update(self.task, completed=done, total=total)
-
-    def stop(self):
-        if self.bar is not None:
-            self.bar.stop()
 
 
 def main():

@@ -1,12 +1,15 @@
-"""The result schema: every variable a sweep stores per cell, in one table.
+"""The schema: the grid's axes and every variable a sweep stores per cell, each in one table.
 
-The store lays its arrays out from it, a batch fills it, the memory bounds count its bytes and the tests
-check it; adding a variable is one line of :data:`RESULTS`. Statuses are :class:`Status`; the CF
+:data:`AXES` holds what each grid axis is (its type, bounds, default, CF attributes and flag help): the spec
+validates it, the store writes its coordinate and the CLI reads its flag from that row. :data:`RESULTS`
+holds the variables: the store lays its arrays out from it, a batch fills it, the memory bounds count its
+bytes and the tests check it; adding a variable is one line. Statuses are :class:`Status`; the CF
 ``flag_values`` / ``flag_meanings`` of the ``status`` variable come from it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -56,6 +59,51 @@ class Variable:
         if self.flags is not None:
             attrs.update(self.flags.flag_attrs())
         return attrs
+
+
+@dataclass(frozen=True)
+class Axis:
+    """A grid axis: its values' type and bounds, its default, its coordinate's CF attributes, its flag's help."""
+
+    dtype: str  # "i8" (whole numbers) or "f8"
+    long_name: str
+    low: float  # the smallest value allowed (excluded when low_open)
+    high: float | None = None  # the largest (None: no bound but int64's)
+    low_open: bool = False
+    default: object = None  # as a spec writes it; None: the axis is absent unless given
+    units: str = ""
+    example: str = ""  # the flag's help: "Depths, e.g. 1,2,3,4 or 1:9"
+
+    def attrs(self) -> dict:
+        return {"long_name": self.long_name} | ({"units": self.units} if self.units else {})
+
+
+MAX_DEPTH = 10_000
+# the grid axes in their canonical order (the dataset's dims); seed last so that a batch runs over seeds
+AXES = {
+    "depth": Axis(
+        "i8", "depth N (number of layers)", 1, MAX_DEPTH, default=[1, 2, 3, 4], example="Depths, e.g. 1,2,3,4 or 1:9"
+    ),
+    "width": Axis("i8", "width of every hidden layer", 1, default=[5], example="Hidden-layer widths, e.g. 1,5"),
+    "init_norm": Axis(
+        "f8", "‖W(0)‖₂ / ‖Z‖₂", 0.0, low_open=True, default=[1.0], example="‖W(0)‖₂/‖Z‖₂ values, e.g. 0.1,1,10"
+    ),
+    "init_angle": Axis(
+        "f8",
+        "angle between W(0) and Z",
+        0.0,
+        math.pi,
+        units="rad",
+        example="Angles (rad) between W(0) and Z, e.g. 0,1.5,3.1 (vector targets)",
+    ),
+    "seed": Axis(
+        "i8",
+        "initialization seed",
+        0,
+        default={"start": 0, "stop": 8},
+        example="Initialization seeds, e.g. 0:100 or 1,2,3",
+    ),
+}
 
 
 NAN = float("nan")

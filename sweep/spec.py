@@ -32,6 +32,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -39,11 +40,13 @@ from pydantic import (
 from .errors import SpecError
 from .kernel import DEFAULT_METHOD, KERNEL_VERSION, METHODS
 from .models import DEFAULT_MODEL, MODELS
+from .schema import AXES as AXIS_TABLE
+from .schema import MAX_DEPTH
 
-# canonical order of the grid axes (dims of the dataset); seed last so batches run over seeds
-AXES = ("depth", "width", "init_norm", "init_angle", "seed")
-REQUIRED_AXES = ("depth", "width", "init_norm", "seed")
-FLOAT_AXES = ("init_norm", "init_angle")
+# the grid axes (schema.AXES: canonical order, the dataset's dims; seed last so batches run over seeds)
+AXES = tuple(AXIS_TABLE)
+REQUIRED_AXES = tuple(name for name, a in AXIS_TABLE.items() if a.default is not None)
+FLOAT_AXES = tuple(name for name, a in AXIS_TABLE.items() if a.dtype == "f8")
 FIXED_METHODS = tuple(name for name, t in METHODS.items() if not t.adaptive)
 ADAPTIVE_METHODS = tuple(name for name, t in METHODS.items() if t.adaptive)
 
@@ -51,7 +54,6 @@ MAX_STEPS = 1_000_000
 MAX_BATCH = 65_536
 # bounds on what a spec may ask for, checked before anything is built (bounded time and memory)
 MAX_CELLS = 10_000_000  # grid cells (the results of even 2 checkpoints a cell would pass 2 GiB near 2e7)
-MAX_DEPTH = 10_000
 MAX_INT = 2**63 - 1  # every integer must fit int64 (the store's coordinates)
 MAX_DATA_BYTES = 2**28  # the problem's X, Y and target as float64: (m·dx + m·dy + dy·dx)·8 bytes
 MAX_SPEC_BYTES = 2**20  # a YAML spec file
@@ -317,18 +319,16 @@ def _axis(element):
     ]
 
 
-class Axes(_Record):
-    """The grid: the Cartesian product of these axes (init_angle only when given)."""
+def _element(a) -> Any:
+    """The type of one value of axis ``a`` (a row of schema.AXES): whole numbers or reals within its bounds."""
+    if a.dtype == "i8":
+        return _int(int(a.low), MAX_INT if a.high is None else int(a.high))
+    low = {"gt": a.low} if a.low_open else {"ge": a.low}
+    return _float(**low, le=a.high)
 
-    depth: _axis(Depth) = Field([1, 2, 3, 4], validate_default=True, description="layers of the network")
-    width: _axis(Count) = Field([5], validate_default=True, description="width of every hidden layer")
-    init_norm: _axis(Positive) = Field(
-        [1.0], validate_default=True, description="‖W(0)‖₂ / ‖Z‖₂ of the end-to-end product"
-    )
-    init_angle: _axis(Angle) = Field(
-        None, description="angle (rad) between W(0) and Z; vector targets (dy = 1 or dx = 1), balanced starts"
-    )
-    seed: _axis(Seed) = Field({"start": 0, "stop": 8}, validate_default=True, description="initialization seeds")
+
+class _Grid(_Record):
+    """The grid: the Cartesian product of these axes (an axis without a default only when given)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -349,6 +349,21 @@ class Axes(_Record):
                 + f"); at most {MAX_CELLS:,} cells per store: split the sweep into several stores",
             )
         return raw
+
+
+# one field per row of schema.AXES
+Axes = create_model(
+    "Axes",
+    __base__=_Grid,
+    __module__=__name__,
+    **{
+        name: (
+            _axis(_element(a)),
+            Field(a.default, validate_default=a.default is not None, description=a.long_name),
+        )
+        for name, a in AXIS_TABLE.items()
+    },
+)
 
 
 class FixedStep(_Record):

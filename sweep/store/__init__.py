@@ -31,11 +31,10 @@ from .group import (
     record_failures,
     stored_spec,
 )
-from .make import AXIS_ATTRS, EVERY_CHUNK, create, grow, settle, template
+from .make import EVERY_CHUNK, create, grow, settle, template
 from .results import done_text, load_results, open_results
 
 __all__ = [
-    "AXIS_ATTRS",
     "EVERY_CHUNK",
     "STATUS_NAMES",
     "Damage",

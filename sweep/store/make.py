@@ -16,19 +16,10 @@ import zarr
 from .. import kernel
 from ..batch import chunk_shape
 from ..problem import Problem
-from ..schema import RESULTS, tail_shape
+from ..schema import AXES, RESULTS, tail_shape
 from ..spec import Spec, axis_values
 from ..version import __version__
 from .group import check_tree, open_group
-
-AXIS_ATTRS = {
-    "depth": {"long_name": "depth N (number of layers)"},
-    "width": {"long_name": "width of every hidden layer"},
-    "init_norm": {"long_name": "‖W(0)‖₂ / ‖Z‖₂"},
-    "init_angle": {"long_name": "angle between W(0) and Z", "units": "rad"},
-    "seed": {"long_name": "initialization seed"},
-}
-
 
 COORD_CHUNK = 2**16  # values per chunk of an axis' coordinate (512 KiB of int64 or float64)
 
@@ -65,7 +56,7 @@ def template(spec: Spec, problem: Problem, fingerprint: str, range_coords: bool 
     data_vars["x"] = (("in", "sample"), problem.x, {"long_name": "inputs X (whitened, X Xᵀ = I)"})
     data_vars["y"] = (("out", "sample"), problem.y, {"long_name": "outputs Y"})
     coords = {
-        name: (name, spec.values(name), AXIS_ATTRS[name])
+        name: (name, spec.values(name), AXES[name].attrs())
         for name, values in spec.axes.items()
         if range_coords or not isinstance(values, range)
     }
@@ -190,7 +181,7 @@ def _write_range(group: zarr.Group, name: str, values: range) -> None:
         dtype=np.int64,
         fill_value=0,
         dimension_names=(name,),
-        attributes=AXIS_ATTRS[name],
+        attributes=AXES[name].attrs(),
     )
     step = arr.chunks[0]
     for start in range(0, len(values), step):
