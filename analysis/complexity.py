@@ -56,23 +56,58 @@ def _fit(x, y):
     return a, b, se, 1 - sse / sst if sst > 0 else 1.0
 
 
+def _clustered_se(gx, logt, ok, a, b):
+    """The seed-clustered standard error of the pooled slope ``b`` (least squares ``a + b gx`` over the
+    points ``ok`` of ``logt``, shape (along, seed)) and the degrees of freedom of its t quantile.
+
+    The sandwich is CR2 (Bell & McCaffrey 2002): each seed's residuals are scaled by
+    (I − H_ss)^(−1/2), H_ss the seed's block of the hat matrix, which makes the variance unbiased
+    when the points' errors are independent with one variance; with every seed at the same points it
+    is the variance of the mean of the per-seed slopes, sd(b_s)² / k. The degrees of freedom are
+    Bell and McCaffrey's (tr M)² / tr(M²) for M = Gᵀ(I − H)G (G: each seed's weights on its own
+    residuals), k − 1 with every seed at the same points, fewer when seeds miss points unevenly."""
+    x = np.where(ok, 1.0, 0.0)[..., None] * np.stack([np.ones_like(logt), np.broadcast_to(gx[:, None], logt.shape)], -1)
+    x = x.transpose(1, 0, 2)  # (seed, along, 2); rows of missing points are 0
+    inv = np.linalg.inv(np.einsum("sai,saj->ij", x, x))
+    h = np.einsum("sai,ij,sbj->sab", x, inv, x)  # each seed's block of the hat matrix
+    mu, q = np.linalg.eigh(np.eye(h.shape[-1]) - h)
+    root = np.where(mu > 1e-10, 1 / np.sqrt(np.clip(mu, 1e-10, None)), 0.0)  # (I − H_ss)^(−1/2), pseudo-inverse
+    adjust = np.einsum("sak,sk,sbk->sab", q, root, q)
+    w = x @ inv[:, 1]  # (seed, along): the slope's weights on the points
+    g = np.einsum("sab,sb->sa", adjust, w)
+    resid = np.where(ok, logt - a - b * gx[:, None], 0.0).T
+    se = np.sqrt(np.sum(np.einsum("sa,sa->s", g, resid) ** 2))
+    d = np.einsum("sa,sa->s", g, g)  # Gᵀ G is diagonal (each seed's column lives on its own points)
+    gtx = np.einsum("sa,sai->si", g, x)  # Gᵀ X; Gᵀ H G = (Gᵀ X) inv (Gᵀ X)ᵀ, never formed (k × k)
+    diag = np.einsum("si,ij,sj->s", gtx, inv, gtx)
+    c = inv @ gtx.T @ gtx
+    trace = d.sum() - diag.sum()
+    square = np.sum(d**2) - 2 * np.sum(d * diag) + np.trace(c @ c)
+    seeds = int(ok.any(0).sum())  # k independent units: at most k − 1 degrees of freedom for their spread
+    return se, min(trace**2 / square, seeds - 1)
+
+
 def fit_scaling(
     ds: xr.Dataset,
     along: str = "init_norm",
     form: str | None = None,
     over: str = "seed",
-    n_boot: int = 2000,
     level: float = 0.95,
-    rng_seed: int = 0,
 ) -> xr.Dataset:
     """Fit T_ε against ``along`` for every combination of the other axes:
     ``form="power"``: log T = a + b log x (exponent b); ``"loglinear"``: log T = a + b x (rate b).
-    Default: power for init_norm, loglinear for depth. The confidence interval at ``level`` comes
-    from a bootstrap over ``over`` (resampling whole seeds) when there are ≥ 3 of them, else from
-    the fit's covariance (t distribution). With a single value of ``over`` (one seed) there is no
-    interval: the scatter about the line is then the misfit of the form, not variation between
-    seeds. ``note`` says, per fit, why there is no fit (fewer than 3 converged runs, or all at one
-    value of ``along``) or no interval ("no CI: one seed")."""
+    Default: power for init_norm, loglinear for depth. ``exponent`` is the least-squares slope over
+    every converged run of the slice (all values of ``over`` pooled).
+
+    The confidence interval at ``level`` treats the values of ``over`` (seeds) as the independent
+    units: exponent ± t_ν · stderr, where ``stderr`` is the seed-clustered (CR2) standard error of the
+    pooled slope and ν the Bell–McCaffrey degrees of freedom (``dof``; k − 1 for k seeds when every
+    seed has the same points, where the interval is the t interval on the k per-seed slopes). See
+    docs/theory.md §11. It needs two seeds that each have
+    converged runs at two values of ``along`` (two per-seed slopes); with one there is no interval.
+    With a single value of ``over`` (one seed) there is none either: the scatter about the line is then
+    the misfit of the form, not variation between seeds. ``note`` says, per fit, why there is no fit
+    (fewer than 3 converged runs, or all at one value of ``along``) or no interval ("no CI: one seed")."""
     from scipy import stats
 
     form = form or ("loglinear" if along == "depth" else "power")
@@ -84,60 +119,56 @@ def fit_scaling(
     xs = t[along].values.astype(float)
     gx = np.log(xs) if form == "power" else xs
     shape = t.shape[:-2]
-    names = ("intercept", "exponent", "exponent_low", "exponent_high", "stderr", "r2", "n_points")
+    names = ("intercept", "exponent", "exponent_low", "exponent_high", "stderr", "dof", "r2", "n_points")
     out = {k: np.full(shape, np.nan) for k in names}
     notes = np.full(shape, "", dtype=object)
-    rng = np.random.default_rng(rng_seed)
     alpha = (1 - level) / 2
     n_over = t.sizes[over]
+    values = t.values
     for idx in np.ndindex(shape):
         with np.errstate(divide="ignore", invalid="ignore"):  # T_ε = 0 (started within ε) and NaN
-            logt = np.log(t.values[idx])  # (along, over)
-        ok = np.isfinite(logt) & (t.values[idx] > 0)
-        xgrid = np.broadcast_to(gx[:, None], logt.shape)
-        out["n_points"][idx] = ok.sum()
-        if ok.sum() < 3:
-            n = int(ok.sum())
+            logt = np.log(values[idx])  # (along, over)
+        ok = np.isfinite(logt) & (values[idx] > 0)
+        n = int(ok.sum())
+        out["n_points"][idx] = n
+        if n < 3:
             notes[idx] = f"no fit: {n} converged run{'s' * (n != 1)} with T_ε > 0 (needs 3)"
             continue
+        xgrid = np.broadcast_to(gx[:, None], logt.shape)
         if len(np.unique(xgrid[ok])) < 2:
             notes[idx] = f"no fit: converged runs at one {along} only"
             continue
-        a, b, se, r2 = _fit(xgrid[ok], logt[ok])
-        lo = hi = np.nan
+        a, b, _, r2 = _fit(xgrid[ok], logt[ok])
+        out["intercept"][idx], out["exponent"][idx], out["r2"][idx] = a, b, r2
+        spread = np.where(ok, xgrid, -np.inf).max(0) > np.where(ok, xgrid, np.inf).min(0)
         if n_over == 1:
             notes[idx] = f"no CI: one {over}"
-        elif n_over >= 3 and n_boot:
-            boots = []
-            for _ in range(n_boot):
-                pick = rng.integers(0, n_over, n_over)
-                xb, yb, okb = xgrid[:, pick], logt[:, pick], ok[:, pick]
-                if okb.sum() >= 3 and len(np.unique(xb[okb])) >= 2:
-                    boots.append(_fit(xb[okb], yb[okb])[1])
-            if len(boots) >= 0.5 * n_boot:
-                lo, hi = np.quantile(boots, [alpha, 1 - alpha])
-            else:
-                notes[idx] = f"no CI: only {len(boots)} of {n_boot} bootstrap resamples of {over} can be fitted"
-        else:
-            q = stats.t.ppf(1 - alpha, max(ok.sum() - 2, 1))
-            lo, hi = b - q * se, b + q * se
-        for k, v in zip(names, (a, b, lo, hi, se, r2, ok.sum())):
-            out[k][idx] = v
+            continue
+        if spread.sum() < 2:
+            notes[idx] = (
+                f"no CI: {int(spread.sum())} of {n_over} {over}s with converged runs at two or more {along} "
+                "values (needs 2)"
+            )
+            continue
+        se, dof = _clustered_se(gx, logt, ok, a, b)
+        q = stats.t.ppf(1 - alpha, dof)
+        out["exponent_low"][idx], out["exponent_high"][idx] = b - q * se, b + q * se
+        out["stderr"][idx], out["dof"][idx] = se, dof
     coords = {d: t[d] for d in others}
     what = f"d log T_ε / d log {along}" if form == "power" else f"d log T_ε / d {along}"
     attrs = {
         "intercept": {"long_name": "fit intercept (log T_ε at log x = 0 / x = 0)"},
-        "exponent": {"long_name": f"scaling exponent {what}"},
+        "exponent": {"long_name": f"scaling exponent {what} (least squares, {over}s pooled)"},
         "exponent_low": {"long_name": f"{level:.0%} CI lower end of the exponent"},
         "exponent_high": {"long_name": f"{level:.0%} CI upper end of the exponent"},
-        "stderr": {"long_name": "standard error of the exponent (least squares)"},
+        "stderr": {"long_name": f"standard error of the exponent, clustered by {over} (CR2)"},
+        "dof": {"long_name": "degrees of freedom of the interval's t quantile (Bell–McCaffrey)"},
         "r2": {"long_name": "coefficient of determination of the fit"},
         "n_points": {"long_name": "converged runs in the fit"},
     }
     res = xr.Dataset({k: (others, v, attrs[k]) for k, v in out.items()}, coords=coords)
     res["note"] = (others, notes, {"long_name": "why there is no fit or no confidence interval (empty: both there)"})
-    method = "t interval" if n_over == 2 or not n_boot else "bootstrap over " + over
-    method = "none (one " + over + ")" if n_over == 1 else method
+    method = f"none (one {over})" if n_over == 1 else f"t interval clustered by {over} (CR2), {n_over} {over}s"
     res.attrs.update(along=along, form=form, over=over, level=level, ci_method=method)
     return res
 

@@ -56,12 +56,6 @@ def cells(spec: Spec, region: tuple[slice, ...]) -> dict[str, np.ndarray]:
     return {name: m.ravel() for name, m in zip(spec.axes, mesh)}
 
 
-def loss_floor(problem: Problem, rank: int) -> float:
-    """L* = ½Σ_{k>r} s_k² + ½(‖Y‖² − ‖Z‖²): the global minimum of the training loss at rank r."""
-    z = problem.target
-    return kernel.tail_loss(z, rank) + 0.5 * (float(np.sum(problem.y**2)) - float(np.sum(z**2)))
-
-
 def run_batch(spec: Spec, problem: Problem, region: tuple[slice, ...], mask=None) -> dict[str, np.ndarray]:
     """Integrate the cells of ``region`` (those where ``mask``, shaped like the region, is true;
     default all); returns every variable of the result schema shaped like the region (plus trailing
@@ -82,7 +76,7 @@ def run_batch(spec: Spec, problem: Problem, region: tuple[slice, ...], mask=None
 
 def empty_results(spec: Spec, problem: Problem, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
     """Every result variable of a region of ``shape``, holding the pending fill values."""
-    return schema.empty(shape, spec.checkpoints.count, problem.dy, problem.dx)
+    return schema.empty(shape, spec.checkpoints.count, problem.dy, problem.dx, schema.stored(spec.record))
 
 
 def _start_args(spec: Spec, c: dict[str, np.ndarray], i: int) -> dict:
@@ -122,7 +116,7 @@ def _compute(spec: Spec, problem: Problem, c: dict[str, np.ndarray]) -> dict[str
         **settings,
     )
 
-    floor = loss_floor(problem, rank_of(problem.dx, problem.dy, depth, width))
+    floor = problem.loss_floor(rank_of(problem.dx, problem.dy, depth, width))
     with np.errstate(all="ignore"):
         w_final = model.product(result.y_final)
     imbalance, drift = _imbalance(model, y0, result.y_final)
@@ -137,7 +131,30 @@ def _compute(spec: Spec, problem: Problem, c: dict[str, np.ndarray]) -> dict[str
         "w_final": w_final,
         "imbalance": imbalance,
         "imbalance_drift": drift,
+        **records(result.w, problem.target, spec.record),
     }
+    return out
+
+
+def records(w: np.ndarray, target: np.ndarray, record=()) -> dict[str, np.ndarray]:
+    """What each cell records of W(t) at the checkpoints, from ``w`` (cells, checkpoints, dy, dx): its singular
+    values (descending), effective rank (Roy & Vetterli: exp of the entropy of σ/Σσ; NaN at W = 0) and distance
+    to the target map ‖W − M‖_F/‖M‖_F — NaN where W is not finite (after a stop, or diverged) — and W itself
+    when ``record`` names it. Each cell's numbers are its own (no sum runs across cells)."""
+    n, c, dy, dx = w.shape
+    finite = np.isfinite(w).all(axis=(2, 3))
+    sv = np.full((n, c, min(dy, dx)), np.nan)
+    if finite.any():
+        sv[finite] = np.linalg.svd(w[finite], compute_uv=False)
+    total = sv.sum(axis=2, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = sv / total
+        entropy = -np.sum(np.where(p > 0, p * np.log(p), 0.0), axis=2)
+        erank = np.where(total[..., 0] > 0, np.exp(entropy), np.nan)
+        error = np.sqrt(np.sum((w - target) ** 2, axis=(2, 3))) / np.sqrt(np.sum(target**2))
+    out = {"singular_values": sv, "effective_rank": erank, "reconstruction_error": error}
+    if "w" in record:
+        out["w"] = w
     return out
 
 
@@ -180,12 +197,15 @@ def _compute_exact(spec: Spec, problem: Problem, c: dict, depth: int, width: int
         np.full(n, depth), r0, zeta, theta0, np.column_stack([np.minimum(times, t_end[:, None]), t_end])
     )
     shown = times[None, :] <= t_end[:, None]
-    floor = loss_floor(problem, 1)
+    floor = problem.loss_floor(1)
     out["excess_loss"] = np.where(shown, excess[:, :-1], np.nan)
     out["loss"] = out["excess_loss"] + floor
     out["w_init"] = w0.reshape(n, problem.dy, problem.dx)
     w_final = r[:, -1:] * (cos[:, -1:] * zhat + sin[:, -1:] * qhat)
     out["w_final"] = w_final.reshape(n, problem.dy, problem.dx)
+    path = r[:, :-1, None] * (cos[:, :-1, None] * zhat + sin[:, :-1, None] * qhat[:, None, :])
+    path = np.where(shown[..., None], path, np.nan).reshape(n, len(times), problem.dy, problem.dx)
+    out.update(records(path, problem.target, spec.record))
     out["time_to_eps"] = np.where(reached, tte, np.nan)
     out["status"] = np.where(reached, Status.CONVERGED, Status.UNCONVERGED).astype(np.int8)
     return out

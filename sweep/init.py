@@ -97,13 +97,22 @@ def gaussian_layers(target, *, problem_seed, seed, depth, width, init_norm):
     return [factor * w for w in layers]
 
 
+def aligned_start(target, *, depth, width, init_norm, **_):
+    """W0 = init_norm·‖Z‖₂·U_r V_rᵀ: the target's top r singular directions, every one at the same size (the
+    aligned starts of Saxe et al. 2014, where each mode then follows its own scalar flow)."""
+    dy, dx = target.shape
+    r = rank_of(dx, dy, depth, width)
+    u, s, vt = np.linalg.svd(target)
+    return init_norm * s[0] * u[:, :r] @ vt[:r]
+
+
 def initial_layers(scheme, target, **cell):
     """The N layers of one cell; ``cell`` holds problem_seed, seed, depth, width, init_norm and
     optionally init_angle."""
     if scheme == "gaussian":
         cell.pop("init_angle", None)
         return gaussian_layers(target, **cell)
-    w0 = end_to_end_start(target, **cell)
+    w0 = aligned_start(target, **cell) if scheme == "aligned" else end_to_end_start(target, **cell)
     return balanced_layers(
         w0, problem_seed=cell["problem_seed"], seed=cell["seed"], depth=cell["depth"], width=cell["width"]
     )

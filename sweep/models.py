@@ -23,15 +23,15 @@ class Model:
     balanced_only: bool  # the model's flow holds only from balanced starts
     scalar_output: bool  # dy = 1 only
     integrated: bool  # by kernel.integrate (else a closed form: sweep.batch)
+    whitened_only: bool = False  # only for whitened regression (the loss ½‖W − Z‖²)
 
     def kernel_model(self, problem, depth: int, width: int):
         """The kernel model of a network of ``depth`` layers of ``width`` on ``problem``."""
-        target = problem.target
         r = rank_of(problem.dx, problem.dy, depth, width)
-        tail = kernel.tail_loss(target, r)
+        loss = {"target": problem.target, "tail": problem.tail(r), "sigma": problem.sigma, "mask": problem.mask}
         if self.name == "induced":
-            return kernel.Induced(depth, target, tail, rank=r)
-        return kernel.Layerwise(layer_dims(problem.dx, problem.dy, depth, width), target, tail)
+            return kernel.Induced(depth, rank=r, **loss)
+        return kernel.Layerwise(layer_dims(problem.dx, problem.dy, depth, width), **loss)
 
     def states(self, model, starts: list) -> np.ndarray:
         """The initial states (B, P) of ``model`` from each cell's initial layers (W_1 … W_N)."""
@@ -62,7 +62,7 @@ MODELS = {
     for m in (
         Model("layerwise", "gradient flow on every layer", False, False, True),
         Model("induced", "the end-to-end flow of balanced networks", True, False, True),
-        Model("exact", "closed form, dy = 1, balanced", True, True, False),
+        Model("exact", "closed form, dy = 1, balanced", True, True, False, whitened_only=True),
     )
 }
 DEFAULT_MODEL = "layerwise"

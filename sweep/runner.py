@@ -142,7 +142,7 @@ def check_memory(spec: Spec, problem: Problem) -> None:
     from .init import parameter_count
 
     count = spec.checkpoints.count
-    per_cell = schema.cell_bytes(count, problem.dy, problem.dx)
+    per_cell = schema.cell_bytes(count, problem.dy, problem.dx, schema.stored(spec.record))
     cells = math.prod(spec.shape)
     if per_cell > MEMORY_LIMIT:
         raise SpecError(
@@ -162,7 +162,10 @@ def check_memory(spec: Spec, problem: Problem) -> None:
     depth, width = max(spec.axes["depth"]), max(spec.axes["width"])  # the parameters grow with both
     layers = parameter_count(problem.dx, problem.dy, depth, width)
     model = MODELS[spec.model]
-    per_state = model.state_bytes(method.stages, problem.dx, problem.dy, depth, width)
+    # its working set, and W at every checkpoint (what the records are derived from)
+    per_state = (
+        model.state_bytes(method.stages, problem.dx, problem.dy, depth, width) + 8 * count * problem.dy * problem.dx
+    )
     transient = 8 * layers if model.integrated else 0  # one start being factored
     need = per_task * (per_state + per_cell) + transient
     if need <= MEMORY_LIMIT:

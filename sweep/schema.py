@@ -51,6 +51,7 @@ class Variable:
     fill: float  # a pending cell's value
     units: str = ""
     flags: type[IntEnum] | None = None  # the codes' meanings (CF flag attributes)
+    optional: bool = False  # stored only when the spec's ``record`` names it
 
     def attrs(self) -> dict:
         attrs = {"long_name": self.long_name}
@@ -118,24 +119,54 @@ RESULTS = {
     "w_final": Variable("end-to-end matrix at the end of the trajectory", ("out", "in"), "f8", NAN),
     "imbalance": Variable("max_j ‖W_{j+1}ᵀW_{j+1} − W_jW_jᵀ‖_F at t = 0", (), "f8", NAN),
     "imbalance_drift": Variable("max_j change of W_{j+1}ᵀW_{j+1} − W_jW_jᵀ by the end (Frobenius)", (), "f8", NAN),
+    "singular_values": Variable("singular values of W(t), descending", ("checkpoint", "mode"), "f8", NAN),
+    "effective_rank": Variable("effective rank exp(H(σ/Σσ)) of W(t) (Roy & Vetterli 2007)", ("checkpoint",), "f8", NAN),
+    "reconstruction_error": Variable(
+        "‖W(t) − M‖_F / ‖M‖_F, M the target map (completion: the ground truth, all entries)", ("checkpoint",), "f8", NAN
+    ),
+    "w": Variable("end-to-end matrix W(t)", ("checkpoint", "out", "in"), "f8", NAN, optional=True),
 }
+RECORDABLE = tuple(name for name, v in RESULTS.items() if v.optional)  # what a spec's ``record`` may name
+# the variables of stores made before a store listed its own (attribute "results")
+LEGACY_RESULTS = (
+    "loss",
+    "excess_loss",
+    "time_to_eps",
+    "status",
+    "steps",
+    "rhs_evals",
+    "w_init",
+    "w_final",
+    "imbalance",
+    "imbalance_drift",
+)
+
+
+def stored(record=()) -> tuple[str, ...]:
+    """The variables a sweep stores: every one but the optional ones its ``record`` does not name."""
+    return tuple(name for name, v in RESULTS.items() if not v.optional or name in record)
 
 
 def tail_shape(var: Variable, checkpoints: int, dy: int, dx: int) -> tuple[int, ...]:
-    sizes = {"checkpoint": checkpoints, "out": dy, "in": dx}
+    sizes = {"checkpoint": checkpoints, "out": dy, "in": dx, "mode": min(dy, dx)}
     return tuple(sizes[d] for d in var.tail)
 
 
-def empty(shape: tuple[int, ...], checkpoints: int, dy: int, dx: int) -> dict[str, np.ndarray]:
-    """Every result variable of ``shape`` cells, holding the pending fill values."""
+def empty(shape: tuple[int, ...], checkpoints: int, dy: int, dx: int, names=None) -> dict[str, np.ndarray]:
+    """The result variables ``names`` (default: all but the optional ones) of ``shape`` cells, holding the
+    pending fill values."""
     return {
-        name: np.full(shape + tail_shape(v, checkpoints, dy, dx), v.fill, dtype=v.dtype) for name, v in RESULTS.items()
+        name: np.full(shape + tail_shape(RESULTS[name], checkpoints, dy, dx), RESULTS[name].fill, RESULTS[name].dtype)
+        for name in (stored() if names is None else names)
     }
 
 
-def cell_bytes(checkpoints: int, dy: int, dx: int) -> int:
-    """The bytes of one cell's results."""
-    return sum(np.dtype(v.dtype).itemsize * int(np.prod(tail_shape(v, checkpoints, dy, dx))) for v in RESULTS.values())
+def cell_bytes(checkpoints: int, dy: int, dx: int, names=None) -> int:
+    """The bytes of one cell's results (``names``: as :func:`empty`)."""
+    return sum(
+        np.dtype(RESULTS[n].dtype).itemsize * int(np.prod(tail_shape(RESULTS[n], checkpoints, dy, dx)))
+        for n in (stored() if names is None else names)
+    )
 
 
 def plain(value):

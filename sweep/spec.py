@@ -41,7 +41,7 @@ from .errors import SpecError
 from .kernel import DEFAULT_METHOD, KERNEL_VERSION, METHODS
 from .models import DEFAULT_MODEL, MODELS
 from .schema import AXES as AXIS_TABLE
-from .schema import MAX_DEPTH
+from .schema import MAX_DEPTH, RECORDABLE
 
 # the grid axes (schema.AXES: canonical order, the dataset's dims; seed last so batches run over seeds)
 AXES = tuple(AXIS_TABLE)
@@ -75,6 +75,11 @@ def _show(value) -> str:
 def data_bytes(m: int, dx: int, dy: int) -> int:
     """Bytes of a problem's X (dx×m), Y (dy×m) and target (dy×dx) as float64."""
     return 8 * (m * dx + m * dy + dy * dx)
+
+
+def observed_count(n: int, observed: float) -> int:
+    """The observed entries of an n×n completion problem: round(observed·n²), at least 1."""
+    return max(1, round(observed * n * n))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -171,15 +176,37 @@ class _Record(BaseModel):
 
 
 class Synthetic(_Record):
-    """Whitened synthetic data (X Xᵀ = I) of m samples, dx inputs and dy outputs."""
+    """Synthetic data of m samples, dx inputs and dy outputs: whitened (X Xᵀ = I) unless ``whiten: false`` or
+    an ``input_spectrum`` is given; Y Gaussian, or Y = A X for a target map A of ``target_spectrum``."""
 
     m: Count = 50
     dx: Count = 5
     dy: Count = 1
     seed: Seed = 0
+    whiten: Annotated[bool, Strict()] | None = Field(None, description="X Xᵀ = I (default true)")
+    input_spectrum: tuple[Positive, ...] | None = Field(
+        None, description="the eigenvalues of Σ = X Xᵀ, dx of them (inputs not whitened)"
+    )
+    target_spectrum: tuple[Positive, ...] | None = Field(
+        None, description="the singular values of the target map A (1 to min(dx, dy) of them); Y = A X"
+    )
 
     @model_validator(mode="after")
     def _fits(self):
+        if self.input_spectrum is not None:
+            if self.whiten:
+                raise SpecError("problem.whiten", "must be false with an input_spectrum (X Xᵀ is not I)")
+            if len(self.input_spectrum) != self.dx:
+                raise SpecError(
+                    "problem.input_spectrum",
+                    f"has {len(self.input_spectrum)} values; X Xᵀ has dx = {self.dx} eigenvalues",
+                )
+        if self.target_spectrum is not None and not 1 <= len(self.target_spectrum) <= min(self.dx, self.dy):
+            raise SpecError(
+                "problem.target_spectrum",
+                f"has {len(self.target_spectrum)} values; a {self.dy}×{self.dx} target map has 1 to "
+                f"min(dx, dy) = {min(self.dx, self.dy)} singular values",
+            )
         if self.m < self.dx:
             raise SpecError(
                 "problem.m", f"needs m ≥ dx to whiten the data (X Xᵀ = I), got m = {self.m} < dx = {self.dx}"
@@ -206,24 +233,61 @@ def _data_path(value, info: ValidationInfo) -> str:
 
 
 class DataFile(_Record):
-    """Data from an .npz file with X (dx×m) and Y (dy×m); a relative path is from the spec file's folder."""
+    """Data from an .npz file with X (dx×m) and Y (dy×m); a relative path is from the spec file's folder.
+    X is whitened unless ``whiten: false``."""
 
     data: Annotated[str, PlainValidator(_data_path, json_schema_input_type=str)]
+    whiten: Annotated[bool, Strict()] | None = Field(None, description="whiten X (default true)")
+
+
+MAX_COMPLETION_N = 4096
+
+
+class Completion(_Record):
+    """Matrix completion: a random rank-``rank`` n×n ground truth M, seen on a random ``observed`` fraction of
+    its entries (the set Ω), loss ½‖P_Ω(W − M)‖² (docs/theory.md §12)."""
+
+    kind: Literal["completion"]
+    n: _int(1, MAX_COMPLETION_N) = 30
+    rank: Count = 3
+    observed: _float(gt=0.0, le=1.0) = Field(0.3, description="the fraction of M's entries observed, in (0, 1]")
+    seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _enough(self):
+        n, r = self.n, self.rank
+        if r > n:
+            raise SpecError("problem.rank", f"must be ≤ n = {n}, got {r}")
+        seen, needed = observed_count(n, self.observed), r * (2 * n - r)
+        if seen < needed:
+            raise SpecError(
+                "problem.observed",
+                f"sees {seen} of {n * n} entries; a rank-{r} {n}×{n} matrix has r(2n − r) = {needed} degrees of "
+                f"freedom: observe at least that many (observed ≥ {needed / (n * n):.3g})",
+            )
+        return self
 
 
 def _problem_kind(value) -> str:
+    if isinstance(value, Completion) or isinstance(value, dict) and "kind" in value:
+        return "completion"
     return "file" if isinstance(value, DataFile) or isinstance(value, dict) and "data" in value else "synthetic"
 
 
 Problem = Annotated[
-    Annotated[Synthetic, Tag("synthetic")] | Annotated[DataFile, Tag("file")], Discriminator(_problem_kind)
+    Annotated[Synthetic, Tag("synthetic")]
+    | Annotated[DataFile, Tag("file")]
+    | Annotated[Completion, Tag("completion")],
+    Discriminator(_problem_kind),
 ]
 
 
 class Init(_Record):
-    """How the layers start."""
+    """How the layers start: balanced (random W0 of rank r, the paper's), gaussian (independent layers), or
+    aligned (balanced, W0 = init_norm·‖Z‖₂·U_r V_rᵀ on the target's top singular vectors: every mode at the
+    same size, as in Saxe et al. 2014)."""
 
-    scheme: Literal["balanced", "gaussian"] = "balanced"
+    scheme: Literal["balanced", "gaussian", "aligned"] = "balanced"
 
 
 class Range(_Record):
@@ -413,6 +477,9 @@ class Spec(BaseModel):
     eps: Positive = Field(1e-6, description="excess-loss threshold for time_to_eps")
     stop_at_eps: Annotated[bool, Strict()] = Field(False, description="stop each trajectory at eps")
     checkpoints: Checkpoints = Checkpoints()
+    record: tuple[Literal[RECORDABLE], ...] = Field(
+        (), description="optional results to store at every checkpoint: w (the end-to-end matrix W(t))"
+    )
     batch: _int(1, MAX_BATCH) = Field(256, description="at most this many cells per Ray task")
 
     @field_validator("integrator", mode="before")
@@ -425,11 +492,15 @@ class Spec(BaseModel):
     @model_validator(mode="after")
     def _consistent(self):
         model, scheme, problem, step = self.model, self.init.scheme, self.problem, self.integrator.get("step")
-        if MODELS[model].balanced_only and scheme != "balanced":
+        if MODELS[model].balanced_only and scheme == "gaussian":
             raise SpecError(
                 "model",
                 f"the {model} flow holds only for balanced starts; use init.scheme: balanced or model: layerwise",
             )
+        general = isinstance(problem, Completion) or problem.get("whiten") is False or "input_spectrum" in problem
+        if MODELS[model].whitened_only and general:
+            what = "a completion problem" if isinstance(problem, Completion) else "inputs not whitened"
+            raise SpecError("model", f"{model} (the closed form of docs/theory.md §4) needs whitened data; got {what}")
         if step is not None:
             if step > self.horizon:
                 raise SpecError("integrator.step", f"is longer than the horizon ({step} > {self.horizon})")
@@ -440,16 +511,16 @@ class Spec(BaseModel):
         log_start = self.checkpoints.log_start
         if log_start is not None and log_start > self.horizon:
             raise SpecError("checkpoints.log_start", f"must be ≤ {self.horizon:.6g}, got {log_start}")
-        synthetic = isinstance(problem, Synthetic)
-        if synthetic:
-            MODELS[model].check_data(problem.dy)
+        dims = (problem.n, problem.n) if isinstance(problem, Completion) else (problem.get("dy"), problem.get("dx"))
+        if dims[0] is not None:
+            MODELS[model].check_data(dims[0])
         if self.axes.init_angle is not None:
             if scheme != "balanced":
-                raise SpecError("axes.init_angle", "needs init.scheme: balanced (a Gaussian start has no set angle)")
-            if synthetic and min(problem.dx, problem.dy) != 1:
+                raise SpecError("axes.init_angle", f"needs init.scheme: balanced (a {scheme} start has no set angle)")
+            if dims[0] is not None and min(dims) != 1:
                 raise SpecError(
                     "axes.init_angle",
-                    f"is defined for vector targets only (dy = 1 or dx = 1), got dy = {problem.dy}, dx = {problem.dx}",
+                    f"is defined for vector targets only (dy = 1 or dx = 1), got dy = {dims[0]}, dx = {dims[1]}",
                 )
         return self
 
@@ -457,7 +528,7 @@ class Spec(BaseModel):
         """The spec as plain data (what :func:`parse` reads): an axis given as a range stays a range
         ``{start, stop, step}``, so that a million seeds take three numbers, not a million."""
         return {
-            "problem": dict(self.problem.items()),
+            "problem": {k: list(v) if isinstance(v, tuple) else v for k, v in self.problem.items()},
             "model": self.model,
             "init": dict(self.init.items()),
             "axes": {k: _axis_plain(v) for k, v in self.axes.items()},
@@ -466,6 +537,7 @@ class Spec(BaseModel):
             "eps": self.eps,
             "stop_at_eps": self.stop_at_eps,
             "checkpoints": dict(self.checkpoints.items()),
+            "record": list(self.record),
             "batch": self.batch,
         }
 
@@ -478,6 +550,8 @@ class Spec(BaseModel):
         digest says what it holds), so a store resumes after its folder moved."""
         d = self.to_dict()
         d.pop("batch")
+        if not d["record"]:  # as before there was a record: the fingerprints of older specs hold
+            d.pop("record")
         d["problem"].pop("data", None)
         d["axes"] = {k: _canonical(v) for k, v in self.axes.items()}  # the values, however they were given
         text = yaml.safe_dump(d, sort_keys=True) + KERNEL_VERSION + data_digest
@@ -505,13 +579,13 @@ class Spec(BaseModel):
 
 # the records of each top-level field (all members of a tagged union), for the keys an error lists
 _RECORDS = {
-    "problem": (Synthetic, DataFile),
+    "problem": (Synthetic, DataFile, Completion),
     "init": (Init,),
     "axes": (Axes,),
     "integrator": (FixedStep, Adaptive),
     "checkpoints": (Checkpoints,),
 }
-_TAGS = {"synthetic", "file", *METHODS}  # the tags pydantic puts in an error's location under a union
+_TAGS = {"synthetic", "file", "completion", *METHODS}  # the tags pydantic puts in an error's location under a union
 _QUOTED = re.compile(r"'([^']*)'")  # the choices in pydantic's "'a', 'b' or 'c'"
 _KEY_ERRORS = ("extra_forbidden", "invalid_key")
 _OPS = {"greater_than": ">", "greater_than_equal": "≥", "less_than": "<", "less_than_equal": "≤"}

@@ -8,7 +8,7 @@ from sweep import kernel, runner, schema
 from sweep import spec as specs
 from sweep.init import balanced_layers, layer_dims
 
-CONTRACT = [*schema.RESULTS, "target", "x", "y", "time"]  # every result variable, the data, the times
+CONTRACT = [*schema.stored(), "target", "x", "y", "time"]  # every result variable, the data, the times
 
 
 def compute(raw: dict) -> xr.Dataset:
@@ -16,8 +16,10 @@ def compute(raw: dict) -> xr.Dataset:
 
 
 def assert_identical(a: xr.Dataset, b: xr.Dataset, where=None):
-    """Every contract variable bitwise equal (NaN = NaN); ``where`` restricts to some cells."""
-    for name in CONTRACT:
+    """Every contract variable (and the optional ones either holds) bitwise equal (NaN = NaN); ``where``
+    restricts to some cells."""
+    optional = [n for n in schema.RECORDABLE if n in a or n in b]
+    for name in CONTRACT + optional:
         x, y = a[name].values, b[name].values
         if where is not None and a[name].dims[: where.ndim] == a.status.dims:
             x, y = x[where], y[where]

@@ -125,13 +125,14 @@ def test_fit_scaling_recovers_a_known_exponent(form, along, values, truth):
         },
         coords={along: x, other: [1.0], "seed": np.arange(seeds)},
     )
-    fit = complexity.fit_scaling(ds, along=along, form=form, n_boot=500)
+    fit = complexity.fit_scaling(ds, along=along, form=form)
     b = fit.exponent.item()
     assert fit.exponent_low.item() <= truth <= fit.exponent_high.item()
     assert abs(b - truth) < 0.02 and fit.exponent_high.item() - fit.exponent_low.item() < 0.05
-    assert fit.attrs["ci_method"] == "bootstrap over seed"
+    assert fit.attrs["ci_method"] == "t interval clustered by seed (CR2), 30 seeds"
     few = complexity.fit_scaling(ds.isel(seed=[0, 1]), along=along, form=form)
-    assert few.attrs["ci_method"] == "t interval" and few.exponent_low.item() <= truth <= few.exponent_high.item()
+    assert few.attrs["ci_method"] == "t interval clustered by seed (CR2), 2 seeds" and few.dof.item() == 1
+    assert few.exponent_low.item() <= truth <= few.exponent_high.item()
 
 
 def test_time_to_eps_table(paper_sweep):

@@ -28,7 +28,7 @@ SMALL = {
     "checkpoints": {"count": 21, "spacing": "log"},
     "batch": 4,
 }
-CONTRACT = [*schema.RESULTS, "target", "x", "y"]  # every result variable, and the problem's data
+CONTRACT = [*schema.stored(), "target", "x", "y"]  # every result variable, and the problem's data
 
 
 def cli(*args):

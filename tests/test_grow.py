@@ -29,8 +29,10 @@ from cli.main import app
 from sweep import runner, store
 from sweep import spec as specs
 from sweep.problem import build
-from sweep.schema import RESULTS
+from sweep.schema import stored
 from sweep.store.lock import lock_path
+
+RESULTS = stored()  # the variables a store holds (no optional record)
 
 # tiny cells (rk4, 100 steps, 5 checkpoints, dy = 1 so that init_angle can be an axis); batch 4: seed 0:5
 # is cut into chunks of 2 to 4 seeds, none of which divides 5, so that the last old chunk is partial and
@@ -507,3 +509,36 @@ def test_a_growth_killed_before_its_commit_then_the_old_sweep_then_another_growt
     r = cli("run", "--out", out, "--depth", "1,3", "--seed", "0:7", "--quiet")
     assert r.exit_code == 0 and "depth 1 → 2, seed 5 → 7: 9 new cells" in r.stderr, r.output
     assert_bitwise(out, other)
+
+
+def _as_before_the_records(out: Path) -> None:
+    """Make ``out`` a store as linflow wrote it before singular values were recorded: without those arrays and
+    without the list of its variables (attribute ``results``)."""
+    group = zarr.open_group(str(out), mode="r+", use_consolidated=False)
+    for name in ("singular_values", "effective_rank", "reconstruction_error"):
+        del group[name]
+    attrs = dict(group.attrs)
+    del attrs["results"]
+    group.attrs.clear()
+    group.attrs.update(attrs)
+    zarr.consolidate_metadata(str(out), zarr_format=3)
+
+
+def test_a_store_made_before_the_records_resumes_and_grows(ray_local, tmp_path):
+    out = tmp_path / "old.zarr"
+    make(out, sweep_with())
+    before = xr.open_zarr(out).load()
+    _as_before_the_records(out)
+    pending = store.open_group(out, "r+")["status"]
+    pending[..., 3:] = 0  # the last seeds of the old store still to compute
+    report, _ = grow(out)  # resume
+    assert report["cells_run"] == 2 and report["counts"]["pending"] == 0
+    report, _ = grow(out, "--seed", "0:8")  # and grow
+    assert report["cells_run"] == 3
+    ds = xr.open_zarr(out)
+    assert "singular_values" not in ds and "results" not in ds.attrs  # it keeps its own layout
+    whole = runner.run_local(specs.parse(sweep_with(seed={"start": 0, "stop": 8})))
+    for name in store.open_group(out).array_keys():
+        if name in RESULTS:
+            assert np.array_equal(ds[name].values, whole[name].values, equal_nan=True), name
+    assert np.array_equal(ds.loss.values[..., :5, :], before.loss.values, equal_nan=True)

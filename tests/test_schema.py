@@ -28,8 +28,10 @@ def made(tmp_path_factory):
 
 def test_the_store_lays_out_exactly_the_schema(made):
     s, p, ds = made
-    assert set(ds.data_vars) == set(RESULTS) | {"target", "x", "y"}
-    for name, var in RESULTS.items():
+    assert set(ds.data_vars) == set(schema.stored()) | {"target", "x", "y"}
+    assert ds.attrs["results"] == list(schema.stored())
+    for name in schema.stored():
+        var = RESULTS[name]
         da = ds[name]
         assert da.dims == tuple(s.axes) + var.tail, name
         assert da.dtype == np.dtype(var.dtype), name
@@ -53,8 +55,9 @@ def test_a_batch_fills_every_variable_with_the_schemas_dtype_and_shape(made):
     shape = tuple(r.stop - r.start for r in region)
     got = batch.run_batch(s, p, region)
     empty = batch.empty_results(s, p, shape)
-    assert set(got) == set(empty) == set(RESULTS)
-    for name, var in RESULTS.items():
+    assert set(got) == set(empty) == set(schema.stored())
+    for name in schema.stored():
+        var = RESULTS[name]
         assert got[name].shape == empty[name].shape == shape + schema.tail_shape(var, 5, p.dy, p.dx), name
         assert got[name].dtype == empty[name].dtype == np.dtype(var.dtype), name
     assert set(np.unique(got["status"])) <= {int(x) for x in schema.DONE}
@@ -85,7 +88,7 @@ def test_a_variable_added_to_the_schema_alone_is_in_every_batch_at_its_fill(monk
     n = tuple(r.stop - r.start for r in region)
     for mask in (None, np.arange(int(np.prod(n))).reshape(n) % 2 == 0):
         out = batch.run_batch(s, p, region, mask)
-        assert set(out) == set(RESULTS)
+        assert set(out) == set(schema.stored())
         assert out["extra"].shape == n + (s.checkpoints.count,) and (out["extra"] == -1.0).all()
 
 
@@ -104,3 +107,19 @@ def test_a_store_without_one_of_the_results_is_refused_in_one_line(tmp_path):
     with pytest.raises(StoreError, match=r"has no imbalance_drift \(results this linflow stores\)") as e:
         store.open_group(path)
     assert "\n" not in str(e.value)
+
+
+def test_record_adds_an_optional_variable_to_the_store_and_the_batches(tmp_path):
+    assert schema.RECORDABLE == ("w",) and "w" not in schema.stored()
+    s = specs.parse({**RAW, "record": ["w"]})
+    p = problem.build(s.problem)
+    store.create(tmp_path / "w.zarr", s, p, "f")
+    ds = store.open_results(tmp_path / "w.zarr")
+    assert ds.w.dims == (*s.axes, "checkpoint", "out", "in") and "w" in ds.attrs["results"]
+    region = batch.regions(s.shape, batch.chunk_shape(s.shape, tuple(s.axes), s.batch))[0]
+    got = batch.run_batch(s, p, region)
+    # W at the last checkpoint is the product of the final layers; its singular values are the stored ones
+    last = got["w"][..., -1, :, :]
+    assert np.allclose(last, got["w_final"], rtol=1e-12, atol=1e-12)
+    assert np.allclose(np.linalg.svd(last, compute_uv=False), got["singular_values"][..., -1, :], rtol=1e-12)
+    assert s.fingerprint(p.digest()) != specs.parse(RAW).fingerprint(p.digest())  # a different layout

@@ -46,6 +46,9 @@ if not numba.config.CACHE_DIR:  # numba was imported before us
     numba.config.CACHE_DIR = str(CACHE_DIR)
 
 LAYERWISE, INDUCED = 0, 1
+# the loss (docs/theory.md §2, §12): ½‖W − Z‖² (whitened inputs); ½ tr((W − A)Σ(W − A)ᵀ) with the input
+# covariance Σ acting on the right of the oriented W (or on its left, the network transposed); ½‖P_Ω(W − M)‖²
+PLAIN, RIGHT, LEFT, MASK = 0, 1, 2, 3
 
 jit = numba.njit(cache=True, error_model="numpy")  # IEEE arithmetic: 1/0 = inf, never an exception
 # called from compiled code only: no Python wrapper to build
@@ -59,7 +62,12 @@ class Geometry(NamedTuple):
     r = D_N ≤ D_0); oriented layer i (D_{i+1} × D_i) has element (a, c) in row
     ``off[i] + a·rs[i] + c·cs[i]`` of the state; ``target`` is the oriented Z (r × D_0); ``s_off``,
     ``e_off`` and ``v_off`` place the products S_i, the residual E and V_i in the work array.
-    Induced: the state is W (dy × dx) row-major, ``dims = (dx, dy)``, ``target`` is Z."""
+    Induced: the state is W (dy × dx) row-major, ``dims = (dx, dy)``, ``target`` is Z.
+
+    ``loss`` (PLAIN, RIGHT, LEFT, MASK) and ``metric`` (Σ or the 0/1 mask of observed entries, oriented as
+    the target; unused for PLAIN) say what the gradient is: −E with E = D (PLAIN), D·Σ (RIGHT), Σ·D (LEFT) or
+    mask ∘ D (MASK), D = target − W; the excess loss is ½⟨D, E⟩ − tail. ``d_off`` places D in the work
+    array (general losses); ``flip``: the layerwise network is transposed (oriented W = Wᵀ)."""
 
     kind: int
     depth: int
@@ -75,6 +83,10 @@ class Geometry(NamedTuple):
     e_off: int
     v_off: np.ndarray
     work_rows: int
+    loss: int
+    metric: np.ndarray
+    d_off: int
+    flip: bool
 
 
 @jit
@@ -84,7 +96,7 @@ def rhs(g, y, out, lo, hi, exc, work):
         _layerwise(g, y, out, lo, hi, exc, work, True)
     else:
         for b in range(lo, hi):
-            exc[b] = _induced_column(g, y, out, b, True)
+            exc[b] = _induced_column(g, y, out, b, True, work)
 
 
 @jit
@@ -94,7 +106,7 @@ def excess(g, y, lo, hi, exc, work):
         _layerwise(g, y, y, lo, hi, exc, work, False)
     else:
         for b in range(lo, hi):
-            exc[b] = _induced_column(g, y, y, b, False)
+            exc[b] = _induced_column(g, y, y, b, False, work)
 
 
 @jit
@@ -220,13 +232,16 @@ def _layerwise(g, y, out, lo, hi, exc, work, flow):
     wa, w0, wrs, wcs = _s(g, y, work, 0)
     for b in range(lo, hi):
         exc[b] = 0.0
-    for a in range(r):
-        for c in range(d[0]):
-            z, row, w = g.target[a, c], g.e_off + a * d[0] + c, w0 + a * wrs + c * wcs
-            for b in range(lo, hi):
-                e = z - wa[w, b]
-                work[row, b] = e
-                exc[b] += e * e
+    if g.loss != PLAIN:
+        _residual(g, wa, w0, wrs, wcs, work, lo, hi, exc)
+    else:
+        for a in range(r):
+            for c in range(d[0]):
+                z, row, w = g.target[a, c], g.e_off + a * d[0] + c, w0 + a * wrs + c * wcs
+                for b in range(lo, hi):
+                    e = z - wa[w, b]
+                    work[row, b] = e
+                    exc[b] += e * e
     for b in range(lo, hi):
         exc[b] = 0.5 * exc[b] - g.tail
     if not flow:
@@ -245,18 +260,72 @@ def _layerwise(g, y, out, lo, hi, exc, work, flow):
                 oa[o, b] = va[v, b]
 
 
+@inner
+def _residual(g, wa, w0, wrs, wcs, work, lo, hi, exc):
+    """E = −∇L(W) of the general losses into the residual rows, and Σ_ac D_ac E_ac into ``exc``: D = A − W
+    (oriented, r × D_0) first into its own rows, then E = D·Σ, Σ·D or mask ∘ D (:class:`Geometry`)."""
+    r, d0, m = g.dims[g.depth], g.dims[0], g.metric
+    for a in range(r):
+        for c in range(d0):
+            z, row, w = g.target[a, c], g.d_off + a * d0 + c, w0 + a * wrs + c * wcs
+            for b in range(lo, hi):
+                work[row, b] = z - wa[w, b]
+    for a in range(r):
+        for c in range(d0):
+            row, drow = g.e_off + a * d0 + c, g.d_off + a * d0 + c
+            if g.loss == MASK:
+                keep = m[a, c] != 0.0
+                for b in range(lo, hi):
+                    work[row, b] = work[drow, b] if keep else 0.0
+            else:
+                for b in range(lo, hi):
+                    work[row, b] = 0.0
+                for k in range(d0 if g.loss == RIGHT else r):
+                    if g.loss == RIGHT:
+                        coef, src = m[k, c], g.d_off + a * d0 + k
+                    else:
+                        coef, src = m[a, k], g.d_off + k * d0 + c
+                    for b in range(lo, hi):
+                        work[row, b] += work[src, b] * coef
+            for b in range(lo, hi):
+                exc[b] += work[drow, b] * work[row, b]
+
+
+@jit
+def end_to_end(g, y, work, dst):
+    """W = W_N⋯W_1 of the one trajectory in ``y`` (P, 1) into ``dst`` (dy·dx, row-major), ``work`` (rows, 1)
+    its scratch: the state itself for the induced flow, else the product S_0 of :func:`_layerwise`."""
+    if g.kind == INDUCED:
+        for p in range(dst.shape[0]):
+            dst[p] = y[p, 0]
+        return
+    scratch = np.empty(1)
+    _layerwise(g, y, y, 0, 1, scratch, work, False)
+    sa, s0, srs, scs = _s(g, y, work, 0)
+    r, d0 = g.dims[g.depth], g.dims[0]
+    for a in range(r):
+        for c in range(d0):
+            v = sa[s0 + a * srs + c * scs, 0]
+            if g.flip:
+                dst[c * r + a] = v
+            else:
+                dst[a * d0 + c] = v
+
+
 # --------------------------------------------------------------------------------------------------
 # Induced: dW/dt = −U[(Uᵀ(W − Z)V) ∘ K]Vᵀ, K_ab = Σ_i s_a^{2(N−i)/N} s_b^{2(i−1)/N}, one trajectory at a time
 # --------------------------------------------------------------------------------------------------
 
 
 @inner
-def _induced_column(g, y, out, b, flow):
+def _induced_column(g, y, out, b, flow, work):
     """Excess loss of trajectory b; with ``flow`` its flow into out[:, b]. Numerically zero singular
     values are set to exactly 0 (0⁰ = 1), and those beyond the rank to 0. When dy = 1 or dx = 1 the
     SVD is explicit: the flow is −s^{2−2/N}[D + (N−1)(D·v)v] with s = ‖W‖, v = W/s, D = W − Z."""
     dx, dy, n = g.dims[0], g.dims[1], g.depth
     size = dx * dy
+    if g.loss != PLAIN:
+        return _induced_general(g, y, out, b, flow, work)
     z = g.target.ravel()  # D = W − Z is formed where it is used: no array per call
     half = 0.0
     for i in range(size):
@@ -287,24 +356,82 @@ def _induced_column(g, y, out, b, flow):
         for i in range(dy):
             for j in range(dx):
                 w[i, j] = y[i * dx + j, b]
-        u, s, vt = np.linalg.svd(w)
-        cutoff = max(dy, dx) * 2.0**-52 * s[0]
-        sa = np.zeros(dy)
-        sb = np.zeros(dx)
-        for k in range(min(len(s), g.rank)):
-            if s[k] > cutoff:
-                sa[k] = s[k]
-                sb[k] = s[k]
-        dm = w - g.target
-        mk = np.ascontiguousarray(u.T) @ dm @ np.ascontiguousarray(vt.T)
+        _matrix_flow(g, w, w - g.target, out, b)
+    return exc
+
+
+@inner
+def _matrix_flow(g, w, grad, out, b):
+    """−U[(Uᵀ G V) ∘ K]Vᵀ into out[:, b], from the full SVD of W (dy × dx) and the gradient G."""
+    dy, dx, n = w.shape[0], w.shape[1], g.depth
+    u, s, vt = np.linalg.svd(w)
+    cutoff = max(dy, dx) * 2.0**-52 * s[0]
+    sa = np.zeros(dy)
+    sb = np.zeros(dx)
+    for k in range(min(len(s), g.rank)):
+        if s[k] > cutoff:
+            sa[k] = s[k]
+            sb[k] = s[k]
+    mk = np.ascontiguousarray(u.T) @ grad @ np.ascontiguousarray(vt.T)
+    for i in range(dy):
+        for j in range(dx):
+            kij = 0.0
+            for q in range(n):
+                kij += sa[i] ** (2.0 * (n - 1 - q) / n) * sb[j] ** (2.0 * q / n)
+            mk[i, j] *= kij
+    flow_w = u @ mk @ vt
+    for i in range(dy):
+        for j in range(dx):
+            out[i * dx + j, b] = -flow_w[i, j]
+
+
+@inner
+def _induced_general(g, y, out, b, flow, work):
+    """:func:`_induced_column` for the general losses: the gradient G = (W − A)·Σ or mask ∘ (W − A) into
+    work[:, b], the excess ½⟨W − A, G⟩ − tail, and the flow −Σ_j (WWᵀ)^{(N−j)/N} G (WᵀW)^{(j−1)/N}
+    (docs/theory.md §12: the end-to-end dynamics hold for any loss from balanced starts)."""
+    dx, dy, n = g.dims[0], g.dims[1], g.depth
+    size = dx * dy
+    z, m = g.target.ravel(), g.metric
+    half = 0.0
+    for i in range(dy):
+        for j in range(dx):
+            p = i * dx + j
+            if g.loss == MASK:
+                gp = y[p, b] - z[p] if m[i, j] != 0.0 else 0.0
+            else:
+                gp = 0.0
+                for k in range(dx):
+                    gp += (y[i * dx + k, b] - z[i * dx + k]) * m[k, j]
+            work[p, b] = gp
+            half += (y[p, b] - z[p]) * gp
+    exc = 0.5 * half - g.tail
+    if not flow:
+        return exc
+    if n == 1:
+        for p in range(size):
+            out[p, b] = -work[p, b]
+    elif not math.isfinite(exc):
+        for p in range(size):
+            out[p, b] = np.nan
+    elif dx == 1 or dy == 1:
+        s2 = 0.0
+        for p in range(size):
+            s2 += y[p, b] * y[p, b]
+        s = math.sqrt(s2)
+        gv = 0.0
+        for p in range(size):
+            gv += work[p, b] * (y[p, b] / s if s > 0 else 0.0)
+        sp = s ** (2.0 - 2.0 / n)
+        for p in range(size):
+            v = y[p, b] / s if s > 0 else 0.0
+            out[p, b] = -sp * (work[p, b] + (n - 1) * gv * v)
+    else:
+        w = np.empty((dy, dx))
+        grad = np.empty((dy, dx))
         for i in range(dy):
             for j in range(dx):
-                kij = 0.0
-                for q in range(n):
-                    kij += sa[i] ** (2.0 * (n - 1 - q) / n) * sb[j] ** (2.0 * q / n)
-                mk[i, j] *= kij
-        flow_w = u @ mk @ vt
-        for i in range(dy):
-            for j in range(dx):
-                out[i * dx + j, b] = -flow_w[i, j]
+                w[i, j] = y[i * dx + j, b]
+                grad[i, j] = work[i * dx + j, b]
+        _matrix_flow(g, w, grad, out, b)
     return exc

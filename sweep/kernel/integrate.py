@@ -28,9 +28,25 @@ def tail_loss(target: np.ndarray, rank: int) -> float:
 
 
 class _Model:
-    """What both models share: their flow and excess loss on (B, P) arrays, through compiled code."""
+    """What both models share: their flow and excess loss on (B, P) arrays, through compiled code; the loss
+    (docs/theory.md §12): ½‖W − Z‖² by default, ½ tr((W − A)Σ(W − A)ᵀ) with ``sigma`` Σ (inputs not
+    whitened, ``target`` A = C Σ⁻¹), or ½‖P_Ω(W − M)‖² with ``mask`` the 0/1 observed entries (target M)."""
 
     geometry: flows.Geometry
+
+    def _loss(self, sigma, mask):
+        if sigma is not None and mask is not None:
+            raise ValueError("a loss has a covariance or a mask, not both")
+        self.sigma = None if sigma is None else np.asarray(sigma, dtype=float)
+        self.mask = None if mask is None else (np.asarray(mask) != 0).astype(float)
+
+    def _metric(self, flip: bool) -> tuple[int, np.ndarray]:
+        """The geometry's loss code and metric (oriented: transposed with the network)."""
+        if self.mask is not None:
+            return flows.MASK, np.ascontiguousarray(self.mask.T if flip else self.mask)
+        if self.sigma is not None:
+            return (flows.LEFT if flip else flows.RIGHT), np.ascontiguousarray(self.sigma)
+        return flows.PLAIN, np.zeros((1, 1))
 
     def _columns(self, y):
         y = np.asarray(y, dtype=float)
@@ -58,8 +74,10 @@ class Layerwise(_Model):
     ``dims = (d_0 = dx, d_1, …, d_N = dy)``; a row packs W_1 … W_N row-major. The products are taken
     from the narrow end, on the transposed network when dx < dy (:func:`sweep.kernel.flows._layerwise`)."""
 
-    def __init__(self, dims, target: np.ndarray, tail: float = 0.0):
+    def __init__(self, dims, target: np.ndarray, tail: float = 0.0, sigma=None, mask=None):
+        self._loss(sigma, mask)
         self.dims = tuple(int(d) for d in dims)
+        self.dx, self.dy = self.dims[0], self.dims[-1]
         self.depth = len(self.dims) - 1
         self.shapes = [(self.dims[j + 1], self.dims[j]) for j in range(self.depth)]
         self.offsets = np.concatenate([[0], np.cumsum([r * c for r, c in self.shapes])]).astype(int)
@@ -82,6 +100,8 @@ class Layerwise(_Model):
         e_off = int(s_off[-1])
         v_off = np.concatenate([[0], e_off + r * d[0] + np.cumsum([0] + [d[i] * r for i in range(1, n)])]).astype(int)
         target = np.ascontiguousarray(self.target.T if self.flip else self.target)
+        loss, metric = self._metric(self.flip)
+        d_off = int(v_off[-1])  # D = A − W of the general losses, after everything else
         return flows.Geometry(
             kind=flows.LAYERWISE,
             depth=n,
@@ -96,7 +116,11 @@ class Layerwise(_Model):
             s_off=s_off[:-1] if n > 1 else np.zeros(1, np.int64),
             e_off=e_off,
             v_off=v_off[:-1] if n > 1 else np.zeros(1, np.int64),
-            work_rows=int(v_off[-1]),
+            work_rows=d_off + (r * int(d[0]) if loss != flows.PLAIN else 0),
+            loss=loss,
+            metric=metric,
+            d_off=d_off,
+            flip=self.flip,
         )
 
     def layers(self, y: np.ndarray) -> list[np.ndarray]:
@@ -137,7 +161,10 @@ class Induced(_Model):
     set, and the stepper applies it to every state it reports. The error weights measure W in the
     scale of the layers it stands for (:func:`sweep.kernel.flows.weight_floor`)."""
 
-    def __init__(self, depth: int, target: np.ndarray, tail: float = 0.0, rank: int | None = None):
+    def __init__(
+        self, depth: int, target: np.ndarray, tail: float = 0.0, rank: int | None = None, sigma=None, mask=None
+    ):
+        self._loss(sigma, mask)
         self.depth = int(depth)
         self.rank = rank
         self.target = np.asarray(target, dtype=float)
@@ -149,6 +176,7 @@ class Induced(_Model):
     def geometry(self) -> flows.Geometry:
         rank = min(self.dx, self.dy) if self.rank is None else int(self.rank)
         none = np.zeros(1, np.int64)
+        loss, metric = self._metric(False)
         return flows.Geometry(
             kind=flows.INDUCED,
             depth=self.depth,
@@ -163,7 +191,11 @@ class Induced(_Model):
             s_off=none,
             e_off=0,
             v_off=none,
-            work_rows=0,
+            work_rows=0 if loss == flows.PLAIN else self.size,  # the gradient of the general losses
+            loss=loss,
+            metric=metric,
+            d_off=0,
+            flip=False,
         )
 
     def product(self, y: np.ndarray) -> np.ndarray:
@@ -194,6 +226,7 @@ class Result:
     rhs_evals: np.ndarray  # (B,)
     y_final: np.ndarray  # (B, P) state at the end (at time_to_eps when stopped there)
     t_final: np.ndarray  # (B,)
+    w: np.ndarray  # (B, C, dy, dx) the end-to-end matrix at the checkpoints (NaN after a stop)
 
 
 BLOCK_BYTES = 160 * 2**10  # state per block (each of the s + 5 work arrays), within the limits below;
@@ -256,12 +289,14 @@ def integrate(
         np.full(nb, np.nan),
         np.zeros(nb),
         np.zeros((3, nb), np.int64),
+        np.full((nb, len(tc), model.dy * model.dx), np.nan),
     )
     g = model.geometry
     blk = stepper.block_arrays(size, max(1, g.work_rows), method.stages, block or block_width(size))
     stepper.integrate(g, _compiled(method), opt, y0, tc, out, blk)
     status, steps, evals = out.counts
-    return Result(out.excess, out.time_to_eps, status.astype(np.int8), steps, evals, out.y_final, out.t_final)
+    w = out.w.reshape(nb, len(tc), model.dy, model.dx)
+    return Result(out.excess, out.time_to_eps, status.astype(np.int8), steps, evals, out.y_final, out.t_final, w)
 
 
 def _compiled(method: Tableau) -> stepper.Method:

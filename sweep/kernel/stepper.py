@@ -66,6 +66,7 @@ class Output(NamedTuple):
     time_to_eps: np.ndarray  # (B,)
     t_final: np.ndarray  # (B,)
     counts: np.ndarray  # (3, B): status, accepted steps, right-hand-side evaluations
+    w: np.ndarray  # (B, C, dy·dx): the end-to-end matrix at the checkpoints
 
 
 # the per-trajectory fields of a block: rows of Block.f (float) and Block.i (integer)
@@ -152,6 +153,8 @@ def _load(g, meth, opt, y0, tc, out, blk, cur, lo, hi, first):
             out.time_to_eps[i] = 0.0
         if len(tc) and tc[0] <= 0.0:
             out.excess[i, 0] = exc
+            _copy_column(blk.col, 0, y, b)
+            flows.end_to_end(g, blk.col, blk.col_work, out.w[i, 0])
             blk.i[NXT, b] = 1
         blk.i[STATUS, b] = PENDING
         if not _finite(y, b, exc):
@@ -350,9 +353,13 @@ def _checkpoints(g, meth, tc, out, blk, cur, b, t_stop):
     t0, h = blk.f[T, b], blk.f[T_NEW, b] - blk.f[T, b]
     while blk.i[NXT, b] < len(tc) and tc[blk.i[NXT, b]] <= t_stop:
         theta = (tc[blk.i[NXT, b]] - t0) / h
-        out.excess[blk.i[INDEX, b], blk.i[NXT, b]] = (
-            blk.f[EXC_NEW, b] if theta >= 1.0 else _excess_at(g, meth, blk, cur, b, theta)
-        )
+        if theta >= 1.0:
+            _copy_column(blk.col, 0, blk.ys[1 - cur], b)
+            exc = blk.f[EXC_NEW, b]
+        else:
+            exc = _excess_at(g, meth, blk, cur, b, theta)  # the state at the checkpoint is in blk.col
+        out.excess[blk.i[INDEX, b], blk.i[NXT, b]] = exc
+        flows.end_to_end(g, blk.col, blk.col_work, out.w[blk.i[INDEX, b], blk.i[NXT, b]])
         blk.i[NXT, b] += 1
 
 

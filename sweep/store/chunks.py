@@ -16,7 +16,13 @@ from numcodecs import zstd
 
 from ..batch import regions
 from ..errors import StoreDamaged
-from ..schema import RESULTS, Status
+from ..schema import LEGACY_RESULTS, Status
+
+
+def results_of(group: zarr.Group) -> tuple[str, ...]:
+    """The result variables a store holds: those it lists (attribute ``results``), or, in a store made before
+    stores listed theirs, the variables linflow stored then."""
+    return tuple(group.attrs.get("results", LEGACY_RESULTS))
 
 
 def layout(group: zarr.Group) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -155,7 +161,7 @@ def write_batch(
     the new values; the rest of the chunk is read back and rewritten unchanged. ``check()`` is called
     before each variable is written (the driver's lock: :meth:`sweep.lock.StoreLock.check`)."""
     partial = mask is not None and not np.all(mask)
-    for name in [n for n in RESULTS if n != "status"] + ["status"]:
+    for name in [n for n in results_of(group) if n != "status"] + ["status"]:
         values = results[name]
         arr = group[name].with_config({"write_empty_chunks": True})  # on disk even when all fill (EVERY_CHUNK)
         if partial:

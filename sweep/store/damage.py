@@ -11,7 +11,7 @@ import zarr
 
 from ..batch import regions
 from ..schema import DONE, RESULTS, Status
-from .chunks import chunk_keys, chunk_sizes, decoder, delete_chunk, layout, read_status
+from .chunks import chunk_keys, chunk_sizes, decoder, delete_chunk, layout, read_status, results_of
 from .group import failures, record_failures
 from .make import EVERY_CHUNK
 
@@ -85,7 +85,8 @@ def inspect(group: zarr.Group, path: str | Path, verify: bool = False, writing: 
     corners = [tuple(s.start // c for s, c in zip(r, chunks)) for r in grid]
     done = [int(np.count_nonzero(status[r])) for r in grid]  # PENDING is 0
     present, keys, by_tail = {}, {}, {}
-    for name in RESULTS:
+    names = results_of(group)
+    for name in names:
         arr = group[name]
         if arr.ndim not in by_tail:  # the chunk keys of arrays with as many trailing dims are the same
             by_tail[arr.ndim] = chunk_keys(arr, corners)
@@ -112,13 +113,13 @@ def inspect(group: zarr.Group, path: str | Path, verify: bool = False, writing: 
         if (
             not lost and every and not writing and key not in present["status"]
         ):  # results on disk, no status: lost (or a write cut short)
-            lost = all(keys[n][i] in present[n] for n in RESULTS if n != "status")
+            lost = all(keys[n][i] in present[n] for n in names if n != "status")
         if lost:
             n = int(np.prod([s.stop - s.start for s in r]))
             damage.chunks.append((f"status/{key}", "unreadable" if unreadable else "missing", n))
             damage.regions[corners[i]] = (r, n)
     if verify:
-        for name in sorted(set(group.array_keys()) - set(RESULTS)):
+        for name in sorted(set(group.array_keys()) - set(names)):
             try:
                 group[name][...]
             except Exception:
@@ -179,7 +180,7 @@ def mark_pending(group: zarr.Group, damage: Damage, check=lambda: None) -> None:
     recorded failures dropped. A rerun recomputes them whole."""
     root = Path(damage.path)
     for corner, (r, _) in damage.regions.items():
-        for name in ["status"] + [n for n in RESULTS if n != "status"]:
+        for name in ["status"] + [n for n in results_of(group) if n != "status"]:
             arr = group[name]
             check()
             delete_chunk(root, arr, corner)

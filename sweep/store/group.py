@@ -12,8 +12,8 @@ import numpy as np
 import zarr
 
 from ..errors import StoreDamaged, StoreError
-from ..schema import RESULTS, Status, plain
-from .chunks import not_a_file, read_status
+from ..schema import Status, plain
+from .chunks import not_a_file, read_status, results_of
 
 STATUS_NAMES = [s.name.lower() for s in Status]
 
@@ -91,7 +91,7 @@ def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
         raise StoreError("out", f"{path} is a Zarr store but not a linflow store (no fingerprint/status)")
     if not isinstance(status, zarr.Array) or status.ndim < 1 or status.dtype != np.int8:
         raise StoreDamaged(path, f"its status is not a grid of int8 codes ({Path(path) / 'zarr.json'})")
-    missing = [name for name in RESULTS if name not in group]
+    missing = [name for name in results_of(group) if name not in group]
     if missing:
         raise StoreError(
             "out",

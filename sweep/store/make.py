@@ -16,9 +16,10 @@ import zarr
 from .. import kernel
 from ..batch import chunk_shape
 from ..problem import Problem
-from ..schema import AXES, RESULTS, tail_shape
+from ..schema import AXES, RESULTS, stored, tail_shape
 from ..spec import Spec, axis_values
 from ..version import __version__
+from .chunks import results_of
 from .group import check_tree, open_group
 
 COORD_CHUNK = 2**16  # values per chunk of an axis' coordinate (512 KiB of int64 or float64)
@@ -42,7 +43,9 @@ def template(spec: Spec, problem: Problem, fingerprint: str, range_coords: bool 
     chunks = chunk_shape(shape, axes, spec.batch)
     count = spec.checkpoints.count
     data_vars, encoding = {}, {}
-    for name, var in RESULTS.items():
+    names = stored(spec.record)
+    for name in names:
+        var = RESULTS[name]
         tail = tail_shape(var, count, problem.dy, problem.dx)
         data_vars[name] = (
             axes + var.tail,
@@ -52,9 +55,7 @@ def template(spec: Spec, problem: Problem, fingerprint: str, range_coords: bool 
         encoding[name] = {"chunks": chunks + tail}
         if var.dtype != "f8":
             encoding[name]["_FillValue"] = None
-    data_vars["target"] = (("out", "in"), problem.target, {"long_name": "target Z = Y Xᵀ"})
-    data_vars["x"] = (("in", "sample"), problem.x, {"long_name": "inputs X (whitened, X Xᵀ = I)"})
-    data_vars["y"] = (("out", "sample"), problem.y, {"long_name": "outputs Y"})
+    data_vars.update(problem.stored())
     coords = {
         name: (name, spec.values(name), AXES[name].attrs())
         for name, values in spec.axes.items()
@@ -72,6 +73,7 @@ def template(spec: Spec, problem: Problem, fingerprint: str, range_coords: bool 
         "fingerprint": fingerprint,
         "eps": spec.eps,
         "data_whitened_by_linflow": int(problem.whitened_from_file),
+        "results": list(names),
         EVERY_CHUNK: 1,
     }
     return xr.Dataset(data_vars, coords=coords, attrs=attrs), encoding
@@ -96,7 +98,7 @@ def create(path: str | Path, spec: Spec, problem: Problem, fingerprint: str) -> 
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-            fixed = ds.drop_vars(list(RESULTS))
+            fixed = ds.drop_vars(list(stored(spec.record)))
             coords = {n: encoding[n] for n in fixed.variables if n in encoding}
             fixed.to_zarr(str(tmp), mode="w", zarr_format=3, consolidated=False, encoding=coords)
             group = zarr.open_group(str(tmp), mode="r+")
@@ -104,7 +106,7 @@ def create(path: str | Path, spec: Spec, problem: Problem, fingerprint: str) -> 
             for name, values in spec.axes.items():
                 if isinstance(values, range):
                     _write_range(group, name, values)
-            for name in RESULTS:
+            for name in stored(spec.record):
                 _declare(group, ds[name], encoding[name])
             zarr.consolidate_metadata(str(tmp), zarr_format=3)
         os.rename(tmp, path)
@@ -139,7 +141,7 @@ def grow(path: str | Path, spec: Spec, fingerprint: str, check=lambda: None) -> 
         step = coord.chunks[0]
         for start in range(old - old % step, n, step):  # whole chunks from the one that holds the first new value
             coord[start : min(start + step, n)] = spec.values(name, slice(start, min(start + step, n)))
-    for name in RESULTS:
+    for name in results_of(group):
         arr = group[name]
         check()
         arr.resize(shape + arr.shape[len(shape) :])

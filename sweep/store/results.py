@@ -69,6 +69,6 @@ def load_results(group: zarr.Group, path: str | Path) -> xr.Dataset:
     pending = ds.status.values == Status.PENDING
     if pending.any():
         for name, var in RESULTS.items():
-            if name != "status":
+            if name != "status" and name in ds:
                 ds[name].values[pending] = var.fill
     return ds
