@@ -249,6 +249,17 @@ def safe_annotate(ds: xr.Dataset, tol: float | None = None) -> xr.Dataset:
         return ds
     tol = theory.ALIGN_TOL if tol is None else tol
     dims = tuple(ds.status.dims)
+    outside = theory.outside(yaml.safe_load(ds.attrs["spec"])["problem"])
+    if outside:  # none of §3–§5 holds: every cell without theory values, the store saying why
+        out = ds.copy()
+        for n in THEORY_VARIABLES:
+            out[n] = (dims, np.full(ds.status.shape, _MISSING[n]), {})
+        out["theory_note"] = (dims, np.full(ds.status.shape, "", dtype=object), {"long_name": "unused"})
+        out.attrs["theory_notes"] = [
+            f"limits, exact T_ε and bounds (docs/theory.md §3–§5): not computed: they hold for whitened "
+            f"regression, and this store's problem is {outside} (docs/theory.md §12)"
+        ]
+        return out
     status = ds.status.transpose(*dims).values
     started_da = np.isfinite(ds.w_init).all(("out", "in"))
     started = started_da.transpose(*dims).values

@@ -12,7 +12,7 @@ import yaml
 
 from sweep.schema import Status
 
-from . import complexity, convergence, plots
+from . import complexity, convergence, plots, theory
 
 
 def markdown_table(header, rows) -> str:
@@ -44,6 +44,36 @@ def _grid_table(da: xr.DataArray) -> str:
             da = da.median([d for d in da.dims[2:]])
     header = [f"{rows_dim} \\ {cols_dim}"] + [f"{c:g}" if isinstance(c, float) else c for c in da[cols_dim].values]
     return markdown_table(header, [[r, *da.sel({rows_dim: r}).values] for r in da[rows_dim].values])
+
+
+def _at_end(da: xr.DataArray) -> xr.DataArray:
+    """``da`` at each cell's last checkpoint with a value (a run stopped at ε has none after it)."""
+    seen = da.notnull()
+    last = (seen * np.arange(da.sizes["checkpoint"])).max("checkpoint")
+    return da.isel(checkpoint=last).where(seen.any("checkpoint"))
+
+
+def _records(a: xr.Dataset) -> list[str]:
+    """What W became: the median over seeds, per depth and the next axis, of its effective rank and its
+    distance to the target map at the last checkpoint (stores made before these were recorded: nothing)."""
+    if "effective_rank" not in a:
+        return []
+    over = [d for d in a.status.dims if d == "seed"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rank = _at_end(a.effective_rank).median(over).rename("effective rank")
+        error = _at_end(a.reconstruction_error).median(over).rename("‖W − M‖_F / ‖M‖_F")
+    return [
+        "## What W became (docs/theory.md §12)",
+        "",
+        "At each cell's last checkpoint, median over seeds: the effective rank of W (Roy & Vetterli) and its "
+        "distance to the target map M (matrix completion: the ground truth on all entries, also off Ω).",
+        "",
+        _grid_table(rank),
+        "",
+        _grid_table(error),
+        "",
+    ]
 
 
 def _save(fig, path: Path) -> str:
@@ -135,42 +165,14 @@ def _figures(a: xr.Dataset, out: Path, sizes: dict, pair: list, scalar: bool, no
     return figs
 
 
-def write_report(ds: xr.Dataset, out: str | Path, title: str = "linflow report") -> Path:
-    """Write ``out/report.md`` and its figures; returns the report's path.
-
-    Stands on any store ``linflow run`` wrote — pending, failed and diverged cells, one seed, one
-    cell: where a number cannot be had (no CI with one seed, no exact T_ε for dy ≠ 1, a closed
-    form that raised at some cell), the report says why instead of failing."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    spec = yaml.safe_load(ds.attrs["spec"])
-    scalar = ds.sizes["out"] == 1
-    a = complexity.safe_annotate(ds)
-    sizes = {d: ds.sizes[d] for d in ds.status.dims}
-    md = [
-        f"# {title}",
-        "",
-        (
-            f"Fingerprint `{ds.attrs.get('fingerprint')}`, linflow {ds.attrs.get('linflow_version')}; model "
-            f"`{spec['model']}`, init `{spec['init']['scheme']}`, integrator `{spec['integrator']}`, horizon "
-            f"{spec['horizon']}, eps {spec['eps']}."
-        ),
-        "",
-        "Grid: " + " × ".join(f"{d} {n}" for d, n in sizes.items()) + f" = {int(np.prod(list(sizes.values())))} cells.",
-        "",
-    ]
-
-    names = Status.names(ds)
-    counts = {n: int((ds.status == i).sum()) for i, n in enumerate(names)}
-    done = sum(counts.values()) - counts.get("pending", 0)
-    md += ["## Status", "", f"{done:,} of {sum(counts.values()):,} cells done.", ""]
-    md += [markdown_table(["status", "cells"], list(counts.items())), "", *_status_notes(ds, counts)]
-
+def _where_ended(a: xr.Dataset, sizes: dict, pair: list, outside: str) -> list[str]:
+    """Where the runs ended (the critical points of §3), and how many reached the global minimizer."""
+    md = ["## Where the runs ended", ""]
+    if outside:
+        return md + [f"Not classified: §3's critical points are whitened regression's; this problem is {outside}.", ""]
     cls = convergence.classify(a)
     cnames = cls.attrs["flag_meanings"].split()
     md += [
-        "## Where the runs ended",
-        "",
         (
             f"Nearest critical point of the rank-r problem, within {cls.attrs['distance_tol']:g}·‖Z‖_F "
             "(`analysis.convergence.classify`)."
@@ -179,56 +181,15 @@ def write_report(ds: xr.Dataset, out: str | Path, title: str = "linflow report")
         markdown_table(["class", "cells"], [(n, int((cls == i).sum())) for i, n in enumerate(cnames)]),
         "",
     ]
-    pair = [d for d in ("depth", "init_norm", "init_angle", "width") if d in sizes and sizes[d] > 1][:2]
     if pair:
         rate = convergence.convergence_rate(a, over=tuple(d for d in sizes if d not in pair))
         md += ["Fraction reaching the global minimizer (— where no cell has a known limit):", "", _grid_table(rate), ""]
+    return md
 
-    table = complexity.time_to_eps_table(a, "depth")
-    md += [
-        "## Time to ε",
-        "",
-        "Median over seeds of T_ε (converged runs; flow time; — where none converged):",
-        "",
-        _grid_table(table.rename("median T_ε")),
-        "",
-    ]
-    fits_md = []
-    for along in ("init_norm", "depth", "init_angle"):
-        if along in sizes and sizes[along] >= 2:
-            fit = complexity.fit_scaling(a, along=along, form="loglinear" if along != "init_norm" else "power")
-            f2 = fit.squeeze(drop=True)
-            others = list(f2.exponent.dims)
-            rows = []
-            for idx in np.ndindex(f2.exponent.shape):
-                sel = {d: f2[d].values[i] for d, i in zip(others, idx)}
-                pt = f2.isel({d: i for d, i in zip(others, idx)})
-                rows.append(
-                    [
-                        ", ".join(f"{d}={v:g}" for d, v in sel.items()) or "all",
-                        pt.exponent.item(),
-                        pt.exponent_low.item(),
-                        pt.exponent_high.item(),
-                        pt.r2.item(),
-                        int(np.nan_to_num(pt.n_points.item())),
-                        pt.note.item() or "",
-                    ]
-                )
-            what = "log T_ε vs log " + along if fit.attrs["form"] == "power" else "log T_ε vs " + along
-            ci = (
-                f"no CI: one {fit.attrs['over']}"
-                if fit.attrs["ci_method"].startswith("none")
-                else f"{fit.attrs['level']:.0%} CI, {fit.attrs['ci_method']}"
-            )
-            fits_md += [
-                f"**{what}** ({ci}):",
-                "",
-                markdown_table(["cells", "slope", "CI low", "CI high", "r²", "runs", "note"], rows),
-                "",
-            ]
-    if fits_md:
-        md += ["## Scaling fits", "", *fits_md]
 
+def _against_theory(a: xr.Dataset, ds: xr.Dataset, scalar: bool) -> list[str]:
+    """The limits predicted by §3 against the observed ones, and the bounds of §5 against T_ε."""
+    md = []
     agree = convergence.agreement(a)
     md += [
         "## Theory agreement (docs/theory.md §3, derived)",
@@ -293,6 +254,91 @@ def write_report(ds: xr.Dataset, out: str | Path, title: str = "linflow report")
             ),
             "",
         ]
+    return md
+
+
+def write_report(ds: xr.Dataset, out: str | Path, title: str = "linflow report") -> Path:
+    """Write ``out/report.md`` and its figures; returns the report's path.
+
+    Stands on any store ``linflow run`` wrote — pending, failed and diverged cells, one seed, one
+    cell: where a number cannot be had (no CI with one seed, no exact T_ε for dy ≠ 1, a closed
+    form that raised at some cell), the report says why instead of failing."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = yaml.safe_load(ds.attrs["spec"])
+    scalar = ds.sizes["out"] == 1
+    a = complexity.safe_annotate(ds)
+    sizes = {d: ds.sizes[d] for d in ds.status.dims}
+    md = [
+        f"# {title}",
+        "",
+        (
+            f"Fingerprint `{ds.attrs.get('fingerprint')}`, linflow {ds.attrs.get('linflow_version')}; model "
+            f"`{spec['model']}`, init `{spec['init']['scheme']}`, integrator `{spec['integrator']}`, horizon "
+            f"{spec['horizon']}, eps {spec['eps']}."
+        ),
+        "",
+        "Grid: " + " × ".join(f"{d} {n}" for d, n in sizes.items()) + f" = {int(np.prod(list(sizes.values())))} cells.",
+        "",
+    ]
+
+    names = Status.names(ds)
+    counts = {n: int((ds.status == i).sum()) for i, n in enumerate(names)}
+    done = sum(counts.values()) - counts.get("pending", 0)
+    md += ["## Status", "", f"{done:,} of {sum(counts.values()):,} cells done.", ""]
+    md += [markdown_table(["status", "cells"], list(counts.items())), "", *_status_notes(ds, counts)]
+
+    pair = [d for d in ("depth", "init_norm", "init_angle", "width") if d in sizes and sizes[d] > 1][:2]
+    outside = theory.outside(spec["problem"])  # §3–§5 (critical points, limits, bounds) assume whitening
+    md += _where_ended(a, sizes, pair, outside)
+
+    table = complexity.time_to_eps_table(a, "depth")
+    md += [
+        "## Time to ε",
+        "",
+        "Median over seeds of T_ε (converged runs; flow time; — where none converged):",
+        "",
+        _grid_table(table.rename("median T_ε")),
+        "",
+    ]
+    fits_md = []
+    for along in ("init_norm", "depth", "init_angle"):
+        if along in sizes and sizes[along] >= 2:
+            fit = complexity.fit_scaling(a, along=along, form="loglinear" if along != "init_norm" else "power")
+            f2 = fit.squeeze(drop=True)
+            others = list(f2.exponent.dims)
+            rows = []
+            for idx in np.ndindex(f2.exponent.shape):
+                sel = {d: f2[d].values[i] for d, i in zip(others, idx)}
+                pt = f2.isel({d: i for d, i in zip(others, idx)})
+                rows.append(
+                    [
+                        ", ".join(f"{d}={v:g}" for d, v in sel.items()) or "all",
+                        pt.exponent.item(),
+                        pt.exponent_low.item(),
+                        pt.exponent_high.item(),
+                        pt.r2.item(),
+                        int(np.nan_to_num(pt.n_points.item())),
+                        pt.note.item() or "",
+                    ]
+                )
+            what = "log T_ε vs log " + along if fit.attrs["form"] == "power" else "log T_ε vs " + along
+            ci = (
+                f"no CI: one {fit.attrs['over']}"
+                if fit.attrs["ci_method"].startswith("none")
+                else f"{fit.attrs['level']:.0%} CI, {fit.attrs['ci_method']}"
+            )
+            fits_md += [
+                f"**{what}** ({ci}):",
+                "",
+                markdown_table(["cells", "slope", "CI low", "CI high", "r²", "runs", "note"], rows),
+                "",
+            ]
+    if fits_md:
+        md += ["## Scaling fits", "", *fits_md]
+
+    md += [] if outside else _against_theory(a, ds, scalar)
+    md += _records(a)
 
     figure_notes = []
     figs = _figures(a, out, sizes, pair, scalar, figure_notes)

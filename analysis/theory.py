@@ -145,6 +145,16 @@ def polar_coordinates(ds: xr.Dataset):
     return r0, zeta, theta0
 
 
+def outside(problem: dict) -> str:
+    """Why the theory of docs/theory.md §3–§5 (whitened regression, Eftekhari's setting) does not hold for the
+    problem a spec describes ('' when it does): 'matrix completion' or 'regression with inputs not whitened'."""
+    if problem.get("kind") == "completion":
+        return "matrix completion"
+    if problem.get("whiten") is False or "input_spectrum" in problem:
+        return "regression with inputs not whitened"
+    return ""
+
+
 def annotate(ds: xr.Dataset, tol: float = ALIGN_TOL) -> xr.Dataset:
     """Add per-cell theory variables: ``theory_limit``, ``theory_time_to_eps`` (balanced starts of
     rank ≤ 1 with scalar output; NaN elsewhere), ``arora_covered``, ``arora_time_bound``,

@@ -661,6 +661,8 @@ def _spec_error(exc: ValidationError, prefix: str = "", model: type[BaseModel] |
         problem = f"expected an integer, got {_show(value)}"
     elif kind in ("float_type", "float_parsing"):
         problem = f"expected a number, got {_show(value)}"
+    elif kind in ("tuple_type", "list_type"):
+        problem = f"expected a list, got {_show(value)}"
     elif kind in ("bool_type", "bool_parsing"):
         problem = f"expected true or false, got {_show(value)}"
     elif kind == "finite_number":

@@ -25,7 +25,7 @@ from sweep.init import layer_dims
 from sweep.problem import synthetic
 from sweep.schema import Status
 
-FIELDS = ("excess", "time_to_eps", "status", "steps", "rhs_evals", "y_final", "t_final")  # every Result field
+FIELDS = ("excess", "time_to_eps", "status", "steps", "rhs_evals", "y_final", "t_final", "w")  # every Result field
 POSITIONS = (0, 7, 8, 63, 255, 256)  # and the last; 255 and 256 fit only in the batch of 4097
 
 
@@ -48,7 +48,7 @@ def assert_same_trajectory(got, i, ref, j, what):
 
 def assert_shapes(r, nb, nc, size):
     for field in FIELDS:
-        want = (nb, nc) if field == "excess" else (nb, size) if field == "y_final" else (nb,)
+        want = {"excess": (nb, nc), "y_final": (nb, size), "w": (nb, nc, *r.w.shape[2:])}.get(field, (nb,))
         assert np.asarray(getattr(r, field)).shape == want, field
 
 
@@ -59,6 +59,13 @@ def assert_shapes(r, nb, nc, size):
 
 def _targets():
     return synthetic(50, 5, 1, seed=0).target, synthetic(50, 5, 3, seed=0).target, synthetic(30, 2, 4, seed=1).target
+
+
+def _general(dx, dy):
+    """A problem with inputs not whitened (its target map and Σ) and a completion-style mask of the same shape."""
+    p = synthetic(30, dx, dy, seed=3, input_spectrum=np.geomspace(0.2, 3.0, dx))
+    mask = np.random.default_rng(4).random((dy, dx)) < 0.6
+    return p.target, p.sigma, p.tail, mask
 
 
 @cache
@@ -75,6 +82,18 @@ def case(name):
         model, horizon, eps = kernel.Induced(3, z3), 2.0, 1e-2
     elif name == "induced-rank1":  # narrow: projected onto rank 1 at every reported state
         model, horizon, eps = kernel.Induced(3, z3, kernel.tail_loss(z3, 1), rank=1), 2.0, 1e-2
+    elif name == "layerwise-sigma-flip":  # inputs not whitened, Σ on the left of the transposed network
+        a, sigma, tail, _ = _general(2, 4)
+        model, horizon, eps = kernel.Layerwise(layer_dims(2, 4, 3, 3), a, tail(2), sigma=sigma), 2.0, 1e-2
+    elif name == "layerwise-mask":
+        a, _, _, mask = _general(5, 3)
+        model, horizon, eps = kernel.Layerwise(layer_dims(5, 3, 3, 4), a, mask=mask), 2.0, 1e-2
+    elif name == "induced-sigma":
+        a, sigma, tail, _ = _general(5, 3)
+        model, horizon, eps = kernel.Induced(3, a, tail(3), sigma=sigma), 2.0, 1e-2
+    elif name == "induced-mask-scalar":  # the vector path of the general losses
+        a, _, _, mask = _general(5, 1)
+        model, horizon, eps = kernel.Induced(3, a, mask=mask), 2.0, 1e-2
     else:
         raise KeyError(name)
     return model, horizon, eps * float(np.sum(model.target**2))
@@ -125,7 +144,16 @@ def integrate(name, method, y0, stop_at_eps=True):
 
 CASES = [
     (name, method, (1, 7, 8, 64))
-    for name in ("layerwise-scalar", "layerwise-flip", "induced", "induced-rank1")
+    for name in (
+        "layerwise-scalar",
+        "layerwise-flip",
+        "induced",
+        "induced-rank1",
+        "layerwise-sigma-flip",
+        "layerwise-mask",
+        "induced-sigma",
+        "induced-mask-scalar",
+    )
     for method in METHODS
 ]
 CASES = [
@@ -296,8 +324,19 @@ def test_batch_size_and_workers_do_not_change_a_single_bit(tmp_path):
         {"model": "exact", "problem": {"m": 30, "dx": 9, "dy": 1}, "horizon": 10.0, "depth": 10},
         {"model": "layerwise", "problem": {"m": 20, "dx": 4, "dy": 2}, "integrator": {"method": "rk4", "step": 0.05}},
         {"model": "induced", "problem": {"m": 20, "dx": 3, "dy": 1}, "integrator": {"method": "euler", "step": 0.05}},
+        {
+            "problem": {"m": 20, "dx": 3, "dy": 4, "input_spectrum": [0.5, 1.0, 2.0], "target_spectrum": [2.0, 1.0]},
+            "integrator": {"method": "rk4", "step": 0.05},
+            "record": ["w"],
+        },
+        {
+            "model": "induced",
+            "problem": {"kind": "completion", "n": 5, "rank": 1, "observed": 0.6},
+            "integrator": {"method": "rk4", "step": 0.05},
+            "record": ["w"],
+        },
     ],
-    ids=["exact", "exact dx 9", "layerwise", "induced"],
+    ids=["exact", "exact dx 9", "layerwise", "induced", "general inputs, record w", "completion, record w"],
 )
 def test_every_variable_of_a_cell_is_the_same_alone_and_in_any_batch(raw):
     from sweep import spec as specs
