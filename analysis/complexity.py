@@ -279,7 +279,7 @@ def safe_annotate(ds: xr.Dataset, tol: float | None = None) -> xr.Dataset:
         values[n][~started] = _MISSING[n]
 
     spec = yaml.safe_load(ds.attrs["spec"])
-    dy, balanced = ds.sizes["out"], spec["init"]["scheme"] == "balanced"
+    dy, balanced = ds.sizes["out"], spec["init"]["scheme"] in theory.BALANCED
     note = np.full(status.shape, "", dtype=object)
     if dy == 1 and balanced:
         never = np.isnan(values["theory_time_to_eps"])

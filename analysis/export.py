@@ -34,7 +34,8 @@ def last_finite(v: xr.DataArray) -> xr.DataArray:
 
 def cell_table(ds: xr.Dataset, with_theory: bool = False):
     """A pandas DataFrame with one row per cell (the axes as columns). ``status`` and
-    ``limit_class`` are written as their names; the final losses are the last finite checkpoint.
+    ``limit_class`` are written as their names; the final losses (and, in stores that record them, the
+    final effective rank and reconstruction error) are the last finite checkpoint.
     ``with_theory`` adds :func:`analysis.complexity.safe_annotate`'s columns, ``theory_note`` saying
     why a cell's theory values are missing (any store: pending, failed, a closed form that raised)."""
     names = Status.names(ds)
@@ -47,6 +48,7 @@ def cell_table(ds: xr.Dataset, with_theory: bool = False):
             "steps": ds.steps,
             "rhs_evals": ds.rhs_evals,
             "imbalance_drift": ds.imbalance_drift,
+            **{f"final_{n}": last_finite(ds[n]) for n in ("effective_rank", "reconstruction_error") if n in ds},
         }
     )
     if with_theory:

@@ -35,7 +35,7 @@ def _first(ds: xr.Dataset, keep=("depth", "checkpoint")) -> dict:
 def _balanced(ds: xr.Dataset) -> bool:
     """The store's starts are balanced (its spec says so; a dataset without a spec is taken to be)."""
     spec = yaml.safe_load(ds.attrs.get("spec", "")) or {}
-    return spec.get("init", {}).get("scheme", "balanced") == "balanced"
+    return spec.get("init", {}).get("scheme", "balanced") in theory.BALANCED
 
 
 def excess_vs_time(ds: xr.Dataset, select: dict | None = None, exact: bool = True, notes: list | None = None) -> Figure:

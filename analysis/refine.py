@@ -21,7 +21,7 @@ def form_for(along: str) -> str:
 
 def fits(ds: xr.Dataset, along: str) -> xr.Dataset:
     """The scaling fits of T_ε along ``along`` per value of the other axes (analysis.complexity.fit_scaling,
-    seeds resampled for the 95% interval), with ``half_width``: the interval's half-width relative to the
+    a t interval clustered by seed at 95%), with ``half_width``: the interval's half-width relative to the
     exponent, (high − low) / 2 / |exponent| — NaN where there is no fit or no interval, ∞ at exponent 0."""
     fit = complexity.fit_scaling(ds, along=along, form=form_for(along))
     with np.errstate(divide="ignore", invalid="ignore"):

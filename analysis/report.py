@@ -13,6 +13,7 @@ import yaml
 from sweep.schema import Status
 
 from . import complexity, convergence, plots, theory
+from .export import last_finite
 
 
 def markdown_table(header, rows) -> str:
@@ -46,13 +47,6 @@ def _grid_table(da: xr.DataArray) -> str:
     return markdown_table(header, [[r, *da.sel({rows_dim: r}).values] for r in da[rows_dim].values])
 
 
-def _at_end(da: xr.DataArray) -> xr.DataArray:
-    """``da`` at each cell's last checkpoint with a value (a run stopped at ε has none after it)."""
-    seen = da.notnull()
-    last = (seen * np.arange(da.sizes["checkpoint"])).max("checkpoint")
-    return da.isel(checkpoint=last).where(seen.any("checkpoint"))
-
-
 def _records(a: xr.Dataset) -> list[str]:
     """What W became: the median over seeds, per depth and the next axis, of its effective rank and its
     distance to the target map at the last checkpoint (stores made before these were recorded: nothing)."""
@@ -61,8 +55,8 @@ def _records(a: xr.Dataset) -> list[str]:
     over = [d for d in a.status.dims if d == "seed"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        rank = _at_end(a.effective_rank).median(over).rename("effective rank")
-        error = _at_end(a.reconstruction_error).median(over).rename("‖W − M‖_F / ‖M‖_F")
+        rank = last_finite(a.effective_rank).median(over).rename("effective rank")
+        error = last_finite(a.reconstruction_error).median(over).rename("‖W − M‖_F / ‖M‖_F")
     return [
         "## What W became (docs/theory.md §12)",
         "",

@@ -145,6 +145,9 @@ def polar_coordinates(ds: xr.Dataset):
     return r0, zeta, theta0
 
 
+BALANCED = ("balanced", "aligned")  # the init schemes whose starts are balanced
+
+
 def outside(problem: dict) -> str:
     """Why the theory of docs/theory.md §3–§5 (whitened regression, Eftekhari's setting) does not hold for the
     problem a spec describes ('' when it does): 'matrix completion' or 'regression with inputs not whitened'."""
@@ -163,7 +166,7 @@ def annotate(ds: xr.Dataset, tol: float = ALIGN_TOL) -> xr.Dataset:
 
     spec = yaml.safe_load(ds.attrs["spec"])
     eps = float(spec["eps"])
-    balanced = spec["init"]["scheme"] == "balanced"
+    balanced = spec["init"]["scheme"] in BALANCED
     z = ds.target.values
     w0 = ds.w_init.load()
     depth = ds.depth.broadcast_like(w0.isel(out=0, **{"in": 0}))

@@ -437,7 +437,7 @@ def refine(
     quiet: Annotated[bool, _opt("No progress bar.", "--quiet", "-q")] = False,
 ):
     """Add seeds in rounds (doubling) until the scaling fits of T_ε along --fit are tight: every exponent's
-    95% interval (bootstrap over seeds, per value of the other axes) within ±CI of it. Each round is an
+    95% interval (a t interval clustered by seed, per value of the other axes) within ±CI of it. Each round is an
     ordinary growth of the store (interruptible: rerun to go on); exit 1 when the budget runs out first."""
     from analysis import refine as rf
 

@@ -161,7 +161,7 @@ def records(w: np.ndarray, target: np.ndarray, record=()) -> dict[str, np.ndarra
 def _compute_exact(spec: Spec, problem: Problem, c: dict, depth: int, width: int) -> dict[str, np.ndarray]:
     """``model: exact`` — balanced scalar-output starts from the closed form of docs/theory.md §4 (all
     cells at once): no integrator steps; W stays in the plane of W0 and Z, W(t) = r (cos θ ẑ + sin θ q̂)."""
-    from .init import start_direction
+    from .init import aligned_start, start_direction
     from .kernel.exact import exact_path, exact_time_to_eps
 
     z = problem.target.ravel()
@@ -180,7 +180,9 @@ def _compute_exact(spec: Spec, problem: Problem, c: dict, depth: int, width: int
     for i in range(n):
         a = _start_args(spec, c, i)
         key = (a["seed"], a.get("init_angle"))
-        if key not in directions:
+        if key not in directions and spec.init.scheme == "aligned":  # W0 along Z (θ0 = 0): init.aligned_start
+            directions[key] = aligned_start(problem.target, depth=depth, width=width, init_norm=1.0), scale
+        elif key not in directions:
             directions[key] = start_direction(problem.target, a["problem_seed"], a["seed"], 1, a.get("init_angle"))
         w, norm = directions[key]
         w0[i] = (a["init_norm"] * scale * w / norm).ravel()  # = init.end_to_end_start, bit for bit

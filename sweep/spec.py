@@ -208,9 +208,12 @@ class Synthetic(_Record):
                 f"min(dx, dy) = {min(self.dx, self.dy)} singular values",
             )
         if self.m < self.dx:
-            raise SpecError(
-                "problem.m", f"needs m ≥ dx to whiten the data (X Xᵀ = I), got m = {self.m} < dx = {self.dx}"
+            why = (
+                "to whiten the data (X Xᵀ = I)"
+                if self.whiten is not False and self.input_spectrum is None
+                else ("for X Xᵀ to be invertible")
             )
+            raise SpecError("problem.m", f"needs m ≥ dx {why}, got m = {self.m} < dx = {self.dx}")
         size = data_bytes(self.m, self.dx, self.dy)
         if size > MAX_DATA_BYTES:
             field = "problem." + max(("m", "dx", "dy"), key=lambda k: getattr(self, k))  # the largest: cut it

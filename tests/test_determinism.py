@@ -87,7 +87,7 @@ def case(name):
         model, horizon, eps = kernel.Layerwise(layer_dims(2, 4, 3, 3), a, tail(2), sigma=sigma), 2.0, 1e-2
     elif name == "layerwise-mask":
         a, _, _, mask = _general(5, 3)
-        model, horizon, eps = kernel.Layerwise(layer_dims(5, 3, 3, 4), a, mask=mask), 2.0, 1e-2
+        model, horizon, eps = kernel.Layerwise(layer_dims(5, 3, 3, 4), a, mask=mask), 1.5, 1e-2
     elif name == "induced-sigma":
         a, sigma, tail, _ = _general(5, 3)
         model, horizon, eps = kernel.Induced(3, a, tail(3), sigma=sigma), 2.0, 1e-2

@@ -101,7 +101,8 @@ def rhs(g, y, out, lo, hi, exc, work):
 
 @jit
 def excess(g, y, lo, hi, exc, work):
-    """The excess loss ½‖W − Z‖² − tail of trajectories lo … hi − 1 (no flow)."""
+    """The excess loss ½⟨D, E⟩ − tail (½‖W − Z‖² − tail for whitened data) of trajectories lo … hi − 1 (no
+    flow)."""
     if g.kind == LAYERWISE:
         _layerwise(g, y, y, lo, hi, exc, work, False)
     else:

@@ -61,7 +61,7 @@ class _Model:
         return exc
 
     def excess(self, y: np.ndarray) -> np.ndarray:
-        """½‖W − Z‖² − tail for each row of ``y``."""
+        """The excess loss of each row of ``y``: ½‖W − Z‖² − tail, or the general loss's (:class:`_Model`)."""
         cols, work = self._columns(y)
         exc = np.empty(len(y))
         flows.excess(self.geometry, cols, 0, len(y), exc, work)
