@@ -257,6 +257,7 @@ def run(
         if workers is not None and workers < 1:
             raise SpecError("--workers", WORKERS_ERROR.format(workers))
         out = out or Path("runs") / f"{spec.stem if spec else 'sweep'}.zarr"
+        store.check_local(out, "--out")
         if spec is None and out.is_dir() and store.is_store(out):  # flags only: the store's own spec, changed by them
             s = specs.parse(specs.merge(store.stored_spec(out), overrides))
         else:
@@ -619,6 +620,7 @@ def export(
 def _open_store(path: Path, mode: str = "r"):
     """The store's Zarr group, or one line naming the argument and exit 2 when ``path`` is not a
     (readable) linflow store."""
+    _local(path, "PATH")
     if not path.exists():
         _fail(f"PATH: no such store: {path}")
     if not path.is_dir():
@@ -635,6 +637,7 @@ def _open_store(path: Path, mode: str = "r"):
 
 def _new_folder(out: Path, flag: str = "--out") -> None:
     """Fail (one line) unless ``out`` is a folder, or can be made one, where we may write."""
+    _local(out, flag)
     if out.exists() and not out.is_dir():
         _fail(f"{flag}: {out} is a file, not a folder")
     parent = out.resolve()
@@ -647,6 +650,13 @@ def _new_folder(out: Path, flag: str = "--out") -> None:
         _fail(f"{flag}: cannot write in {parent}: not writable")
 
 
+def _local(path: Path, flag: str) -> None:
+    try:
+        store.check_local(path, flag)
+    except StoreError as exc:
+        _fail(str(exc))
+
+
 def _inside_no_store(out: Path, flag: str) -> None:
     try:
         store.check_new(out, flag, "write")
@@ -656,6 +666,7 @@ def _inside_no_store(out: Path, flag: str) -> None:
 
 def _new_file(out: Path, flag: str = "--out") -> None:
     """Fail (one line) unless ``out`` names a file we may write (a new one, or one to replace)."""
+    _local(out, flag)
     if out.is_dir():
         _fail(f"{flag}: {out} is a folder; give a file name")
     if not out.parent.is_dir():

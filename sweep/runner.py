@@ -67,6 +67,7 @@ def prepare(spec: Spec, out: str | Path) -> Plan:
     """Check everything before anything is written: the problem data, and ``out`` against the spec —
     the same sweep, or one that extends it along its axes (:func:`sweep.spec.extension`). Raises
     SpecError on a bad spec, StoreError on a bad ``out`` or a store holding another sweep."""
+    store.check_local(out)
     problem = build(spec.problem)
     MODELS[spec.model].check_data(problem.dy)
     check_memory(spec, problem)

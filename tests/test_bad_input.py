@@ -843,6 +843,19 @@ COMMANDS = [
         "--out: cannot create",
     ),
     ("run --out: a file in a store", ["run", "good.yaml", "--out", "{store}/zarr.json"], "not a linflow store"),
+    # a URL is not a folder named after its scheme (issue 20: refused until object storage is served)
+    ("run --out: an s3 URL", ["run", "good.yaml", "--out", "s3://sweeps/runs/small.zarr"], "--out: s3://sweeps/runs"),
+    ("run flags --out: a gs URL", ["run", "--depth", "1", "--out", "gs://b/s.zarr"], "--out: gs://b/s.zarr: a URL"),
+    ("status: an az URL", ["status", "az://c/s.zarr"], "PATH: az://c/s.zarr: a URL"),
+    ("report: a URL", ["report", "s3://b/s.zarr", "--out", "{dir}/rep"], "PATH: s3://b/s.zarr: a URL"),
+    ("report --out: a URL", ["report", "{store}", "--out", "s3://b/rep"], "--out: s3://b/rep: a URL"),
+    (
+        "export --out: a file URL",
+        ["export", "{store}", "--out", "file:///tmp/x.csv"],
+        "--out: file:///tmp/x.csv: a URL",
+    ),
+    ("refine: a URL", ["refine", "s3://b/s.zarr", "--fit", "depth", "--ci", "0.1"], "PATH: s3://b/s.zarr: a URL"),
+    ("reproduce --out: a URL", ["reproduce", "eftekhari2020", "--out", "s3://b/r"], "--out: s3://b/r: a URL"),
 ]
 
 
@@ -886,3 +899,19 @@ def test_export_on_a_full_disk_leaves_the_old_file_whole(workdir, existing_store
     assert "No space left on device" in r.stderr
     assert target.read_text() == "the previous export\n"
     assert sorted(p.name for p in workdir.iterdir() if p.name.startswith(".table")) == []
+
+
+def test_a_url_is_not_taken_for_a_path_by_the_library(tmp_path, monkeypatch):
+    import sweep
+    from sweep import runner
+    from sweep import spec as specs
+    from sweep.errors import StoreError
+
+    monkeypatch.chdir(tmp_path)
+    for call in (
+        lambda: sweep.open_results("s3://b/s.zarr"),
+        lambda: runner.prepare(specs.parse(GOOD), "s3://b/s.zarr"),
+    ):
+        with pytest.raises(StoreError, match="s3://b/s.zarr: a URL"):
+            call()
+    assert list(tmp_path.iterdir()) == []  # no folder named s3:

@@ -22,6 +22,7 @@ from .chunks import layout, pending_regions, read_status, todo, write_batch
 from .damage import Damage, Summary, inspect, mark_pending, recheck, summary
 from .group import (
     STATUS_NAMES,
+    check_local,
     check_new,
     check_tree,
     counts,
@@ -39,6 +40,7 @@ __all__ = [
     "STATUS_NAMES",
     "Damage",
     "Summary",
+    "check_local",
     "check_new",
     "check_tree",
     "counts",

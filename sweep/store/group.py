@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,19 @@ from ..schema import Status, plain
 from .chunks import not_a_file, read_status, results_of
 
 STATUS_NAMES = [s.name.lower() for s in Status]
+
+
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/")  # s3://…, also as pathlib writes it (s3:/…); not C:/
+
+
+def check_local(out: str | Path, field: str = "out") -> None:
+    """StoreError unless ``out`` is a local path: a URL (s3://, gs://, az://, file://, …) would otherwise be
+    taken for a folder named after its scheme. Stores on object storage are not served yet."""
+    found = _URL.match(str(out))
+    if found:
+        slashes = "///" if found.group(1).lower() == "file" else "//"  # as written before pathlib folded them
+        url = re.sub(r"^([^:]+):/+", lambda m: m.group(1) + ":" + slashes, str(out))
+        raise StoreError(field, f"{url}: a URL; stores on object storage are not served yet: give a local path")
 
 
 def is_store(path: str | Path) -> bool:

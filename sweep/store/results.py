@@ -14,7 +14,7 @@ from ..errors import StoreDamaged
 from ..schema import RESULTS, Status
 from . import lock
 from .damage import inspect
-from .group import open_group
+from .group import check_local, open_group
 
 
 def open_results(path: str | Path):
@@ -23,6 +23,7 @@ def open_results(path: str | Path):
     cells are done; ``attrs["cells_done"]`` of ``attrs["cells"]`` are. A done cell's numbers are on disk
     before its status (:func:`write_batch`), so every cell the snapshot says is done reads whole; a cell
     it says is pending may read its fill values or, its batch being written, numbers already."""
+    check_local(path)
     open_group(path)
     return _snapshot(_open_zarr(path))
 
