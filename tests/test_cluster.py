@@ -33,7 +33,9 @@ def test_cluster_yaml_passes_rays_own_launcher_validation():
     config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
     validate_config(prepare_config(config))  # what `ray up` runs before launching anything
     assert config["provider"]["type"] == "local"
-    assert any("pip install" in c and "linflow" in c for c in config["setup_commands"])
+    assert any("pip install" in c and "linflow-dist/linflow-*.whl" in c for c in config["setup_commands"])
+    assert not any("install -e" in c for c in config["setup_commands"])  # a built wheel, not a source tree
+    assert config["file_mounts"] == {"~/linflow-dist": "./dist"}
     assert {"runs/", "*.zarr"} <= set(config["rsync_exclude"])
     broken = {**config, "max_wokers": 2}  # the validator is real: a typo fails it
     with pytest.raises(Exception, match="max_wokers"):
