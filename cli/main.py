@@ -34,7 +34,6 @@ from sweep.errors import (
 from sweep.models import MODELS
 from sweep.problem import build
 from sweep.schema import AXES
-from sweep.store.lock import StoreLock, writer
 
 from .terminal import ProgressBar, printable
 
@@ -256,9 +255,8 @@ def run(
         overrides = _overrides({k: v for k, v in locals().items() if k in SPEC_FLAGS})
         if workers is not None and workers < 1:
             raise SpecError("--workers", WORKERS_ERROR.format(workers))
-        out = out or Path("runs") / f"{spec.stem if spec else 'sweep'}.zarr"
-        store.check_local(out, "--out")
-        if spec is None and out.is_dir() and store.is_store(out):  # flags only: the store's own spec, changed by them
+        out = _store(out or Path("runs") / f"{spec.stem if spec else 'sweep'}.zarr")
+        if spec is None and store.is_store(out):  # flags only: the store's own spec, changed by them
             s = specs.parse(specs.merge(store.stored_spec(out), overrides))
         else:
             s = specs.load(spec, overrides)
@@ -349,13 +347,14 @@ def status(
 ):
     """Counts of cells per status in a store, and what is left to run. Lost chunks (a listing) and
     unreadable ones (decoded with --verify) count their done cells as pending."""
+    path = _store(path)
     group = _open_store(path, "r+" if verify else "r")
-    lock = StoreLock(path.resolve()) if verify else None  # --verify may write status: not while a run writes
+    lock = store.lock_for(path) if verify else None  # --verify may write status: not while a run writes
     try:
         if lock:
             lock.acquire()
             lock.pin()
-        damage = store.inspect(group, path, verify=verify, writing=not verify and writer(path) is not None)
+        damage = store.inspect(group, path, verify=verify, writing=not verify and store.writer(path) is not None)
         if damage.fixed:
             _fail(f"{path} is damaged: {damage.first()}")
         if damage and verify:
@@ -411,9 +410,10 @@ def report(
     """Write a Markdown report (status, convergence, scaling fits, theory agreement, bounds) with figures."""
     from analysis.report import write_report
 
+    path = _store(path)
     group = _open_store(path)
     _new_folder(out)
-    running = writer(path) is not None
+    running = store.writer(path) is not None
     ds = _load(group, path)
     if ds.attrs["cells_done"] == 0:
         _fail(
@@ -442,6 +442,7 @@ def refine(
     ordinary growth of the store (interruptible: rerun to go on); exit 1 when the budget runs out first."""
     from analysis import refine as rf
 
+    path = _store(path)
     group = _open_store(path)
     try:
         s = specs.parse(store.stored_spec(group))
@@ -605,8 +606,12 @@ def export(
             import pyarrow  # noqa: F401
         except ImportError:
             _fail("--format parquet needs pyarrow (python3 -m pip install pyarrow); or use --format csv")
+    path = _store(path)
     group = _open_store(path)
-    named = path if path.name not in ("", ".", "..") else path.resolve()  # `export .` inside a store
+    if store.is_url(path):  # written here, named after the store
+        named = Path(path.rsplit("/", 1)[-1])
+    else:
+        named = path if path.name not in ("", ".", "..") else path.resolve()  # `export .` inside a store
     out = out or named.with_suffix("." + fmt)
     _new_file(out)
     df = cell_table(_load(group, path), with_theory)
@@ -617,13 +622,20 @@ def export(
     typer.echo(f"wrote {out} ({len(df)} rows)")
 
 
-def _open_store(path: Path, mode: str = "r"):
+def _store(path: Path) -> Path | str:
+    """A store argument as given: a local path, or a URL (which the Path type folded: s3:/… → s3://…)."""
+    return store.url(path) if store.is_url(path) else path
+
+
+def _open_store(path: Path | str, mode: str = "r"):
     """The store's Zarr group, or one line naming the argument and exit 2 when ``path`` is not a
-    (readable) linflow store."""
-    _local(path, "PATH")
-    if not path.exists():
+    (readable) linflow store: a local folder, or a URL (object storage)."""
+    if store.is_url(path):
+        if not _quiet_exists(path):
+            _fail(f"PATH: no such store: {path}")
+    elif not path.exists():
         _fail(f"PATH: no such store: {path}")
-    if not path.is_dir():
+    elif not path.is_dir():
         _fail(f"PATH: {path} is a file, not a linflow store")
     try:
         return store.open_group(path, mode)
@@ -633,6 +645,15 @@ def _open_store(path: Path, mode: str = "r"):
         _fail(f"PATH: {exc.problem}")
     except OSError as exc:
         _fail(f"PATH: cannot read {path}: {exc.strerror or exc}")
+
+
+def _quiet_exists(url: str) -> bool:
+    """Whether a store is at ``url`` (one line and exit 2 when the URL cannot be served or reached)."""
+    try:
+        store.check_new(url, "PATH")
+        return store.is_store(url)
+    except StoreError as exc:
+        _fail(str(exc))
 
 
 def _new_folder(out: Path, flag: str = "--out") -> None:

@@ -26,7 +26,7 @@ from .models import MODELS
 from .problem import Problem, build
 from .schema import Status, plain
 from .spec import Spec
-from .store.lock import StoreLock, heartbeat_seconds
+from .store.lock import heartbeat_seconds
 from .task import run_task
 
 # a task's spec and data travel inside the task when this small (Ray inlines arguments under 100 KiB): no
@@ -67,11 +67,14 @@ def prepare(spec: Spec, out: str | Path) -> Plan:
     """Check everything before anything is written: the problem data, and ``out`` against the spec —
     the same sweep, or one that extends it along its axes (:func:`sweep.spec.extension`). Raises
     SpecError on a bad spec, StoreError on a bad ``out`` or a store holding another sweep."""
-    store.check_local(out)
     problem = build(spec.problem)
     MODELS[spec.model].check_data(problem.dy)
     check_memory(spec, problem)
     fingerprint = spec.fingerprint(problem.digest())
+    if store.is_url(out):  # object storage: one line when it cannot be served or reached
+        store.check_new(out)  # (nothing there, or a store: then it must hold this sweep or one it extends)
+        exists = store.is_store(out)
+        return Plan(problem, fingerprint, exists, _growth(out, spec, problem, fingerprint) if exists else {})
     path = Path(out)
     if path.exists():
         return Plan(problem, fingerprint, True, _growth(path, spec, problem, fingerprint))
@@ -89,7 +92,7 @@ def prepare(spec: Spec, out: str | Path) -> Plan:
 MEMORY_LIMIT = 2 * 2**30  # bytes: the driver's store template, and one task's working set
 
 
-def _growth(path: Path, spec: Spec, problem: Problem, fingerprint: str) -> dict:
+def _growth(path, spec: Spec, problem: Problem, fingerprint: str) -> dict:
     """The axes along which the store at ``path`` grows to ``spec`` ({axis: (old, new size)}; {} when it holds
     this very sweep), or StoreError naming the first difference when it holds another."""
     group = store.open_group(path)
@@ -206,10 +209,11 @@ def run(
     started = time.perf_counter()
     problem, fingerprint, exists, grows = prepare(spec, out)
     cluster.check_address(address)
-    where = Path(out).resolve()  # a store is one store under any of its names (symlinks): one lock
-    lock = StoreLock(where)
+    where = out if store.is_url(out) else Path(out).resolve()  # one store under any of its names: one lock
+    lock = store.lock_for(where)
     try:
-        where.parent.mkdir(parents=True, exist_ok=True)
+        if not store.is_url(where):
+            where.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except OSError as exc:
         raise StoreError("out", f"cannot create {out}: {exc.strerror or exc}") from None
@@ -223,7 +227,7 @@ def run(
             else:  # what a driver killed mid-growth left, then the store checked again: it may have changed since
                 lock.pin()
                 store.settle(where)
-                grows = _growth(Path(out), spec, problem, fingerprint)
+                grows = _growth(out, spec, problem, fingerprint)
             if grows:
                 store.grow(where, spec, fingerprint, lock.check)
                 _notice(say, f"growing {out}: {growth_text(spec, grows)}", warning=False)

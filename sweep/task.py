@@ -8,6 +8,9 @@ import time
 import numpy as np
 
 from . import batch as batches
+from . import kernel
+from .kernel import cache
+from .models import MODELS
 from .schema import Status, plain
 
 
@@ -19,6 +22,7 @@ def run_task(payload, chunks):
     spec, problem = payload
     node = ray.get_runtime_context().get_node_id()
     started = time.perf_counter()
+    warm_up(spec)
     out = []
     for region, mask in chunks:
         try:
@@ -27,6 +31,31 @@ def run_task(payload, chunks):
             results, errors = _cell_by_cell(spec, problem, region, mask)
         out.append((region, mask, results, errors))
     return out, node, time.perf_counter() - started
+
+
+def warm_up(spec) -> None:
+    """Before a worker's first batch: compile the kernel it runs — or load it, once another process of the
+    node has (sweep.kernel.cache.compile_once: one compiles, the others wait) — with a tiny call of the same
+    argument types. If the warm-up fails, the batch compiles on its own and reports the error per cell."""
+    integrated = MODELS[spec.model].integrated
+    try:
+        cache.compile_once("integrate" if integrated else "exact", _tiny_integration if integrated else _tiny_exact)
+    except Exception:  # noqa: BLE001 — the batch compiles on its own
+        pass
+
+
+def _tiny_integration():
+    model = kernel.Layerwise((1, 1), np.ones((1, 1)))
+    kernel.integrate(
+        model, np.zeros((1, 1)), kernel.DOPRI5, horizon=1.0, checkpoints=[1.0], eps=0.1, rtol=1e-3, atol=1e-6
+    )
+
+
+def _tiny_exact():
+    from .kernel.exact import exact_path, exact_time_to_eps
+
+    exact_time_to_eps(2, np.ones(1), 2.0, np.ones(1), 0.1)
+    exact_path(np.full(1, 2), np.ones(1), 2.0, np.ones(1), np.ones((1, 2)))
 
 
 def _cell_by_cell(spec, problem, region, mask):

@@ -23,7 +23,7 @@ KNOWN: dict = {}  # none left
 
 # Layers, bottom to top: a module may import its own layer (no cycles) and the layers below, never above.
 RANK = {"base": 0, "kernel": 1, "cells": 2, "batch": 3, "worker": 4, "driver": 5, "analysis": 6, "cli": 7}
-KERNEL = tuple(f"sweep.kernel{m}" for m in ("", ".tableau", ".flows", ".stepper", ".integrate", ".exact"))
+KERNEL = tuple(f"sweep.kernel{m}" for m in ("", ".cache", ".tableau", ".flows", ".stepper", ".integrate", ".exact"))
 BASE = ("sweep.schema", "sweep.version", "sweep.errors")  # result table and statuses, version, errors: leaves
 LAYER = {
     **{m: "base" for m in BASE},
@@ -34,7 +34,10 @@ LAYER = {
     "sweep.init": "cells",
     "sweep.batch": "batch",
     "sweep.task": "worker",
-    **{f"sweep.store{m}": "worker" for m in ("", ".make", ".group", ".chunks", ".damage", ".results", ".lock")},
+    **{
+        f"sweep.store{m}": "worker"
+        for m in ("", ".make", ".group", ".chunks", ".damage", ".results", ".lock", ".remote")
+    },
     "sweep.cluster": "driver",  # the Ray lifecycle: below the runner, which dispatches through it
     "sweep.runner": "driver",
     "sweep": "driver",  # the package __init__: the public face (open_results, __version__)

@@ -14,36 +14,12 @@ numbers do not depend on its column or its companions.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-from pathlib import Path
 from typing import NamedTuple
 
+import numba
 import numpy as np
 
-
-def _cache_dir() -> Path:
-    """Where compiled code is cached: per user (numba writes each file aside, then renames it, so concurrent
-    processes are safe), so each machine compiles once per linflow version; a temporary folder when the
-    home folder cannot be written. NUMBA_CACHE_DIR, when set, wins."""
-    for base in (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"), Path(tempfile.gettempdir())):
-        path = base / "linflow" / f"numba-{os.getuid() if hasattr(os, 'getuid') else 0}"
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            if os.access(path, os.W_OK):
-                return path
-        except OSError:
-            continue
-    return Path(tempfile.mkdtemp(prefix="linflow-numba-"))
-
-
-CACHE_DIR = Path(os.environ["NUMBA_CACHE_DIR"]) if os.environ.get("NUMBA_CACHE_DIR") else _cache_dir()
-os.environ.setdefault("NUMBA_CACHE_DIR", str(CACHE_DIR))  # read when numba is first imported, and by workers
-
-import numba  # noqa: E402 — after NUMBA_CACHE_DIR is set
-
-if not numba.config.CACHE_DIR:  # numba was imported before us
-    numba.config.CACHE_DIR = str(CACHE_DIR)
+from .cache import CACHE_DIR  # noqa: F401 — first: the cache's place and locator, before any @jit below
 
 LAYERWISE, INDUCED = 0, 1
 # the loss (docs/theory.md §2, §12): ½‖W − Z‖² (whitened inputs); ½ tr((W − A)Σ(W − A)ᵀ) with the input

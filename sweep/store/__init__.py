@@ -33,6 +33,7 @@ from .group import (
     stored_spec,
 )
 from .make import EVERY_CHUNK, create, grow, settle, template
+from .remote import is_url, lock_for, url, writer
 from .results import done_text, load_results, open_results
 
 __all__ = [
@@ -50,6 +51,8 @@ __all__ = [
     "grow",
     "inspect",
     "is_store",
+    "is_url",
+    "lock_for",
     "layout",
     "load_results",
     "mark_pending",
@@ -64,5 +67,7 @@ __all__ = [
     "summary",
     "template",
     "todo",
+    "url",
     "write_batch",
+    "writer",
 ]

@@ -17,6 +17,7 @@ from numcodecs import zstd
 from ..batch import regions
 from ..errors import StoreDamaged
 from ..schema import LEGACY_RESULTS, Status
+from . import remote
 
 
 def results_of(group: zarr.Group) -> tuple[str, ...]:
@@ -92,7 +93,9 @@ def _read_chunk(root: str, name: str, nbytes: int) -> bytes:
     """The bytes of the chunk file ``name`` (relative to the store at ``root``) of a chunk of ``nbytes`` bytes
     compressed by zstd: read only from a regular file — a link (never followed) or a FIFO or a device is
     StoreDamaged — and never more than zstd's bound for ``nbytes`` (a longer file is no such chunk: it does
-    not decode). FileNotFoundError when it is missing."""
+    not decode). FileNotFoundError when it is missing. In a store at a URL: at most that many bytes of the object."""
+    if remote.is_url(root):
+        return remote.read(root, name, nbytes + (nbytes >> 8) + 1024)
     try:
         fd = os.open(os.path.join(root, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
@@ -180,7 +183,11 @@ def chunk_keys(arr: zarr.Array, corners: list[tuple[int, ...]]) -> list[str]:
 
 def chunk_sizes(folder: str, keys: list[str]) -> dict[str, int]:
     """Chunk key → file size of the chunks ``keys`` (relative to an array's folder) that are on
-    disk as regular files: one lstat a chunk, no walk through the folders Zarr makes for trailing dims."""
+    disk as regular files: one lstat a chunk, no walk through the folders Zarr makes for trailing dims. In a
+    store at a URL: one LIST of the array's objects."""
+    if remote.is_url(folder):
+        found = remote.listing(folder)
+        return {key: found[key] for key in keys if key in found}
     out = {}
     for key in keys:
         try:
@@ -221,4 +228,7 @@ def decoder(arr: zarr.Array, root: str):
 def delete_chunk(root: str | Path, arr: zarr.Array, corner: tuple[int, ...]) -> None:
     """Delete the chunk file of ``arr`` (in the store at ``root``) at the grid chunk ``corner``: it reads as its
     fill values (a cell never computed)."""
-    (Path(root) / arr.path / chunk_keys(arr, [corner])[0]).unlink(missing_ok=True)
+    name = f"{arr.path}/{chunk_keys(arr, [corner])[0]}"
+    if remote.is_url(root):
+        return remote.delete(root, name)
+    (Path(root) / name).unlink(missing_ok=True)

@@ -11,6 +11,7 @@ import zarr
 
 from ..batch import regions
 from ..schema import DONE, RESULTS, Status
+from . import remote
 from .chunks import chunk_keys, chunk_sizes, decoder, delete_chunk, layout, read_status, results_of
 from .group import failures, record_failures
 from .make import EVERY_CHUNK
@@ -76,7 +77,7 @@ def inspect(group: zarr.Group, path: str | Path, verify: bool = False, writing: 
     here are read only if regular, and bounded in size (:func:`_read_chunk`).
     ``writing``: a run is writing the store, so a chunk whose results are on disk and whose status is
     not may be a batch being written (its status comes last) — pending, not lost."""
-    root = Path(path)
+    root = str(path) if remote.is_url(path) else Path(path)
     shape, chunks = layout(group)
     status, bad_status = read_status(group)
     damage = Damage(str(path), status=status)
@@ -91,7 +92,7 @@ def inspect(group: zarr.Group, path: str | Path, verify: bool = False, writing: 
         if arr.ndim not in by_tail:  # the chunk keys of arrays with as many trailing dims are the same
             by_tail[arr.ndim] = chunk_keys(arr, corners)
         keys[name] = by_tail[arr.ndim]
-        folder = str(root / arr.path)
+        folder = f"{root}/{arr.path}"
         files = present[name] = chunk_sizes(folder, keys[name])
         if name == "status":
             continue
@@ -178,7 +179,7 @@ def mark_pending(group: zarr.Group, damage: Damage, check=lambda: None) -> None:
     """Make the cells of every damaged chunk pending, as a batch never written is: ``status`` first,
     then the chunks of every variable there are deleted (they read as fill values), and their
     recorded failures dropped. A rerun recomputes them whole."""
-    root = Path(damage.path)
+    root = damage.path
     for corner, (r, _) in damage.regions.items():
         for name in ["status"] + [n for n in results_of(group) if n != "status"]:
             arr = group[name]

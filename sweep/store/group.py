@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -14,25 +13,23 @@ import zarr
 
 from ..errors import StoreDamaged, StoreError
 from ..schema import Status, plain
+from . import remote
 from .chunks import not_a_file, read_status, results_of
 
 STATUS_NAMES = [s.name.lower() for s in Status]
 
 
-_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/")  # s3://…, also as pathlib writes it (s3:/…); not C:/
-
-
 def check_local(out: str | Path, field: str = "out") -> None:
-    """StoreError unless ``out`` is a local path: a URL (s3://, gs://, az://, file://, …) would otherwise be
-    taken for a folder named after its scheme. Stores on object storage are not served yet."""
-    found = _URL.match(str(out))
-    if found:
-        slashes = "///" if found.group(1).lower() == "file" else "//"  # as written before pathlib folded them
-        url = re.sub(r"^([^:]+):/+", lambda m: m.group(1) + ":" + slashes, str(out))
-        raise StoreError(field, f"{url}: a URL; stores on object storage are not served yet: give a local path")
+    """StoreError unless ``out`` is a local path (reports, exported tables and studies are written as local
+    files; only stores may live at a URL)."""
+    if remote.is_url(out):
+        raise StoreError(field, f"{remote.url(out)}: a URL; this is written as local files: give a local path")
 
 
 def is_store(path: str | Path) -> bool:
+    if remote.is_url(path):
+        remote.reach(path)  # one line when the URL cannot be served or reached
+        return remote.exists(path)
     p = Path(path)
     return (p / "zarr.json").is_file() or (p / ".zgroup").is_file()
 
@@ -41,6 +38,8 @@ def check_tree(path: str | Path) -> list[str]:
     """The ``*.partial`` files in the store at ``path`` (its real path: the store may be reached through a link),
     or StoreDamaged naming a symbolic link or a special file (FIFO, socket, device) in it: linflow never follows
     a link inside a store, and reads only regular files. One walk of the store's folders (:func:`_walk`)."""
+    if remote.is_url(path):  # object storage has no links nor special files (nor partial files: PUTs are whole)
+        return []
     root = os.path.realpath(path)
     links, special, partial = _walk(root)
     if links or special:
@@ -70,6 +69,8 @@ def _walk(root: str) -> tuple[list[str], list[str], list[str]]:
 def check_new(out: str | Path, field: str = "out", verb: str = "create") -> None:
     """StoreError naming ``field`` when ``out`` (a store, a report folder, a file; made or not yet) would lie
     inside a linflow store — which only linflow writes, and whose damage checks would refuse it."""
+    if remote.is_url(out):
+        return remote.check_new(out, field)
     place = Path(out).resolve()
     while not place.exists():
         place = place.parent
@@ -90,6 +91,8 @@ def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
     """The store's root group, checked to be a readable linflow store: StoreDamaged when it holds a link
     or a special file (:func:`check_tree`, before anything is read: every reader and writer opens the store
     here) or when its metadata (the root ``zarr.json``, the ``failures`` attribute) cannot be read."""
+    if remote.is_url(path):
+        remote.reach(path)  # one line when the URL cannot be served or reached
     if not is_store(path):
         raise StoreError("out", f"{path} exists but is not a linflow store")
     check_tree(path)  # before anything is read: no link, no FIFO or device in it
@@ -99,12 +102,12 @@ def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
         status = group["status"] if "status" in group else None
     except Exception as exc:  # zarr raises JSONDecodeError, TypeError, KeyError, … on a torn zarr.json
         raise StoreDamaged(
-            path, f"its metadata {Path(path) / 'zarr.json'} cannot be read ({type(exc).__name__}: {_first_line(exc)})"
+            path, f"its metadata {path}/zarr.json cannot be read ({type(exc).__name__}: {_first_line(exc)})"
         ) from None
     if "fingerprint" not in attrs or status is None:
         raise StoreError("out", f"{path} is a Zarr store but not a linflow store (no fingerprint/status)")
     if not isinstance(status, zarr.Array) or status.ndim < 1 or status.dtype != np.int8:
-        raise StoreDamaged(path, f"its status is not a grid of int8 codes ({Path(path) / 'zarr.json'})")
+        raise StoreDamaged(path, f"its status is not a grid of int8 codes ({path}/zarr.json)")
     missing = [name for name in results_of(group) if name not in group]
     if missing:
         raise StoreError(

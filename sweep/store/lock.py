@@ -164,6 +164,28 @@ def _replace(path: Path, info: dict) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def owner() -> dict:
+    """What a new lock says of its holder: pid, host, since, a random token, generation 0, PID namespace, boot."""
+    return {
+        "pid": os.getpid(),
+        "host": _host(),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "token": secrets.token_hex(8),
+        "generation": 0,
+        **_namespace(),
+    }
+
+
+def takeover_line(store, taken: dict | None, what: str) -> str | None:
+    """'took over the lock of STORE from pid P on HOST (gone since …)', or None when nothing was taken over."""
+    if taken is None:
+        return None
+    if "pid" not in taken:
+        return f"took over the lock of {store} from an unreadable {what} (written {taken['heartbeat']})"
+    gone = "gone since" if _pid_visible(taken) else "no heartbeat since"
+    return f"took over the lock of {store} from pid {taken['pid']} on {taken['host']} ({gone} {taken['heartbeat']})"
+
+
 def _when(age: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() - age))
 
@@ -189,14 +211,7 @@ class StoreLock:
         return False
 
     def acquire(self):
-        me = {
-            "pid": os.getpid(),
-            "host": _host(),
-            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "token": secrets.token_hex(8),
-            "generation": 0,
-            **_namespace(),
-        }
+        me = owner()
         for _ in range(ATTEMPTS):
             if _place(self.path, me):
                 self.info = me
@@ -256,13 +271,7 @@ class StoreLock:
 
     def takeover_message(self) -> str | None:
         """One line saying whose lock ``acquire`` took over, or None."""
-        t = self.taken_over
-        if t is None:
-            return None
-        if "pid" not in t:
-            return f"took over the lock of {self.store} from an unreadable lock file (written {t['heartbeat']})"
-        gone = "gone since" if _pid_visible(t) else "no heartbeat since"
-        return f"took over the lock of {self.store} from pid {t['pid']} on {t['host']} ({gone} {t['heartbeat']})"
+        return takeover_line(self.store, self.taken_over, "lock file")
 
     def pin(self):
         """Remember the store as it is now (after it was made or opened): :meth:`check` fails once it is

@@ -19,6 +19,7 @@ from ..problem import Problem
 from ..schema import AXES, RESULTS, stored, tail_shape
 from ..spec import Spec, axis_values
 from ..version import __version__
+from . import remote
 from .chunks import results_of
 from .group import check_tree, open_group
 
@@ -86,7 +87,11 @@ def create(path: str | Path, spec: Spec, problem: Problem, fingerprint: str) -> 
     Only metadata and the fixed arrays (coordinates, data) are written: xarray writes the dataset
     without the results, then each result variable is declared as the Zarr array xarray would have
     made of it (same metadata: :func:`_declare`), with no chunk — a missing chunk reads as its fill
-    value, which is what a pending cell holds. Time and memory grow with the axes, not the cells."""
+    value, which is what a pending cell holds. Time and memory grow with the axes, not the cells.
+    A store at a URL is made so on the local disk, then uploaded, its root metadata last
+    (:func:`sweep.store.remote.create`)."""
+    if remote.is_url(path):
+        return remote.create(path, lambda folder: create(folder, spec, problem, fingerprint))
     path = Path(path)
     ds, encoding = template(spec, problem, fingerprint, range_coords=False)
     prefix = f".{path.name}.creating-"  # compared, never globbed: a store's name may hold * ? [ ]
@@ -157,8 +162,8 @@ def settle(path: str | Path) -> None:
     link: a store holding one is refused, :func:`check_tree`); no consolidated metadata (killed after the root's
     attributes: consolidated now); arrays whose own metadata was grown but never committed (shrunk back to the
     committed shape: nothing was written beyond it but coordinates)."""
-    root = os.path.realpath(path)
-    for left in check_tree(path):
+    for left in check_tree(path):  # (none at a URL: an object is put whole)
+        root = os.path.realpath(path)
         if os.path.commonpath([root, os.path.realpath(left)]) == root:  # inside the store, whatever changed since
             Path(left).unlink(missing_ok=True)
     committed = zarr.open_group(str(path), mode="r")

@@ -12,9 +12,9 @@ import zarr
 
 from ..errors import StoreDamaged
 from ..schema import RESULTS, Status
-from . import lock
+from . import remote
 from .damage import inspect
-from .group import check_local, open_group
+from .group import open_group
 
 
 def open_results(path: str | Path):
@@ -23,7 +23,6 @@ def open_results(path: str | Path):
     cells are done; ``attrs["cells_done"]`` of ``attrs["cells"]`` are. A done cell's numbers are on disk
     before its status (:func:`write_batch`), so every cell the snapshot says is done reads whole; a cell
     it says is pending may read its fill values or, its batch being written, numbers already."""
-    check_local(path)
     open_group(path)
     return _snapshot(_open_zarr(path))
 
@@ -56,7 +55,7 @@ def load_results(group: zarr.Group, path: str | Path) -> xr.Dataset:
     when loading fails. Also while a run is writing the store: the status is read first (a snapshot:
     :func:`open_results`), and the cells it says are pending hold their fill values, whatever their
     batch has written since."""
-    writing = lock.writer(path) is not None
+    writing = remote.writer(path) is not None
     damage = inspect(group, path, writing=writing)
     if damage:
         raise StoreDamaged(path, damage.first(), repairable=not damage.fixed)
