@@ -245,3 +245,18 @@ def test_a_multi_node_cluster_sweeps_into_object_storage(s3):
         assert_bitwise(url)
     finally:
         cluster.shutdown()
+
+
+def test_a_lost_chunk_is_found_by_a_listing_and_recomputed(s3):
+    env, fs = s3
+    url = "s3://sweeps/runs/damaged.zarr"
+    code, _, err = linflow(env, "run", "--out", url, *SMALL)
+    assert code == 0, err
+    fs.invalidate_cache()
+    lost = sorted(fs.find("sweeps/runs/damaged.zarr/loss/c"))[0]  # a chunk of done cells, as a partial copy loses
+    fs.rm_file(lost)
+    code, out, err = linflow(env, "status", url)
+    assert code == 0 and "damaged: chunk loss/c/" in out and "is missing" in out, out + err
+    code, out, err = linflow(env, "run", "--out", url, *SMALL)
+    assert code == 0 and "marked pending — they will be recomputed" in err, err
+    assert_bitwise(url)
