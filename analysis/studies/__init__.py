@@ -11,6 +11,15 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
+
+
+def write_markdown(out: Path, md: list[str], checks: list[tuple[str, bool]]) -> Path:
+    """``out/reproduce.md``: a study's report lines ``md``, then its checks, each ✓ or ✗ FAILED."""
+    md = [*md, "## Checks", "", *(f"- {'✓' if holds else '✗ FAILED:'} {claim}" for claim, holds in checks), ""]
+    path = out / "reproduce.md"
+    path.write_text("\n".join(md))
+    return path
 
 
 def names() -> list[str]:

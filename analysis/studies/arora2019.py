@@ -27,6 +27,7 @@ from sweep import spec as specs
 
 from ..plots import figure
 from ..report import markdown_table
+from . import write_markdown
 
 TITLE = "Arora, Cohen, Hu & Luo (NeurIPS 2019): deeper factorizations complete matrices at lower rank"
 FULL = {"n": 30, "rank": 3, "observed": [0.3, 0.35, 0.4, 0.5, 0.7], "depth": [1, 2, 3, 4], "seeds": 5}
@@ -252,6 +253,7 @@ def write(out: Path, datasets: dict[str, xr.Dataset]) -> Path:
                 ]
             )
     seeds = first.sizes["seed"]
+    worse = exceptions(datasets)
     md = [
         "# Arora, Cohen, Hu & Luo (NeurIPS 2019), deep matrix completion — reproduced by linflow",
         "",
@@ -293,16 +295,10 @@ def write(out: Path, datasets: dict[str, xr.Dataset]) -> Path:
                 "error one layer shallower",
                 "effective rank",
             ],
-            exceptions(datasets),
+            worse,
         )
-        if exceptions(datasets)
+        if worse
         else "None.",
         "",
-        "## Checks",
-        "",
-        *(f"- {'✓' if holds else '✗ FAILED:'} {claim}" for claim, holds in checks(datasets)),
-        "",
     ]
-    path = out / "reproduce.md"
-    path.write_text("\n".join(md))
-    return path
+    return write_markdown(out, md, checks(datasets))

@@ -20,6 +20,7 @@ from sweep.schema import Status
 
 from .. import plots, theory
 from ..report import markdown_table
+from . import write_markdown
 
 TITLE = "Eftekhari (ICML 2020): the numerical example (Euler h = 1e-6, depths 1–5) and T_ε against the angle"
 EULER_TOLERANCE = 1e-4  # the paper's Euler run against the exact excess at t = 0.1 (relative)
@@ -165,14 +166,8 @@ def write(out: Path, datasets: dict[str, xr.Dataset]) -> Path:
         "",
         "![T_eps against the angle](time_to_eps_vs_angle.png)",
         "",
-        "## Checks",
-        "",
-        *(f"- {'✓' if holds else '✗ FAILED:'} {claim}" for claim, holds in checks(datasets)),
-        "",
     ]
-    path = out / "reproduce.md"
-    path.write_text("\n".join(md))
-    return path
+    return write_markdown(out, md, checks(datasets))
 
 
 def _angle_rows(angle):

@@ -37,6 +37,7 @@ from sweep.schema import Status
 
 from ..plots import figure
 from ..report import markdown_table
+from . import write_markdown
 
 TITLE = "Saxe, McClelland & Ganguli (ICLR 2014): incremental learning, mode by mode, depths 2–4"
 SPECTRUM = [3.0, 2.0, 1.0, 0.5]
@@ -395,14 +396,8 @@ def write(out: Path, datasets: dict[str, xr.Dataset]) -> Path:
         "",
         "![half-times against s_k](half_times.png)",
         "",
-        "## Checks",
-        "",
-        *(f"- {'✓' if holds else '✗ FAILED:'} {claim}" for claim, holds in checks(datasets)),
-        "",
     ]
-    path = out / "reproduce.md"
-    path.write_text("\n".join(md))
-    return path
+    return write_markdown(out, md, checks(datasets))
 
 
 def _random_table(p: xr.Dataset, rand: xr.Dataset) -> str:

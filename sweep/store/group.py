@@ -91,9 +91,7 @@ def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
     """The store's root group, checked to be a readable linflow store: StoreDamaged when it holds a link
     or a special file (:func:`check_tree`, before anything is read: every reader and writer opens the store
     here) or when its metadata (the root ``zarr.json``, the ``failures`` attribute) cannot be read."""
-    if remote.is_url(path):
-        remote.reach(path)  # one line when the URL cannot be served or reached
-    if not is_store(path):
+    if not is_store(path):  # (at a URL: one line when it cannot be served or reached)
         raise StoreError("out", f"{path} exists but is not a linflow store")
     check_tree(path)  # before anything is read: no link, no FIFO or device in it
     try:
