@@ -22,6 +22,7 @@ import numpy as np
 from .cache import CACHE_DIR  # noqa: F401 — first: the cache's place and locator, before any @jit below
 
 LAYERWISE, INDUCED = 0, 1
+LANES = 8  # trajectories per tile of the shaped flows (sweep.kernel.shaped)
 # the loss (docs/theory.md §2, §12): ½‖W − Z‖² (whitened inputs); ½ tr((W − A)Σ(W − A)ᵀ) with the input
 # covariance Σ acting on the right of the oriented W (or on its left, the network transposed); ½‖P_Ω(W − M)‖²
 PLAIN, RIGHT, LEFT, MASK = 0, 1, 2, 3
@@ -63,12 +64,16 @@ class Geometry(NamedTuple):
     metric: np.ndarray
     d_off: int
     flip: bool
+    shaped: object  # the flow compiled for this shape and block width (sweep.kernel.shaped), or shaped.NONE
+    shaped_width: int  # the block width it serves; 0: none
 
 
 @jit
 def rhs(g, y, out, lo, hi, exc, work):
     """The flow of trajectories lo … hi − 1 of ``y`` into ``out``; their excess loss into ``exc``."""
-    if g.kind == LAYERWISE:
+    if g.kind == LAYERWISE and g.shaped_width == y.shape[1]:
+        _layerwise_shaped(g, y, out, lo, hi, exc, work)
+    elif g.kind == LAYERWISE:
         _layerwise(g, y, out, lo, hi, exc, work, True)
     else:
         for b in range(lo, hi):
@@ -167,6 +172,22 @@ def _matmul(out, x, z, rows, inner, cols, lo, hi):
                 for b in range(lo, hi):
                     oa[o, b] += xa[x1, b] * za[z1, b]
                 k += 1
+
+
+@inner
+def _layerwise_shaped(g, y, out, lo, hi, exc, work):
+    """The layerwise flow of columns lo … hi − 1 by the code compiled for this shape (``g.shaped``) on whole
+    tiles of LANES columns, and by :func:`_layerwise` on the columns on either side: the same sums in the same
+    order, so a trajectory's numbers do not depend on where it sits."""
+    t0, t1 = -(-lo // LANES), hi // LANES
+    if t1 <= t0:
+        _layerwise(g, y, out, lo, hi, exc, work, True)
+        return
+    if lo < t0 * LANES:
+        _layerwise(g, y, out, lo, t0 * LANES, exc, work, True)
+    g.shaped(y.ctypes.data, out.ctypes.data, exc.ctypes.data, g.target.ctypes.data, g.tail, t0, t1)
+    if t1 * LANES < hi:
+        _layerwise(g, y, out, t1 * LANES, hi, exc, work, True)
 
 
 @inner

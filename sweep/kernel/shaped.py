@@ -1,0 +1,224 @@
+"""The layerwise flow compiled for one shape: :func:`sweep.kernel.flows._layerwise` (loss PLAIN) written out
+for tiles of LANES trajectories as straight-line vector code in LLVM's own language, and compiled by LLVM
+through llvmlite (which numba is built on) in a fraction of a second.
+
+With the shape and the block width known, every product is unrolled, every offset is a number, the
+intermediates S_i, E and V_i stay in registers, and a tile's flow is one run of vector instructions: the
+loads of the state, the multiply-adds, the stores of the flow. :func:`sweep.kernel.flows.rhs` calls it
+through the pointer ``g.shaped`` of the :class:`~sweep.kernel.flows.Geometry`, so numba compiles the
+stepper once for every shape. Every sum is taken in the generic code's order — the first product, then the
+inner index in groups of four, then the rest one by one — with no contraction to fused multiply-adds: both
+give the same bits, and the columns outside whole tiles run the generic code.
+
+Compiled code is kept on disk beside numba's (``CACHE_DIR/shaped``), named by a hash of the code and of the
+CPU it was compiled for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+
+import llvmlite.binding as llvm
+import numba.experimental.function_type  # noqa: F401 — numba's typing of first-class functions (Pointer)
+from numba.core import types
+
+from .cache import CACHE_DIR
+from .flows import LANES
+
+MAX_WORK = 2000  # multiply-adds per trajectory: larger networks take longer to compile than they gain, and
+# run the generic code (see bench/RESULTS.md §1)
+VEC = f"<{LANES} x double>"
+# flow(y, out, exc, target, tail, t0, t1): the addresses of the blocks y and out (P, width), exc (width,) and the
+# oriented target (r × D_0, row-major), the tail; whole tiles t0 … t1 − 1 (columns LANES·t0 … LANES·t1 − 1)
+SIGNATURE = types.void(types.uintp, types.uintp, types.uintp, types.uintp, types.float64, types.int64, types.int64)
+ARGS = "i64 %yi, i64 %outi, i64 %exci, i64 %targeti, double %tl, i64 %t0, i64 %t1"
+
+
+class Pointer(types.WrapperAddressProtocol):
+    """Compiled code as numba's first-class function: one type for every shape."""
+
+    def __init__(self, address: int):
+        self.address = address
+
+    def __wrapper_address__(self):
+        return self.address
+
+    def signature(self):
+        return SIGNATURE
+
+
+def work(g) -> int:
+    """Multiply-adds of one evaluation of the layerwise flow of ``g``, per trajectory."""
+    d, n = [int(x) for x in g.dims], int(g.depth)
+    return 3 * d[n] * sum(d[i] * d[i + 1] for i in range(n - 1)) + d[n] * d[0]
+
+
+def specialize(g, width: int):
+    """``g`` with the flow compiled for its shape and blocks ``width`` wide when that pays: layerwise, loss
+    PLAIN, at most MAX_WORK multiply-adds, ``width`` a multiple of LANES; else ``g`` itself."""
+    if g.kind != 0 or int(g.loss) != 0 or work(g) > MAX_WORK or width % LANES:
+        return g
+    return g._replace(shaped=_pointer(ir(g, width)), shaped_width=width)
+
+
+def none() -> Pointer:
+    """The pointer of geometries without compiled code (never called: ``shaped_width`` is 0)."""
+    return _pointer(f"define void @flow({ARGS}) {{\n  ret void\n}}\n")
+
+
+def ir(g, width: int) -> str:
+    """LLVM IR of the flow of layerwise geometry ``g`` (loss PLAIN) on whole tiles of blocks ``width`` wide."""
+    n, d = int(g.depth), [int(x) for x in g.dims]
+    r = d[n]
+    body: list[str] = []
+
+    def emit(text: str) -> str:
+        name = f"%v{len(body)}"
+        body.append(f"  {name} = {text}")
+        return name
+
+    def row(i, a, c):  # the state row of oriented layer i's element (a, c)
+        return int(g.off[i]) + a * int(g.rs[i]) + c * int(g.cs[i])
+
+    def address(arr, i, a, c):  # the tile's columns of that row: a constant offset from the tile
+        return emit(f"getelementptr double, ptr %{arr}, i64 {row(i, a, c) * width}")
+
+    def layer(i):  # loaded where used: registers held from one product to the next would spill
+        return lambda a, c: emit(f"load {VEC}, ptr {address('yt', i, a, c)}, align 8")
+
+    def store(i, values):
+        for (a, c), value in values.items():
+            body.append(f"  store {VEC} {value}, ptr {address('outt', i, a, c)}, align 8")
+
+    def mul(x, z):
+        return emit(f"fmul {VEC} {x}, {z}")
+
+    def add(x, z):
+        return emit(f"fadd {VEC} {x}, {z}")
+
+    def matmul(x, z, rows, inner, cols):
+        """{(i, j): Σ_k x(i, k)·z(k, j)}, in flows._matmul's order."""
+        out = {}
+        for i in range(rows):
+            for j in range(cols):
+                acc, k = mul(x(i, 0), z(0, j)), 1
+                while k + 4 <= inner:
+                    p = [mul(x(i, k + q), z(k + q, j)) for q in range(4)]
+                    acc, k = add(acc, add(add(p[0], p[1]), add(p[2], p[3]))), k + 4
+                while k < inner:
+                    acc, k = add(acc, mul(x(i, k), z(k, j))), k + 1
+                out[i, j] = acc
+        return out
+
+    def view(values):
+        return lambda a, c: values[a, c]
+
+    s = {n - 1: layer(n - 1)}  # S_i (r × D_i); S_{N−1} is the last layer
+    for i in range(n - 2, -1, -1):
+        s[i] = view(matmul(s[i + 1], layer(i), r, d[i + 1], d[i]))
+    e, acc = {}, "zeroinitializer"  # E = Z − W, and Σ E² from 0 as flows._layerwise sums it
+    for a in range(r):
+        for c in range(d[0]):
+            e[a, c] = emit(f"fsub {VEC} %z{a}_{c}, {s[0](a, c)}")
+            acc = add(acc, mul(e[a, c], e[a, c]))
+    exc = emit(f"fsub {VEC} {mul('%half', acc)}, %tail")
+    body.append(f"  store {VEC} {exc}, ptr %excp, align 8")
+    v = view({(c, a): x for (a, c), x in e.items()})  # V_0 = Eᵀ (D_0 × r)
+    for i in range(n - 1):  # the flow of layer i, S_{i+1}ᵀ V_iᵀ, stored at once; then V_{i+1} = L_i V_i
+        store(i, matmul(lambda a, k, i=i: s[i + 1](k, a), lambda k, c, v=v: v(c, k), d[i + 1], r, d[i]))
+        v = view(matmul(layer(i), v, d[i + 1], d[i], r))
+    store(n - 1, {(a, c): v(c, a) for a in range(d[n]) for c in range(d[n - 1])})
+
+    def splat(name, value):
+        return [
+            f"  %{name}.0 = insertelement {VEC} poison, double {value}, i32 0",
+            f"  %{name} = shufflevector {VEC} %{name}.0, {VEC} poison, <{LANES} x i32> zeroinitializer",
+        ]
+
+    head = [
+        f"define void @flow({ARGS}) {{",
+        "entry:",
+        "  %y = inttoptr i64 %yi to ptr",
+        "  %out = inttoptr i64 %outi to ptr",
+        "  %exc = inttoptr i64 %exci to ptr",
+        "  %target = inttoptr i64 %targeti to ptr",
+        *splat("tail", "%tl"),
+        *splat("half", "0.5"),
+    ]
+    for a in range(r):
+        for c in range(d[0]):
+            head += [
+                f"  %zp{a}_{c} = getelementptr double, ptr %target, i64 {a * d[0] + c}",
+                f"  %zs{a}_{c} = load double, ptr %zp{a}_{c}, align 8",
+                *splat(f"z{a}_{c}", f"%zs{a}_{c}"),
+            ]
+    loop = [
+        "  %go = icmp slt i64 %t0, %t1",
+        "  br i1 %go, label %tile, label %done",
+        "tile:",
+        "  %t = phi i64 [ %t0, %entry ], [ %next, %tile ]",
+        f"  %col = mul i64 %t, {LANES}",
+        "  %yt = getelementptr double, ptr %y, i64 %col",
+        "  %outt = getelementptr double, ptr %out, i64 %col",
+        "  %excp = getelementptr double, ptr %exc, i64 %col",
+    ]
+    end = [
+        "  %next = add i64 %t, 1",
+        "  %more = icmp slt i64 %next, %t1",
+        "  br i1 %more, label %tile, label %done",
+        "done:",
+        "  ret void",
+        "}",
+    ]
+    return "\n".join(head + loop + body + end) + "\n"
+
+
+_lock = threading.Lock()
+_loaded: dict[str, Pointer] = {}
+_engines: list = []  # compiled code lives as long as its engine
+_machine: list = []  # the target machine, made once
+
+
+def _pointer(text: str) -> Pointer:
+    with _lock:
+        if not _machine:
+            llvm.initialize_native_target()
+            llvm.initialize_native_asmprinter()
+            cpu, features = llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+            tm = llvm.Target.from_default_triple().create_target_machine(cpu=cpu, features=features, opt=2, jit=True)
+            _machine.extend([tm, f"{cpu}\0{features}\0{llvm.llvm_version_info}"])
+        tm, host = _machine
+        key = hashlib.sha256(text.encode() + host.encode()).hexdigest()[:24]
+        if key not in _loaded:
+            _loaded[key] = Pointer(_compile(tm, text, CACHE_DIR / "shaped" / f"flow-{key}.o"))
+        return _loaded[key]
+
+
+def _compile(tm, text: str, path) -> int:
+    """Compile ``text`` (or load its object code from ``path``, where a first compilation left it)."""
+    module = llvm.parse_assembly(text)
+    module.verify()
+    cached = path.read_bytes() if path.exists() else None
+    if cached is None:
+        pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=2))
+        pb.getModulePassManager().run(module, pb)
+    engine = llvm.create_mcjit_compiler(module, tm)
+    engine.set_object_cache(lambda _module, obj: _save(path, obj), lambda _module: cached)
+    engine.finalize_object()
+    _engines.append(engine)
+    return engine.get_function_address("flow")
+
+
+def _save(path, obj: bytes) -> None:
+    """Write compiled code aside, then rename: a reader sees all of it or nothing."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(obj)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # no cache: compiled again next time

@@ -1,0 +1,130 @@
+"""The layerwise flow compiled per shape (sweep.kernel.shaped) against the generic compiled flow, bit for bit:
+for networks of every orientation and rank, at every position of a block — in whole tiles, in the columns
+before and after them, in blocks that are not a multiple of the tile — and through whole integrations.
+The generic flow itself is checked against independent solutions in tests/test_kernel.py."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sweep import kernel
+from sweep.kernel import flows, shaped
+
+SHAPES = [  # dims (d_0 = dx … d_N = dy)
+    (5, 1),
+    (5, 5, 1),
+    (5, 5, 5, 5, 1),
+    (3, 4, 2, 6, 2),  # dy > 1, rank 2 with a narrow middle
+    (2, 3, 5),  # dx < dy: the network is transposed
+    (4, 7, 7, 3),
+    (6, 2, 9, 1),
+    (5, 9, 9, 9, 9, 9, 1),
+]
+
+
+def model(dims, seed=0):
+    rng = np.random.default_rng(seed)
+    return kernel.Layerwise(dims, rng.standard_normal((dims[-1], dims[0])), tail=0.25)
+
+
+def both(m, y, lo, hi):
+    """(out, exc) of columns lo … hi − 1 by the generic flow and by the shaped one."""
+    width = y.shape[1]
+    results = []
+    for g in (m.geometry, shaped.specialize(m.geometry, width)):
+        out, exc = np.full_like(y, 7.0), np.full(width, 7.0)
+        flows.rhs(g, y, out, lo, hi, exc, np.zeros((g.work_rows, width)))
+        results.append((out, exc))
+    return results
+
+
+@pytest.mark.parametrize("dims", SHAPES)
+def test_shaped_flow_is_the_generic_flow_bit_for_bit_at_every_position(dims):
+    m = model(dims)
+    g = shaped.specialize(m.geometry, 40)
+    assert g.shaped_width == 40, "these shapes are small enough to be compiled"
+    y = np.random.default_rng(1).standard_normal((m.size, 40)) * 1.3
+    for lo, hi in [(0, 40), (0, 8), (3, 37), (8, 16), (5, 7), (17, 40), (0, 1), (39, 40)]:
+        (o1, e1), (o2, e2) = both(m, y, lo, hi)
+        assert np.array_equal(o1, o2), (lo, hi)
+        assert np.array_equal(e1, e2), (lo, hi)
+        assert np.all(o2[:, :lo] == 7.0) and np.all(o2[:, hi:] == 7.0), "only columns lo … hi − 1 are written"
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    dims=st.lists(st.integers(1, 6), min_size=2, max_size=6).map(tuple),
+    tiles=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
+    scale=st.sampled_from([1e-8, 1.0, 40.0]),
+)
+def test_shaped_flow_matches_for_any_shape_and_scale(dims, tiles, seed, scale):
+    m = model(dims, seed)
+    width = 8 * tiles
+    y = np.random.default_rng(seed).standard_normal((m.size, width)) * scale
+    lo, hi = seed % 5, width - seed % 3
+    (o1, e1), (o2, e2) = both(m, y, lo, hi)
+    assert np.array_equal(o1, o2, equal_nan=True)
+    assert np.array_equal(e1, e2, equal_nan=True)
+
+
+def test_non_finite_states_flow_as_in_the_generic_code():
+    m = model((5, 5, 5, 1))
+    y = np.random.default_rng(2).standard_normal((m.size, 16))
+    y[3, 2], y[7, 9], y[0, 12] = np.nan, np.inf, -1e308
+    (o1, e1), (o2, e2) = both(m, y, 0, 16)
+    assert np.array_equal(o1, o2, equal_nan=True) and np.array_equal(e1, e2, equal_nan=True)
+
+
+def test_what_is_not_compiled_runs_the_generic_code():
+    m = model((5, 5, 1))
+    assert shaped.specialize(m.geometry, 12).shaped_width == 0, "a width that is not a multiple of the tile"
+    big = model((5, 40, 40, 40, 1))
+    assert shaped.work(big.geometry) > shaped.MAX_WORK
+    assert shaped.specialize(big.geometry, 16).shaped_width == 0
+    masked = kernel.Layerwise((4, 3, 4), np.ones((4, 4)), mask=np.eye(4))
+    assert shaped.specialize(masked.geometry, 16).shaped_width == 0, "the general losses run the generic code"
+    induced = kernel.Induced(3, np.ones((1, 5)))
+    assert shaped.specialize(induced.geometry, 16).shaped_width == 0
+
+
+@pytest.mark.parametrize("method", ["euler", "rk4", "dopri5"])
+def test_integrations_are_the_same_with_and_without_the_shaped_flow(method, monkeypatch):
+    m = model((5, 4, 4, 1), seed=3)
+    rng = np.random.default_rng(4)
+    y0 = rng.standard_normal((203, m.size)) * 0.6
+    tab = kernel.METHODS[method]
+    kw = dict(horizon=2.0, checkpoints=np.linspace(0, 2, 7), eps=1e-3, stop_at_eps=True)
+    kw.update(step=0.01) if not tab.adaptive else kw.update(rtol=1e-8, atol=1e-10)
+    fast = kernel.integrate(m, y0, tab, **kw)
+    monkeypatch.setattr(shaped, "MAX_WORK", -1)
+    slow = kernel.integrate(m, y0, tab, **kw)
+    for name in ("excess", "time_to_eps", "status", "steps", "rhs_evals", "y_final", "t_final", "w"):
+        assert np.array_equal(getattr(fast, name), getattr(slow, name), equal_nan=True), name
+    assert np.isfinite(fast.time_to_eps).sum() > 50, "a test with crossings to locate"
+
+
+def test_compiled_code_is_loaded_from_the_disk_cache_in_a_new_process(tmp_path):
+    code = """
+import numpy as np, sys
+from sweep import kernel
+from sweep.kernel import flows, shaped
+m = kernel.Layerwise((5, 3, 3, 1), np.arange(5.0)[None] / 5)
+g = shaped.specialize(m.geometry, 16)
+y = np.linspace(-1, 1, m.size * 16).reshape(m.size, 16)
+out, exc = np.zeros_like(y), np.zeros(16)
+flows.rhs(g, y, out, 0, 16, exc, np.zeros((g.work_rows, 16)))
+sys.stdout.buffer.write(out.tobytes() + exc.tobytes())
+"""
+    env = {**__import__("os").environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=True).stdout
+    files = sorted((tmp_path / "shaped").glob("flow-*.o"))
+    assert len(files) == 2  # the shape, and the pointer of geometries without one
+    stamps = [f.stat().st_mtime_ns for f in files]
+    second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=True).stdout
+    assert first == second and len(first) > 0
+    assert [f.stat().st_mtime_ns for f in files] == stamps, "loaded, not compiled and written again"
