@@ -185,7 +185,7 @@ def _layerwise_shaped(g, y, out, lo, hi, exc, work):
         return
     if lo < t0 * LANES:
         _layerwise(g, y, out, lo, t0 * LANES, exc, work, True)
-    g.shaped(y.ctypes.data, out.ctypes.data, exc.ctypes.data, g.target.ctypes.data, g.tail, t0, t1)
+    g.shaped(y.ctypes.data, out.ctypes.data, exc.ctypes.data, work.ctypes.data, g.target.ctypes.data, g.tail, t0, t1)
     if t1 * LANES < hi:
         _layerwise(g, y, out, t1 * LANES, hi, exc, work, True)
 

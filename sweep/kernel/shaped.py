@@ -28,13 +28,17 @@ from numba.core import types
 from .cache import CACHE_DIR
 from .flows import LANES
 
-MAX_WORK = 2000  # multiply-adds per trajectory: larger networks take longer to compile than they gain, and
-# run the generic code (see bench/RESULTS.md §1)
+MAX_WORK = 8000  # multiply-adds per trajectory: larger networks take seconds to compile; they run the generic
+# code (bench/RESULTS.md §1)
+SPLIT = 600  # above this many, a function per product (:func:`ir`)
 VEC = f"<{LANES} x double>"
-# flow(y, out, exc, target, tail, t0, t1): the addresses of the blocks y and out (P, width), exc (width,) and the
-# oriented target (r × D_0, row-major), the tail; whole tiles t0 … t1 − 1 (columns LANES·t0 … LANES·t1 − 1)
-SIGNATURE = types.void(types.uintp, types.uintp, types.uintp, types.uintp, types.float64, types.int64, types.int64)
-ARGS = "i64 %yi, i64 %outi, i64 %exci, i64 %targeti, double %tl, i64 %t0, i64 %t1"
+# flow(y, out, exc, work, target, tail, t0, t1): the addresses of the blocks y and out (P, width), exc (width,),
+# work (rows, width) and of the oriented target (r × D_0, row-major), the tail; whole tiles t0 … t1 − 1
+SIGNATURE = types.void(
+    types.uintp, types.uintp, types.uintp, types.uintp, types.uintp, types.float64, types.int64, types.int64
+)
+# pointers where numba passes addresses (the same 64-bit registers); distinct arrays, hence noalias
+ARGS = ", ".join(f"ptr noalias %{a}" for a in ("y", "out", "exc", "work", "target")) + ", double %tl, i64 %t0, i64 %t1"
 
 
 class Pointer(types.WrapperAddressProtocol):
@@ -70,28 +74,47 @@ def none() -> Pointer:
 
 
 def ir(g, width: int) -> str:
-    """LLVM IR of the flow of layerwise geometry ``g`` (loss PLAIN) on whole tiles of blocks ``width`` wide."""
+    """LLVM IR of the flow of layerwise geometry ``g`` (loss PLAIN) on whole tiles of blocks ``width`` wide.
+
+    A network of up to SPLIT multiply-adds is one function whose intermediates stay in registers. A larger
+    one is cut into a function per product, the intermediates passed through the work array (its rows as
+    :func:`sweep.kernel.flows._layerwise` places them): LLVM's time grows faster than the length of a
+    function, and a product's worth of code keeps it to a fraction of a second."""
     n, d = int(g.depth), [int(x) for x in g.dims]
     r = d[n]
-    body: list[str] = []
+    split = work(g) > SPLIT
+    parts: list[list[str]] = [[]]
 
     def emit(text: str) -> str:
-        name = f"%v{len(body)}"
-        body.append(f"  {name} = {text}")
+        name = f"%v{len(parts[-1])}"
+        parts[-1].append(f"  {name} = {text}")
         return name
+
+    def cut():  # a new function from here on (split networks)
+        if split and parts[-1]:
+            parts.append([])
+
+    def load(arr, row):  # the tile's columns of a row: a constant offset from the tile
+        at = emit(f"getelementptr double, ptr %{arr}, i64 {row * width}")
+        return emit(f"load {VEC}, ptr {at}, align 8")
+
+    def store(arr, row, value):
+        at = emit(f"getelementptr double, ptr %{arr}, i64 {row * width}")
+        parts[-1].append(f"  store {VEC} {value}, ptr {at}, align 8")
 
     def row(i, a, c):  # the state row of oriented layer i's element (a, c)
         return int(g.off[i]) + a * int(g.rs[i]) + c * int(g.cs[i])
 
-    def address(arr, i, a, c):  # the tile's columns of that row: a constant offset from the tile
-        return emit(f"getelementptr double, ptr %{arr}, i64 {row(i, a, c) * width}")
-
     def layer(i):  # loaded where used: registers held from one product to the next would spill
-        return lambda a, c: emit(f"load {VEC}, ptr {address('yt', i, a, c)}, align 8")
+        return lambda a, c: load("yt", row(i, a, c))
 
-    def store(i, values):
+    def keep(values, rows):
+        """An intermediate: its registers, or (split) stored into the work rows ``rows(a, c)`` and read back."""
+        if not split:
+            return lambda a, c: values[a, c]
         for (a, c), value in values.items():
-            body.append(f"  store {VEC} {value}, ptr {address('outt', i, a, c)}, align 8")
+            store("wt", rows(a, c), value)
+        return lambda a, c: load("wt", rows(a, c))
 
     def mul(x, z):
         return emit(f"fmul {VEC} {x}, {z}")
@@ -113,67 +136,74 @@ def ir(g, width: int) -> str:
                 out[i, j] = acc
         return out
 
-    def view(values):
-        return lambda a, c: values[a, c]
+    def splat(value):
+        first = emit(f"insertelement {VEC} poison, double {value}, i32 0")
+        return emit(f"shufflevector {VEC} {first}, {VEC} poison, <{LANES} x i32> zeroinitializer")
 
     s = {n - 1: layer(n - 1)}  # S_i (r × D_i); S_{N−1} is the last layer
     for i in range(n - 2, -1, -1):
-        s[i] = view(matmul(s[i + 1], layer(i), r, d[i + 1], d[i]))
+        cut()
+        s[i] = keep(matmul(s[i + 1], layer(i), r, d[i + 1], d[i]), lambda a, c, i=i: int(g.s_off[i]) + a * d[i] + c)
+    cut()
     e, acc = {}, "zeroinitializer"  # E = Z − W, and Σ E² from 0 as flows._layerwise sums it
     for a in range(r):
         for c in range(d[0]):
-            e[a, c] = emit(f"fsub {VEC} %z{a}_{c}, {s[0](a, c)}")
+            z = emit(f"load double, ptr {emit(f'getelementptr double, ptr %target, i64 {a * d[0] + c}')}, align 8")
+            e[a, c] = emit(f"fsub {VEC} {splat(z)}, {s[0](a, c)}")
             acc = add(acc, mul(e[a, c], e[a, c]))
-    exc = emit(f"fsub {VEC} {mul('%half', acc)}, %tail")
-    body.append(f"  store {VEC} {exc}, ptr %excp, align 8")
-    v = view({(c, a): x for (a, c), x in e.items()})  # V_0 = Eᵀ (D_0 × r)
+    exc = emit(f"fsub {VEC} {mul(splat('0.5'), acc)}, {splat('%tail')}")
+    parts[-1].append(f"  store {VEC} {exc}, ptr %excp, align 8")
+    e = keep(e, lambda a, c: int(g.e_off) + a * d[0] + c)
+    v = lambda a, c: e(c, a)  # noqa: E731 — V_0 = Eᵀ (D_0 × r)
     for i in range(n - 1):  # the flow of layer i, S_{i+1}ᵀ V_iᵀ, stored at once; then V_{i+1} = L_i V_i
-        store(i, matmul(lambda a, k, i=i: s[i + 1](k, a), lambda k, c, v=v: v(c, k), d[i + 1], r, d[i]))
-        v = view(matmul(layer(i), v, d[i + 1], d[i], r))
-    store(n - 1, {(a, c): v(c, a) for a in range(d[n]) for c in range(d[n - 1])})
+        cut()
+        for (a, c), value in matmul(
+            lambda a, k, i=i: s[i + 1](k, a), lambda k, c, v=v: v(c, k), d[i + 1], r, d[i]
+        ).items():
+            store("outt", row(i, a, c), value)
+        cut()
+        v = keep(matmul(layer(i), v, d[i + 1], d[i], r), lambda a, c, i=i: int(g.v_off[i + 1]) + a * r + c)
+    cut()
+    for a in range(d[n]):
+        for c in range(d[n - 1]):
+            store("outt", row(n - 1, a, c), v(c, a))
 
-    def splat(name, value):
-        return [
-            f"  %{name}.0 = insertelement {VEC} poison, double {value}, i32 0",
-            f"  %{name} = shufflevector {VEC} %{name}.0, {VEC} poison, <{LANES} x i32> zeroinitializer",
-        ]
-
-    head = [
-        f"define void @flow({ARGS}) {{",
-        "entry:",
-        "  %y = inttoptr i64 %yi to ptr",
-        "  %out = inttoptr i64 %outi to ptr",
-        "  %exc = inttoptr i64 %exci to ptr",
-        "  %target = inttoptr i64 %targeti to ptr",
-        *splat("tail", "%tl"),
-        *splat("half", "0.5"),
+    params = "ptr noalias %yt, ptr noalias %outt, ptr noalias %wt, ptr noalias %excp, ptr noalias %target, double %tail"
+    attributes = "noinline" if split else "alwaysinline"
+    text = [
+        f"define internal void @part{k}({params}) {attributes} {{\n" + "\n".join(lines) + "\n  ret void\n}\n"
+        for k, lines in enumerate(parts)
     ]
-    for a in range(r):
-        for c in range(d[0]):
-            head += [
-                f"  %zp{a}_{c} = getelementptr double, ptr %target, i64 {a * d[0] + c}",
-                f"  %zs{a}_{c} = load double, ptr %zp{a}_{c}, align 8",
-                *splat(f"z{a}_{c}", f"%zs{a}_{c}"),
+    calls = [
+        f"  call void @part{k}(ptr %yt, ptr %outt, ptr %wt, ptr %excp, ptr %target, double %tl)"
+        for k in range(len(parts))
+    ]
+    return (
+        "\n".join(
+            text
+            + [
+                f"define void @flow({ARGS}) {{",
+                "entry:",
+                "  %go = icmp slt i64 %t0, %t1",
+                "  br i1 %go, label %tile, label %done",
+                "tile:",
+                "  %t = phi i64 [ %t0, %entry ], [ %next, %tile ]",
+                f"  %col = mul i64 %t, {LANES}",
+                "  %yt = getelementptr double, ptr %y, i64 %col",
+                "  %outt = getelementptr double, ptr %out, i64 %col",
+                "  %wt = getelementptr double, ptr %work, i64 %col",
+                "  %excp = getelementptr double, ptr %exc, i64 %col",
+                *calls,
+                "  %next = add i64 %t, 1",
+                "  %more = icmp slt i64 %next, %t1",
+                "  br i1 %more, label %tile, label %done",
+                "done:",
+                "  ret void",
+                "}",
             ]
-    loop = [
-        "  %go = icmp slt i64 %t0, %t1",
-        "  br i1 %go, label %tile, label %done",
-        "tile:",
-        "  %t = phi i64 [ %t0, %entry ], [ %next, %tile ]",
-        f"  %col = mul i64 %t, {LANES}",
-        "  %yt = getelementptr double, ptr %y, i64 %col",
-        "  %outt = getelementptr double, ptr %out, i64 %col",
-        "  %excp = getelementptr double, ptr %exc, i64 %col",
-    ]
-    end = [
-        "  %next = add i64 %t, 1",
-        "  %more = icmp slt i64 %next, %t1",
-        "  br i1 %more, label %tile, label %done",
-        "done:",
-        "  ret void",
-        "}",
-    ]
-    return "\n".join(head + loop + body + end) + "\n"
+        )
+        + "\n"
+    )
 
 
 _lock = threading.Lock()
