@@ -28,7 +28,7 @@ from numba.core import types
 from .cache import CACHE_DIR
 from .flows import LANES
 
-MAX_WORK = 8000  # multiply-adds per trajectory: larger networks take seconds to compile; they run the generic
+MAX_WORK = 5000  # multiply-adds per trajectory: larger networks take seconds to compile; they run the generic
 # code (bench/RESULTS.md §1)
 SPLIT = 600  # above this many, a function per product (:func:`ir`)
 VEC = f"<{LANES} x double>"

@@ -96,8 +96,17 @@ class Block(NamedTuple):
     i: np.ndarray  # (8, W)
 
 
+def _zeros(shape) -> np.ndarray:
+    """Zeros whose data start on a 64-byte boundary (a cache line): with a width that is a multiple of 8, every
+    row of a tile is then one line, not two (NumPy aligns to 16 bytes)."""
+    count = int(np.prod(shape))
+    raw = np.zeros(count + 8)
+    skip = (-raw.ctypes.data % 64) // 8
+    return raw[skip : skip + count].reshape(shape)
+
+
 def block_arrays(size: int, work_rows: int, stages: int, width: int) -> Block:
-    z = np.zeros
+    z = _zeros
     return Block(
         ys=z((2, size, width)),
         k=z((stages + 1, size, width)),
