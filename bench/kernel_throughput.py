@@ -137,13 +137,15 @@ def generic_rate(model, call, steps, repeats):
         shaped.MAX_WORK = saved
 
 
-def other_problems(repeats, steps):
+def other_problems(repeats, quick):
     """Target 2: Euler traj-steps/s of the induced flow and of the general losses (covariance Σ, mask), each
-    beside the whitened layerwise flow of the same network (run this script at an older commit for before)."""
-    print(f"Other flows and losses (Euler, batch {B}, {steps} steps; medians of {repeats}):")
+    beside the whitened layerwise flow of the same network, as many steps as above (run this script at an
+    older commit for before)."""
+    print(f"Other flows and losses (Euler, batch {B}, the steps above; medians of {repeats}):")
     rng = np.random.default_rng(1)
     plain, general = synthetic(50, DX, DY, 0), synthetic(50, DX, DY, 0, whiten=False)
     for depth, width in ((4, 5), (8, 16)):
+        steps = STEPS[depth][1 if quick else 0]
         dims = layer_dims(DX, DY, depth, width)
         layers = starts(dims, B)
         rows = [
@@ -173,9 +175,9 @@ def compile_sweep():
         return
     import tempfile
 
-    saved = shaped.CACHE_DIR, dict(shaped._loaded)
+    saved = shaped.FOLDER, dict(shaped._loaded)
     with tempfile.TemporaryDirectory() as tmp:
-        shaped.CACHE_DIR, times, skipped = Path(tmp), [], 0
+        shaped.FOLDER, times, skipped = Path(tmp), [], 0
         shaped._loaded.clear()
         for width in (5, 16, 30):
             for depth in range(1, 11):
@@ -184,7 +186,7 @@ def compile_sweep():
                 g = shaped.specialize(model.geometry, kernel.block_width(model.size))
                 times.append(time.perf_counter() - t)
                 skipped += g.shaped_width == 0
-    shaped.CACHE_DIR, shaped._loaded = saved[0], saved[1]
+    shaped.FOLDER, shaped._loaded = saved[0], saved[1]
     print(
         f"Compiling every shape of depths 1–10 × widths 5, 16, 30 cold: {sum(times):.2f} s in all (target ≤ 30 s), "
         f"the slowest {max(times):.2f} s (target ≤ 3 s); {skipped} of 30 past MAX_WORK run the generic code"
@@ -367,7 +369,7 @@ def main():
             f"  linflow / JAX = {ours / rate:.2f}x  (target ≥ {target:g}x)   "
             f"linflow / v1 = {ours / old:.1f}x   linflow = {100 * gf / peak:.1f}% of large matmul {aim}\n"
         )
-    other_problems(repeats, 20 if args.quick else 100)
+    other_problems(repeats, args.quick)
     compile_sweep()
 
 

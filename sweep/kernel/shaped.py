@@ -10,7 +10,7 @@ stepper once for every shape. Every sum is taken in the generic code's order —
 inner index in groups of four, then the rest one by one — with no contraction to fused multiply-adds: both
 give the same bits, and the columns outside whole tiles run the generic code.
 
-Compiled code is kept on disk beside numba's (``CACHE_DIR/shaped``), named by a hash of the code and of the
+Compiled code is kept on disk with the kernel's (``cache.FOLDER/shaped``), named by a hash of the code and of the
 CPU it was compiled for.
 """
 
@@ -25,7 +25,7 @@ import llvmlite.binding as llvm
 import numba.experimental.function_type  # noqa: F401 — numba's typing of first-class functions (Pointer)
 from numba.core import types
 
-from .cache import CACHE_DIR
+from .cache import FOLDER
 from .flows import LANES
 
 MAX_WORK = 5000  # multiply-adds per trajectory: larger networks take seconds to compile; they run the generic
@@ -223,7 +223,7 @@ def _pointer(text: str) -> Pointer:
         tm, host = _machine
         key = hashlib.sha256(text.encode() + host.encode()).hexdigest()[:24]
         if key not in _loaded:
-            _loaded[key] = Pointer(_compile(tm, text, CACHE_DIR / "shaped" / f"flow-{key}.o"))
+            _loaded[key] = Pointer(_compile(tm, text, FOLDER / "shaped" / f"flow-{key}.o"))
         return _loaded[key]
 
 
