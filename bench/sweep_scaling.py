@@ -70,7 +70,7 @@ def scaling(folder: Path, repeats: int, batch: int) -> None:
     """1 and 2 workers on the same sweep: wall time against the kernel time, and the speed-up; the overhead per
     task (scheduling, transfer, one store write) is what the default batch size is chosen from."""
     walls, kernels = {}, {}
-    print(f"batch {batch}:")
+    print(f"batch {batch}:  (load average {_load()} before)")
     for workers in (1, 2):
         reports = [run({**SWEEP, "batch": batch}, workers, folder) for _ in range(repeats)]
         walls[workers] = statistics.median(r["seconds"] - r["startup_seconds"] for r in reports)
@@ -82,10 +82,26 @@ def scaling(folder: Path, repeats: int, batch: int) -> None:
             f"{100 * (walls[workers] - ideal) / ideal:.1f}%  (target ≤ 10%); "
             f"{1000 * (walls[workers] - ideal) * workers / reports[0]['tasks_run']:.0f} ms per task"
         )
+        # the same runs whole (Ray's start and stop included), so that time moved into Ray's start shows
+        print(
+            f"    runs: wall {_list(r['seconds'] - r['startup_seconds'] for r in reports)} s, Ray start "
+            f"{_list(r['startup_seconds'] for r in reports)} s, whole command "
+            f"{_list(r['seconds'] for r in reports)} s (median {statistics.median(r['seconds'] for r in reports):.2f})"
+            f"; load average {_load()}"
+        )
     print(
         f"speed-up 1 → 2 workers: {walls[1] / walls[2]:.2f}x  "
         f"(target ≥ 1.8x; {os.cpu_count()} cores, the driver shares them)\n"
     )
+
+
+def _list(values) -> str:
+    return "[" + ", ".join(f"{v:.2f}" for v in values) + "]"
+
+
+def _load() -> str:
+    """The 1, 5 and 15-minute load averages: the machine may be shared."""
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def memory(folder: Path) -> None:

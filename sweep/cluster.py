@@ -5,6 +5,7 @@ dead local Ray, and keeping Ray's own output off the terminal while it runs; SIG
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -92,9 +93,24 @@ def check_address(address: str | None) -> None:
         )
 
 
-def connect(address: str | None = None, workers: int | None = None) -> bool:
+# a local instance's workers import sweep.task before they take work (Ray's preload_python_modules), and with
+# this variable in their environment (:func:`preload`) load the kernels named in it there and then: while
+# ray.init is still starting Ray's other processes, not in the run's first tasks
+PRELOAD_VAR = "LINFLOW_PRELOAD"
+PRELOAD_MODULE = "sweep.task"
+
+
+def preload(kernels) -> str:
+    """The value of PRELOAD_VAR: this process's own ``sweep`` package (a worker whose preloaded copy is another
+    one sets it aside: :func:`sweep.task._preload`) and the kernels to load ('integrate', 'exact')."""
+    return json.dumps({"package": str(Path(__file__).resolve().parent), "kernels": sorted(set(kernels))})
+
+
+def connect(address: str | None = None, workers: int | None = None, kernels=("integrate",)) -> bool:
     """Attach to the Ray cluster at ``address`` (or RAY_ADDRESS), else start a local instance with
-    ``workers`` CPUs (default: all). Returns True when this call started Ray (and should stop it).
+    ``workers`` CPUs (default: all), whose workers — Ray starts one per CPU ahead of time — import the
+    task and load ``kernels`` as soon as they start (:data:`PRELOAD_VAR`). Returns True when this call
+    started Ray (and should stop it).
 
     The caller's SIGTERM and SIGINT handlers stay in force (ray.init replaces SIGTERM's with its own
     ``sys.exit``, and its core adds a stack dump). Interrupted or failed half-way — a signal while Ray
@@ -117,6 +133,7 @@ def connect(address: str | None = None, workers: int | None = None) -> bool:
         # a local instance inherits the driver's environment: set it for the Ray processes started here, so
         # the workers Ray starts ahead of time (default environment) serve the tasks without a cold start
         env_vars.update(runtime_env(None)["env_vars"])
+        env_vars[PRELOAD_VAR] = preload(kernels)
     saved = {k: os.environ.get(k) for k in env_vars}
     os.environ.update(env_vars)
     try:
@@ -124,7 +141,13 @@ def connect(address: str | None = None, workers: int | None = None) -> bool:
             ray.init(address=address, runtime_env=runtime_env(address), **quiet)
         else:
             # "local": a new instance, never a cluster that another process announced in Ray's temp folder
-            ray.init(address="local", num_cpus=workers, include_dashboard=False, **quiet)
+            ray.init(
+                address="local",
+                num_cpus=workers,
+                include_dashboard=False,
+                _system_config={"preload_python_modules": [PRELOAD_MODULE]},
+                **quiet,
+            )
         return True
     except BaseException as exc:
         stop_ray(keep=ours)
@@ -190,6 +213,7 @@ def stop_ray(keep=frozenset(), grace: float = 3.0) -> None:
     import ray
 
     left = [p for p in ray_descendants() if p.pid not in keep]  # before the raylet goes, taking the tree
+    _end_monitor()
     try:
         ray.shutdown()
     except Exception:  # noqa: BLE001 — Ray half-started or already gone: its processes are ended below
@@ -210,6 +234,23 @@ def stop_ray(keep=frozenset(), grace: float = 3.0) -> None:
             except psutil.Error:
                 pass
         left = []
+
+
+def _end_monitor() -> None:
+    """Kill the autoscaler monitor of the local instance this process started, before ray.shutdown: ray.shutdown
+    ends the GCS first, then sends the monitor SIGTERM, whose handler reports to that GCS and hangs until
+    ray.shutdown kills it a second later — a second added to every run. Killed now it ends at once (it only
+    watches the cluster's size; Ray kills it too); ray.shutdown then finds it gone."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    for info in getattr(node, "all_processes", {}).get("monitor", []):
+        try:
+            if info.process.poll() is None:
+                info.process.kill()
+                info.process.wait(timeout=1.0)
+        except Exception:  # noqa: BLE001 — gone already, or not ours to wait for: ray.shutdown ends it
+            pass
 
 
 def check_local_ray() -> None:

@@ -27,7 +27,7 @@ from .problem import Problem, build
 from .schema import Status, plain
 from .spec import Spec
 from .store.lock import heartbeat_seconds
-from .task import run_task
+from .task import kernel_of, run_task
 
 # a task's spec and data travel inside the task when this small (Ray inlines arguments under 100 KiB): no
 # object-store copy that Ray's core would try to recover — and die on — when a signal to the whole process
@@ -219,9 +219,11 @@ def run(
         raise StoreError("out", f"cannot create {out}: {exc.strerror or exc}") from None
     if lock.taken_over is not None:
         _notice(say, lock.takeover_message())
+    ray_ = _Ray(address, workers, [kernel_of(spec)])
     try:
         try:
-            if not exists:
+            if not exists:  # every cell is to compute: Ray starts now, and its workers start and load the
+                ray_.start()  # kernel while the store is laid out (they compute nothing before it is made)
                 store.create(where, spec, problem, fingerprint)
                 lock.pin()
             else:  # what a driver killed mid-growth left, then the store checked again: it may have changed since
@@ -254,13 +256,15 @@ def run(
                 work,
                 report,
                 lock,
-                address,
+                ray_,
                 workers,
                 lambda n: progress(done + n, total) if progress else None,
             )
         report.counts = store.counts(group)
     finally:
-        lock.release()
+        lock.release()  # the store is free before Ray's stop, however long that takes
+        ray_.stop()
+    report.startup_seconds = ray_.seconds
     report.seconds = time.perf_counter() - started
     report.driver_peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return report
@@ -272,7 +276,7 @@ def run_all(specs: dict[str, Spec], folder: str | Path, *, address=None, workers
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     stores = {name: folder / f"{name}.zarr" for name in specs}
-    owner = cluster.connect(address, workers)
+    owner = cluster.connect(address, workers, kernels=[kernel_of(s) for s in specs.values()])
     try:
         for name, spec in specs.items():
             report = (lambda d, t, n=name: progress(n, d, t)) if progress else None
@@ -329,25 +333,51 @@ def _cost(spec, problem, region, mask) -> float:
     return float(mask.sum()) * parameter_count(problem.dx, problem.dy, depth, width)
 
 
-BATCH_ATTEMPTS = 2  # submissions of a batch whose task Ray loses (each after Ray's own max_retries)
-WAIT_SECONDS = 1.0  # between checks that Ray is still there (its core ends the driver some 15 s after the raylet)
+class _Ray:
+    """Ray for one run: connected to (or started: :func:`sweep.cluster.connect`) once, by :meth:`start` — before
+    the store is laid out when every cell is to compute, else only once there is work —, and stopped by
+    :meth:`stop` when this run started it. ``seconds``: the time it took to start (the Report's startup_seconds)."""
 
+    def __init__(self, address, workers, kernels):
+        self.address, self.workers, self.kernels = address, workers, kernels
+        self.started = self.owner = False
+        self.others = set()
+        self.seconds = 0.0
 
-def _dispatch(spec, problem, group, work, report, lock, address, workers, progress):
-    import ray
-    from ray import exceptions as rx
-
-    started = time.perf_counter()
-    owner = done = False
-    others = {p.pid for p in cluster.ray_descendants()}  # Ray processes of this process that are not this run's
-    try:
+    def start(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        began = time.perf_counter()
+        self.others = {p.pid for p in cluster.ray_descendants()}  # Ray processes of this process not this run's
         try:
-            owner = cluster.connect(address, workers)
+            self.owner = cluster.connect(self.address, self.workers, kernels=self.kernels)
         except (LinflowError, KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 — Ray did not start, or the cluster refused this driver
             raise RayGone(f"Ray did not start ({_one_line(exc)})") from None
-        report.startup_seconds = time.perf_counter() - started
+        finally:
+            self.seconds = time.perf_counter() - began
+
+    def stop(self) -> None:
+        if self.owner:
+            self.owner = False
+            cluster.stop_ray(keep=self.others)
+
+
+BATCH_ATTEMPTS = 2  # submissions of a batch whose task Ray loses (each after Ray's own max_retries)
+WAIT_SECONDS = 1.0  # between checks that Ray is still there (its core ends the driver some 15 s after the raylet)
+
+
+def _dispatch(spec, problem, group, work, report, lock, ray_, workers, progress):
+    import ray
+    from ray import exceptions as rx
+
+    done = False
+    address = ray_.address
+    try:
+        ray_.start()
+        owner = ray_.owner
         task = ray.remote(num_cpus=1, max_retries=3)(run_task)
         payload = (spec, problem)
         if len(pickle.dumps(payload)) > INLINE_BYTES:  # large data: one copy in the object store, not one per task
@@ -415,9 +445,7 @@ def _dispatch(spec, problem, group, work, report, lock, address, workers, progre
         done = True
     finally:
         if not done:  # stopped by a signal or a failure: the driver writes no more, so the store is free
-            lock.release()  # before Ray's stop, however long that takes (run releases it again: a no-op)
-        if owner:
-            cluster.stop_ray(keep=others)
+            lock.release()  # (run releases it again: a no-op), then run stops Ray
 
 
 def _lost_batch(spec, problem, region, mask) -> dict:

@@ -3,15 +3,37 @@ Zarr), since every worker process imports it before its first batch."""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 import time
+from pathlib import Path
 
-import numpy as np
+from .cluster import PRELOAD_VAR
 
-from . import batch as batches
-from . import kernel
-from .kernel import cache
-from .models import MODELS
-from .schema import Status, plain
+
+def _preloaded_elsewhere() -> bool:
+    """Whether this import is a worker's preload (:func:`sweep.cluster.connect`) of a ``sweep`` package other
+    than the driver's own — one found first on the worker's path, where the driver's comes from its folder."""
+    try:
+        return Path(json.loads(os.environ[PRELOAD_VAR])["package"]) != Path(__file__).resolve().parent
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+if _preloaded_elsewhere():  # set it aside whole (no module of it stays): the run's tasks import the driver's
+    for _name in [n for n in sys.modules if n == "sweep" or n.startswith("sweep.")]:
+        del sys.modules[_name]
+    os.environ.pop(PRELOAD_VAR, None)  # (the tasks' first batch warms up)
+    raise ImportError("sweep preloaded from another folder than the driver's: not preloaded")
+
+import numpy as np  # noqa: E402
+
+from . import batch as batches  # noqa: E402
+from . import kernel  # noqa: E402
+from .kernel import cache  # noqa: E402
+from .models import MODELS  # noqa: E402
+from .schema import Status, plain  # noqa: E402
 
 
 def run_task(payload, chunks):
@@ -37,11 +59,35 @@ def warm_up(spec) -> None:
     """Before a worker's first batch: compile the kernel it runs — or load it, once another process of the
     node has (sweep.kernel.cache.compile_once: one compiles, the others wait) — with a tiny call of the same
     argument types. If the warm-up fails, the batch compiles on its own and reports the error per cell."""
-    integrated = MODELS[spec.model].integrated
+    name = kernel_of(spec)
     try:
-        cache.compile_once("integrate" if integrated else "exact", _tiny_integration if integrated else _tiny_exact)
+        cache.compile_once(name, globals()[KERNELS[name]])
     except Exception:  # noqa: BLE001 — the batch compiles on its own
         pass
+
+
+KERNELS = {"integrate": "_tiny_integration", "exact": "_tiny_exact"}  # a kernel: the warm-up call that loads it
+
+
+def kernel_of(spec) -> str:
+    """The kernel the cells of ``spec`` run ('integrate' or 'exact'; :func:`warm_up`)."""
+    return "integrate" if MODELS[spec.model].integrated else "exact"
+
+
+def _preload() -> None:
+    """In a worker of a local instance (PRELOAD_VAR in its environment: :func:`sweep.cluster.connect`), which
+    imports this module as it starts, before it takes work: load the kernels the run will use now, while Ray
+    is still starting, rather than in the worker's first task. Errors are left to that task's warm-up."""
+    try:
+        names = json.loads(os.environ.pop(PRELOAD_VAR))["kernels"]  # (not passed on to what the tasks start)
+    except (KeyError, TypeError, ValueError):
+        return
+    for name in names:
+        if name in KERNELS:
+            try:
+                cache.compile_once(name, globals()[KERNELS[name]])
+            except Exception:  # noqa: BLE001 — the first batch compiles on its own
+                pass
 
 
 def _tiny_integration():
@@ -77,3 +123,7 @@ def _cell_by_cell(spec, problem, region, mask):
         for name in results:
             results[name][idx] = part[name][idx]
     return results, errors
+
+
+if PRELOAD_VAR in os.environ:  # a local instance's worker, starting (the driver sets it only while ray.init runs)
+    _preload()
