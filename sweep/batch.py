@@ -6,6 +6,7 @@ A batch is one Zarr chunk of the dataset: a hyper-rectangle of cells with a sing
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -161,8 +162,8 @@ def records(w: np.ndarray, target: np.ndarray, record=()) -> dict[str, np.ndarra
 def _compute_exact(spec: Spec, problem: Problem, c: dict, depth: int, width: int) -> dict[str, np.ndarray]:
     """``model: exact`` — balanced scalar-output starts from the closed form of docs/theory.md §4 (all
     cells at once): no integrator steps; W stays in the plane of W0 and Z, W(t) = r (cos θ ẑ + sin θ q̂)."""
-    from .init import aligned_start, start_direction
-    from .kernel.exact import exact_path, exact_time_to_eps
+    from .init import aligned_start
+    from .kernel.exact import exact_run
 
     z = problem.target.ravel()
     zeta = float(np.linalg.norm(z))
@@ -174,30 +175,24 @@ def _compute_exact(spec: Spec, problem: Problem, c: dict, depth: int, width: int
     out["rhs_evals"][:] = 0
     out["imbalance"][:] = 0.0
     out["imbalance_drift"][:] = 0.0
-    w0 = np.empty((n, problem.dy * problem.dx))
-    directions = {}  # the random part of a start depends on the seed (and angle) only: drawn once per batch
     scale = np.linalg.norm(problem.target, 2)
-    for i in range(n):
-        a = _start_args(spec, c, i)
-        key = (a["seed"], a.get("init_angle"))
-        if key not in directions and spec.init.scheme == "aligned":  # W0 along Z (θ0 = 0): init.aligned_start
-            directions[key] = aligned_start(problem.target, depth=depth, width=width, init_norm=1.0), scale
-        elif key not in directions:
-            directions[key] = start_direction(problem.target, a["problem_seed"], a["seed"], 1, a.get("init_angle"))
-        w, norm = directions[key]
-        w0[i] = (a["init_norm"] * scale * w / norm).ravel()  # = init.end_to_end_start, bit for bit
+    if spec.init.scheme == "aligned":  # W0 along Z (θ0 = 0): init.aligned_start
+        w, norm = aligned_start(problem.target, depth=depth, width=width, init_norm=1.0).ravel(), np.full(n, scale)
+    else:  # the random part of a start depends on the seed (and angle) only: drawn once per seed and process
+        angles = c["init_angle"].tolist() if "init_angle" in c else [None] * n
+        target = (problem.target.tobytes(), problem.target.shape, getattr(spec.problem, "seed", 0))
+        drawn = [_direction(*target, seed, _exactly(angle)) for seed, angle in zip(c["seed"].tolist(), angles)]
+        w, norm = np.array([d[0].ravel() for d in drawn]), np.array([d[1] for d in drawn], dtype=float)
+    w0 = c["init_norm"].astype(float)[:, None] * scale * w / norm[:, None]  # = init.end_to_end_start, bit for bit
     r0 = np.sqrt(_row_dot(w0, w0))
     along = _row_dot(w0, zhat)
     ortho = w0 - along[:, None] * zhat
     size = np.sqrt(_row_dot(ortho, ortho))
     qhat = ortho / np.where(size > 0, size, 1.0)[:, None]
     theta0 = np.arctan2(size, along)  # well conditioned at 0 and π (arccos of the cosine is not)
-    tte = exact_time_to_eps(depth, r0, zeta, theta0, spec.eps)
+    tte, r, cos, sin, excess = exact_run(depth, r0, zeta, theta0, spec.eps, times, spec.horizon, spec.stop_at_eps)
     reached = tte <= spec.horizon
     t_end = np.where(reached & spec.stop_at_eps, tte, spec.horizon)
-    r, cos, sin, excess = exact_path(
-        np.full(n, depth), r0, zeta, theta0, np.column_stack([np.minimum(times, t_end[:, None]), t_end])
-    )
     shown = times[None, :] <= t_end[:, None]
     floor = problem.loss_floor(1)
     out["excess_loss"] = np.where(shown, excess[:, :-1], np.nan)
@@ -211,6 +206,23 @@ def _compute_exact(spec: Spec, problem: Problem, c: dict, depth: int, width: int
     out["time_to_eps"] = np.where(reached, tte, np.nan)
     out["status"] = np.where(reached, Status.CONVERGED, Status.UNCONVERGED).astype(np.int8)
     return out
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _direction(target: bytes, shape: tuple, problem_seed: int, seed: int, angle: str | None):
+    """init.start_direction of a rank-1 start, (w, ‖w‖₂), kept for the next batches of the process (the
+    same seed's start at other depths and init_norms: the sweep's axes are crossed). ``angle`` by its bits
+    (:func:`_exactly`)."""
+    from .init import start_direction
+
+    return start_direction(
+        np.frombuffer(target).reshape(shape), problem_seed, seed, 1, None if angle is None else float.fromhex(angle)
+    )
+
+
+def _exactly(angle: float | None) -> str | None:
+    """A key that tells −0.0 from 0.0 (equal, and equal in hash, as floats)."""
+    return None if angle is None else float(angle).hex()
 
 
 def _row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -26,6 +26,8 @@ anywhere in the panel by TOL. Otherwise it is halved; after an easy panel the ne
 Inside a panel t(s) = t(s_lo) + (s − s_lo) G(s), G = the mean of p over [s_lo, s], itself a
 polynomial: relative accuracy down to s → s_lo, so tiny times are resolved. Times are inverted by
 safeguarded Newton on that polynomial (its derivative is p). N = 2 has t = s/ζ; N = 1 is explicit.
+One march per cell serves T_ε (a target in s) and the checkpoints (targets in t): the panels do not
+depend on what is asked, so each number is the one it would be if asked alone (``exact_run``).
 
 **T_ε.** The excess decreases in s, so T_ε = t(s_ε) with s_ε the root of log excess(s) = log ε:
 bracketed by doubling, then safeguarded Newton with d excess/ds = −(r/ζ)[2 excess + (N−1)(r − ζ cos θ)²]
@@ -330,18 +332,27 @@ def _interpolant(f, h, cf, cg):
 
 
 @jit
-def _march(cell, targets, by_time, out):
-    """out[i] = t(s = targets[i]), or s(t = targets[i]) if by_time; targets sorted ascending."""
+def _march(cell, s_target, times, horizon, stop, out):
+    """t(s_target) (NaN: none asked), and out[i] = s at min(times[i], t_end) for times sorted ascending,
+    t_end = t(s_target) if ``stop`` and it is ≤ horizon, else horizon — one march over panels serves both.
+    Returns ∞ for t(s_target) once the march has passed the horizon without reaching s_target, or when t
+    leaves the float range. The panels do not depend on what is asked: every number is the same as
+    when asked alone. (Before s_target's panel, a time ≤ the panel's end is ≤ t(s_target): clipping it
+    at t_end cannot change it.)"""
     n, r0, zeta, tan0 = cell[0], cell[1], cell[2], cell[8]
-    count, i = len(targets), 0
-    while i < count and targets[i] <= 0:
+    count, i = len(times), 0
+    t_eps, pending, t_end = np.inf, s_target < np.inf, horizon  # NaN: not asked; ∞: never reached
+    if pending and s_target <= 0:
+        t_eps, pending = 0.0, False
+        t_end = 0.0 if stop and 0.0 <= horizon else horizon
+    while i < count and min(times[i], t_end) <= 0:
         out[i] = 0.0
         i += 1
     f, cf, cg = np.empty(NODES), np.empty(NODES), np.empty(NODES)
     cos0 = _angle(0.0, tan0)[4]
     h = min(HMAX, 1.0 / (abs((n - 2) * (r0 / zeta - cos0)) + 1.0))  # dt/ds changes on this scale at 0
     lo, t_lo = 0.0, 0.0
-    while i < count:
+    while i < count or (pending and t_lo <= horizon):
         h = min(h, max(HMAX, lo))
         fmin = np.inf
         for j in range(NODES):
@@ -356,20 +367,24 @@ def _march(cell, targets, by_time, out):
             h *= 0.5
             continue
         ready = False  # the interpolant is formed only for a panel that holds a target
-        while i < count and (targets[i] <= t_lo + share if by_time else targets[i] <= lo + h):
+        if pending and s_target <= lo + h:
+            deg, ends = _interpolant(f, h, cf, cg)
+            ready, pending = True, False
+            y = s_target - lo
+            t_eps = t_lo + y * _series(cg, cf, 2 * y / h - 1, deg)[0]
+            if stop and t_eps <= horizon:
+                t_end = t_eps
+        while i < count and min(times[i], t_end) <= t_lo + share:
             if not ready:
                 deg, ends = _interpolant(f, h, cf, cg)
                 ready = True
-            if by_time:
-                out[i] = lo + _invert(targets[i] - t_lo, lo, h, share, ends, cg, cf, deg)
-            else:
-                y = targets[i] - lo
-                out[i] = t_lo + y * _series(cg, cf, 2 * y / h - 1, deg)[0]
+            out[i] = lo + _invert(min(times[i], t_end) - t_lo, lo, h, share, ends, cg, cf, deg)
             i += 1
         lo, t_lo = lo + h, t_lo + share
         if tail <= GROW * scale:
             h *= 2
-    out[i:] = np.nan if by_time else np.inf
+    out[i:] = np.nan
+    return t_eps
 
 
 @jit
@@ -419,29 +434,26 @@ def _s_at_excess(cell, log_eps):
 
 
 @jit
-def _time_to_eps_cells(n, r0, zeta, log_a, log_b, gap0, log_eps, out):
-    one = np.empty(1)
+def _cells_kernel(n, r0, zeta, log_a, log_b, gap0, log_eps, times, horizon, stop, t_eps, r, cos, sin, excess):
+    """Per cell c (N ≥ 2): t_eps[c] = T_ε (log_eps[c] = −∞: 0, the cell starts within ε; NaN: not asked),
+    and (r, cos θ, sin θ, excess) at min(times[c, i], t_end) as in _march; times[c] need not be sorted."""
+    s = np.empty(times.shape[1])
     for c in range(len(n)):
         cell = _cell(n[c], r0[c], zeta[c], log_a[c], log_b[c], gap0[c])
-        s = _s_at_excess(cell, log_eps[c])
-        if n[c] == 2 or not np.isfinite(s):
-            out[c] = s / zeta[c]
+        s_eps = 0.0 if log_eps[c] == -np.inf else _s_at_excess(cell, log_eps[c]) if log_eps[c] < np.inf else np.nan
+        t = times[c]
+        order = np.arange(len(t))
+        for i in range(1, len(t)):
+            if t[i] < t[i - 1]:
+                order = np.argsort(t)
+                break
+        if n[c] == 2:  # t = s/ζ
+            t_eps[c] = s_eps / zeta[c]
+            t_end = t_eps[c] if stop and t_eps[c] <= horizon else horizon
+            for i in range(len(t)):
+                s[i] = zeta[c] * max(min(t[order[i]], t_end), 0.0)
         else:
-            one[0] = s
-            _march(cell, one, False, out[c : c + 1])
-
-
-@jit
-def _path_cells(n, r0, zeta, log_a, log_b, gap0, times, r, cos, sin, excess):
-    for c in range(len(n)):
-        cell = _cell(n[c], r0[c], zeta[c], log_a[c], log_b[c], gap0[c])
-        order = np.argsort(times[c])
-        t = times[c][order]
-        s = np.empty(len(t))
-        if n[c] == 2:
-            s[:] = zeta[c] * np.maximum(t, 0.0)
-        else:
-            _march(cell, t, True, s)
+            t_eps[c] = _march(cell, s_eps, t[order], horizon, stop, s)
         for i in range(len(t)):
             k = order[i]
             r[c, k], cos[c, k], sin[c, k], excess[c, k] = _point(cell, s[i], True)[1:5]
@@ -480,6 +492,15 @@ def _flat(*arrays):
     return b[0].shape, [v.ravel() for v in b]
 
 
+def _kernel(n, r0, zeta, theta0, log_eps, times, horizon=np.inf, stop=False):
+    """_cells_kernel on valid cells with N ≥ 2 (1-d arrays; times: cells × T): (T_ε, r, cos θ, sin θ, excess).
+    Every call passes the same argument types: one compiled version serves all the public functions."""
+    times = np.ascontiguousarray(times, dtype=float)
+    t_eps, cols = np.empty(len(n)), [np.empty(times.shape) for _ in range(4)]
+    _cells_kernel(*_cells(n, r0, zeta, theta0), log_eps, times, float(horizon), bool(stop), t_eps, *cols)
+    return (t_eps, *cols)
+
+
 def exact_time_to_eps(depth, r0, zeta, theta0, eps):
     """T_ε of the balanced scalar-output flow (docs/theory.md §4, derived); ∞ where the flow never
     gets within ε (the anti-aligned ray, N ≥ 2, ε < ½ζ²); 0 where it starts within ε; NaN for
@@ -493,9 +514,8 @@ def exact_time_to_eps(depth, r0, zeta, theta0, eps):
     out[one] = 0.5 * np.log(e0[one] / eps[one])
     deep = ok & (e0 > eps) & (n >= 2)
     if deep.any():
-        t = np.empty(deep.sum())
-        _time_to_eps_cells(*_cells(n[deep], r0[deep], zeta[deep], theta0[deep]), np.log(eps[deep]), t)
-        out[deep] = t
+        no_times = np.empty((deep.sum(), 0))
+        out[deep] = _kernel(n[deep], r0[deep], zeta[deep], theta0[deep], np.log(eps[deep]), no_times)[0]
     out = out.reshape(shape)
     return out[()] if out.ndim == 0 else out
 
@@ -519,9 +539,9 @@ def _curves(n, r0, zeta, theta0, t):
         excess[one] = initial_excess(r0, zeta, theta0)[one, None] * e**2
     deep = (n >= 2) & np.isfinite(r0) & np.isfinite(theta0) & np.isfinite(zeta) & (r0 > 0) & (zeta > 0)
     if deep.any():
-        cols = [np.empty((deep.sum(), t.shape[1])) for _ in range(4)]
-        _path_cells(*_cells(n[deep], r0[deep], zeta[deep], theta0[deep]), np.ascontiguousarray(t[deep]), *cols)
-        r[deep], cos[deep], sin[deep], excess[deep] = cols
+        r[deep], cos[deep], sin[deep], excess[deep] = _kernel(
+            n[deep], r0[deep], zeta[deep], theta0[deep], np.full(deep.sum(), np.nan), t[deep]
+        )[1:]
     return tuple(v.reshape(shape + t.shape[-1:]) for v in (r, cos, sin, excess))
 
 
@@ -536,3 +556,33 @@ def exact_excess_loss(depth, r0, zeta, theta0, t):
     """Excess loss of the balanced scalar-output flow at times ``t`` (docs/theory.md §4, derived).
     ``t`` may be an array (the last axis of the result); the other arguments broadcast."""
     return _curves(depth, r0, zeta, theta0, np.atleast_1d(np.asarray(t, dtype=float)))[3]
+
+
+def exact_run(depth, r0, zeta, theta0, eps, times, horizon, stop_at_eps):
+    """What ``model: exact`` stores of cells (1-d arrays; eps a number; docs/theory.md §4):
+    (T_ε, r, cos θ, sin θ, excess), the last four at min(times, t_end) and, in a last column, at t_end =
+    T_ε if ``stop_at_eps`` and T_ε ≤ horizon, else the horizon (``times`` ascending, ≤ horizon). T_ε is
+    exact_time_to_eps's where it is ≤ horizon, else only known to exceed it (∞). The same numbers, bit
+    for bit, as exact_time_to_eps followed by exact_path at those times, but one march per cell serves
+    both (with N ≥ 2)."""
+    n, r0, zeta, theta0 = np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in (depth, r0, zeta, theta0)))
+    cols = np.append(np.asarray(times, dtype=float), horizon)
+    t_eps = np.full(len(n), np.nan)
+    r, cos, sin, excess = (np.full((len(n), len(cols)), np.nan) for _ in range(4))
+    deep = (n >= 2) & np.isfinite(r0) & np.isfinite(theta0) & np.isfinite(zeta) & (r0 > 0) & (zeta > 0)
+    if (~deep).any():  # N = 1 (explicit) and invalid cells
+        some = ~deep
+        t_eps[some] = exact_time_to_eps(n[some], r0[some], zeta[some], theta0[some], eps)
+        t_end = np.where(stop_at_eps & (t_eps[some] <= horizon), t_eps[some], horizon)
+        r[some], cos[some], sin[some], excess[some] = _curves(
+            n[some], r0[some], zeta[some], theta0[some], np.minimum(cols, t_end[:, None])
+        )
+    if deep.any():  # log ε: −∞ for a start within ε (T_ε = 0), NaN for ε ≤ 0 (T_ε not asked)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_eps = np.where(initial_excess(r0[deep], zeta[deep], theta0[deep]) <= eps, -np.inf, np.log(eps))
+        log_eps = np.where(eps > 0, log_eps, np.nan)
+        times = np.broadcast_to(cols, (deep.sum(), len(cols)))
+        t_eps[deep], r[deep], cos[deep], sin[deep], excess[deep] = _kernel(
+            n[deep], r0[deep], zeta[deep], theta0[deep], log_eps, times, horizon, stop_at_eps
+        )
+    return t_eps, r, cos, sin, excess
