@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import ClusterError, RayGone
+from .task import PRELOAD_VAR
 
 # BLAS inside a task stays single-threaded: one task per core is the parallelism
 SINGLE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -96,7 +97,6 @@ def check_address(address: str | None) -> None:
 # a local instance's workers import sweep.task before they take work (Ray's preload_python_modules), and with
 # this variable in their environment (:func:`preload`) load the kernels named in it there and then: while
 # ray.init is still starting Ray's other processes, not in the run's first tasks
-PRELOAD_VAR = "LINFLOW_PRELOAD"
 PRELOAD_MODULE = "sweep.task"
 
 

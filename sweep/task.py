@@ -9,7 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from .cluster import PRELOAD_VAR
+# set by the driver for the Ray processes of a local instance it starts (sweep.cluster.connect): this module's
+# package and the kernels its workers load as they start (:func:`_preload`)
+PRELOAD_VAR = "LINFLOW_PRELOAD"
 
 
 def _preloaded_elsewhere() -> bool:

@@ -23,7 +23,9 @@ KNOWN: dict = {}  # none left
 
 # Layers, bottom to top: a module may import its own layer (no cycles) and the layers below, never above.
 RANK = {"base": 0, "kernel": 1, "cells": 2, "batch": 3, "worker": 4, "driver": 5, "analysis": 6, "cli": 7}
-KERNEL = tuple(f"sweep.kernel{m}" for m in ("", ".cache", ".tableau", ".flows", ".stepper", ".integrate", ".exact"))
+KERNEL = tuple(
+    f"sweep.kernel{m}" for m in ("", ".cache", ".tableau", ".flows", ".shaped", ".stepper", ".integrate", ".exact")
+)
 BASE = ("sweep.schema", "sweep.version", "sweep.errors")  # result table and statuses, version, errors: leaves
 LAYER = {
     **{m: "base" for m in BASE},
@@ -44,7 +46,7 @@ LAYER = {
 }
 PREFIX_LAYER = {"analysis": "analysis", "cli": "cli"}  # every module of these packages
 
-KERNEL_LIBRARIES = {"numpy", "numba"}  # besides the standard library
+KERNEL_LIBRARIES = {"numpy", "numba", "llvmlite"}  # besides the standard library (llvmlite: numba's LLVM)
 STORE_LIBRARIES = {"zarr", "xarray", "numcodecs"}
 UI_LIBRARIES = {"typer", "click", "rich"}
 STDLIB = set(sys.stdlib_module_names)
