@@ -64,7 +64,7 @@ class Geometry(NamedTuple):
     metric: np.ndarray
     d_off: int
     flip: bool
-    shaped: object  # the flow compiled for this shape and block width (sweep.kernel.shaped), or shaped.NONE
+    shaped: object  # the flow compiled for this shape and block width (sweep.kernel.shaped), or shaped.none()
     shaped_width: int  # the block width it serves; 0: none
 
 
