@@ -148,18 +148,18 @@ def other_problems(repeats, quick):
         steps = STEPS[depth][1 if quick else 0]
         dims = layer_dims(DX, DY, depth, width)
         layers = starts(dims, B)
-        rows = [
-            ("layerwise, whitened", kernel.Layerwise(dims, plain.target), None),
-            ("layerwise, covariance Σ", kernel.Layerwise(dims, general.target, sigma=general.sigma), None),
-            ("induced, whitened", kernel.Induced(depth, plain.target), 0.3 * rng.standard_normal((B, DY * DX))),
-            ("induced, covariance Σ", kernel.Induced(depth, general.target, sigma=general.sigma), None),
-        ]
+        w0 = 0.3 * rng.standard_normal((B, DY * DX))  # the induced flows' starts (W itself)
         mask_dims = layer_dims(DX, DX, depth, width)  # completion: a square W with observed entries
-        m = kernel.Layerwise(mask_dims, rng.standard_normal((DX, DX)), mask=rng.random((DX, DX)) < 0.5)
-        rows.append((f"layerwise, mask ({DX}×{DX} W)", m, starts(mask_dims, B)))
-        rows[3] = (rows[3][0], rows[3][1], rows[2][2])
+        masked = kernel.Layerwise(mask_dims, rng.standard_normal((DX, DX)), mask=rng.random((DX, DX)) < 0.5)
+        rows = [
+            ("layerwise, whitened", kernel.Layerwise(dims, plain.target), layers),
+            ("layerwise, covariance Σ", kernel.Layerwise(dims, general.target, sigma=general.sigma), layers),
+            ("induced, whitened", kernel.Induced(depth, plain.target), w0),
+            ("induced, covariance Σ", kernel.Induced(depth, general.target, sigma=general.sigma), w0),
+            (f"layerwise, mask ({DX}×{DX} W)", masked, starts(mask_dims, B)),
+        ]
         for label, model, y0 in rows:
-            _, call = run_kernel(kernel, dims, layers if y0 is None else y0, steps, model=model)
+            _, call = run_kernel(kernel, dims, y0, steps, model=model)
             call()
             rate = B * steps / median_time(call, repeats)
             print(f"  N = {depth}, width {width:2d}: {label:28s} {rate:10.3g} traj-steps/s")
@@ -175,10 +175,11 @@ def compile_sweep():
         return
     import tempfile
 
-    saved = shaped.FOLDER, dict(shaped._loaded)
+    saved = shaped.FOLDER, dict(shaped._loaded), dict(shaped._by_layout)
     with tempfile.TemporaryDirectory() as tmp:
         shaped.FOLDER, times, skipped = Path(tmp), [], 0
         shaped._loaded.clear()
+        shaped._by_layout.clear()
         for width in (5, 16, 30):
             for depth in range(1, 11):
                 model = kernel.Layerwise(layer_dims(DX, DY, depth, width), synthetic(50, DX, DY, 0).target)
@@ -186,7 +187,7 @@ def compile_sweep():
                 g = shaped.specialize(model.geometry, kernel.block_width(model.size))
                 times.append(time.perf_counter() - t)
                 skipped += g.shaped_width == 0
-    shaped.FOLDER, shaped._loaded = saved[0], saved[1]
+    shaped.FOLDER, shaped._loaded, shaped._by_layout = saved
     print(
         f"Compiling every shape of depths 1–10 × widths 5, 16, 30 cold: {sum(times):.2f} s in all (target ≤ 30 s), "
         f"the slowest {max(times):.2f} s (target ≤ 3 s); {skipped} of 30 past MAX_WORK run the generic code"

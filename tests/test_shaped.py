@@ -128,3 +128,13 @@ sys.stdout.buffer.write(out.tobytes() + exc.tobytes())
     second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=True).stdout
     assert first == second and len(first) > 0
     assert [f.stat().st_mtime_ns for f in files] == stamps, "loaded, not compiled and written again"
+
+
+def test_one_compiled_flow_per_layout_and_width_whatever_the_target():
+    a, b = model((5, 4, 4, 1), seed=5), model((5, 4, 4, 1), seed=6)  # same shape, other targets
+    ga, gb = shaped.specialize(a.geometry, 16), shaped.specialize(b.geometry, 16)
+    assert ga.shaped is gb.shaped, "the target is an argument, not compiled in"
+    assert shaped.specialize(a.geometry, 24).shaped is not ga.shaped, "the block width is compiled in"
+    y = np.random.default_rng(7).standard_normal((b.size, 16))
+    (o1, e1), (o2, e2) = both(b, y, 0, 16)
+    assert np.array_equal(o1, o2) and np.array_equal(e1, e2)

@@ -66,7 +66,10 @@ def specialize(g, width: int):
     PLAIN, at most MAX_WORK multiply-adds, ``width`` a multiple of LANES; else ``g`` itself."""
     if g.kind != 0 or int(g.loss) != 0 or work(g) > MAX_WORK or width % LANES:
         return g
-    return g._replace(shaped=_pointer(ir(g, width)), shaped_width=width)
+    layout = (width, int(g.e_off), *(tuple(int(x) for x in a) for a in (g.dims, g.off, g.rs, g.cs, g.s_off, g.v_off)))
+    if layout not in _by_layout:  # what ir reads of g: its text is generated once per process (20 ms at N = 8)
+        _by_layout[layout] = _pointer(ir(g, width))
+    return g._replace(shaped=_by_layout[layout], shaped_width=width)
 
 
 def none() -> Pointer:
@@ -209,6 +212,7 @@ def ir(g, width: int) -> str:
 
 _lock = threading.Lock()
 _loaded: dict[str, Pointer] = {}
+_by_layout: dict[tuple, Pointer] = {}  # specialize's: a geometry's layout and width → its compiled flow
 _engines: list = []  # compiled code lives as long as its engine
 _machine: list = []  # the target machine, made once
 
