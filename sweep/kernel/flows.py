@@ -65,7 +65,8 @@ class Geometry(NamedTuple):
     d_off: int
     flip: bool
     shaped: object  # the flow compiled for this shape and block width (sweep.kernel.shaped), or shaped.none()
-    shaped_width: int  # the block width it serves; 0: none
+    cruise: object  # the fixed steps of a tile compiled with it (sweep.kernel.stepper._cruise)
+    shaped_width: int  # the block width they serve; 0: none
 
 
 @jit

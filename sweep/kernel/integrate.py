@@ -121,8 +121,7 @@ class Layerwise(_Model):
             metric=metric,
             d_off=d_off,
             flip=self.flip,
-            shaped=shaped.none(),
-            shaped_width=0,
+            **shaped.none(),
         )
 
     def layers(self, y: np.ndarray) -> list[np.ndarray]:
@@ -198,8 +197,7 @@ class Induced(_Model):
             metric=metric,
             d_off=0,
             flip=False,
-            shaped=shaped.none(),
-            shaped_width=0,
+            **shaped.none(),
         )
 
     def product(self, y: np.ndarray) -> np.ndarray:

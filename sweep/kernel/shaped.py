@@ -40,19 +40,27 @@ SIGNATURE = types.void(
 )
 # pointers where numba passes addresses (the same 64-bit registers); distinct arrays, hence noalias
 ARGS = ", ".join(f"ptr noalias %{a}" for a in ("y", "out", "exc", "work", "target")) + ", double %tl, i64 %t0, i64 %t1"
+# cruise(y, f, y_b, f_b, work, target, t, exc, exc_new, bound, found, steps, evals, tail, step, eps, c, tile, q) → the
+# steps taken: the block's state and flow, the other pair of buffers, the work array and the target; the rows t, exc,
+# exc_new and bound of Block.f and found, steps and evals of Block.i (sweep.kernel.stepper); the tile, at most q steps
+CRUISE_SIGNATURE = types.int64(*[types.uintp] * 13, *[types.float64] * 4, types.int64, types.int64)
+CRUISE_PTRS = ("ya", "fa", "yb", "fb", "work", "target", "tr", "excr", "excn", "boundr", "foundr", "stepsr", "evalsr")
+CRUISE_ARGS = ", ".join(f"ptr noalias %{a}" for a in CRUISE_PTRS) + (
+    ", double %tl, double %step, double %eps, double %c, i64 %tile, i64 %q"
+)
 
 
 class Pointer(types.WrapperAddressProtocol):
     """Compiled code as numba's first-class function: one type for every shape."""
 
-    def __init__(self, address: int):
-        self.address = address
+    def __init__(self, address: int, signature=SIGNATURE):
+        self.address, self._signature = address, signature
 
     def __wrapper_address__(self):
         return self.address
 
     def signature(self):
-        return SIGNATURE
+        return self._signature
 
 
 def work(g) -> int:
@@ -62,19 +70,23 @@ def work(g) -> int:
 
 
 def specialize(g, width: int):
-    """``g`` with the flow compiled for its shape and blocks ``width`` wide when that pays: layerwise, loss
-    PLAIN, at most MAX_WORK multiply-adds, ``width`` a multiple of LANES; else ``g`` itself."""
+    """``g`` with the flow (and the cruise) compiled for its shape and blocks ``width`` wide when that pays:
+    layerwise, loss PLAIN, at most MAX_WORK multiply-adds, ``width`` a multiple of LANES; else ``g`` itself."""
     if g.kind != 0 or int(g.loss) != 0 or work(g) > MAX_WORK or width % LANES:
         return g
     layout = (width, int(g.e_off), *(tuple(int(x) for x in a) for a in (g.dims, g.off, g.rs, g.cs, g.s_off, g.v_off)))
     if layout not in _by_layout:  # what ir reads of g: its text is generated once per process (20 ms at N = 8)
-        _by_layout[layout] = _pointer(ir(g, width))
-    return g._replace(shaped=_by_layout[layout], shaped_width=width)
+        _by_layout[layout] = _pointers(ir(g, width))
+    flow, cruise = _by_layout[layout]
+    return g._replace(shaped=flow, cruise=cruise, shaped_width=width)
 
 
-def none() -> Pointer:
-    """The pointer of geometries without compiled code (never called: ``shaped_width`` is 0)."""
-    return _pointer(f"define void @flow({ARGS}) {{\n  ret void\n}}\n")
+def none() -> dict:
+    """The Geometry fields of geometries without compiled code (never called: ``shaped_width`` is 0)."""
+    flow, cruise = _pointers(
+        f"define void @flow({ARGS}) {{\n  ret void\n}}\ndefine i64 @cruise({CRUISE_ARGS}) {{\n  ret i64 0\n}}\n"
+    )
+    return {"shaped": flow, "cruise": cruise, "shaped_width": 0}
 
 
 def ir(g, width: int) -> str:
@@ -182,9 +194,11 @@ def ir(g, width: int) -> str:
         f"  call void @part{k}(ptr %yt, ptr %outt, ptr %wt, ptr %excp, ptr %target, double %tl)"
         for k in range(len(parts))
     ]
+    size = sum(d[i] * d[i + 1] for i in range(n))
     return (
         "\n".join(
             text
+            + [cruise_ir(width, size, [c.replace("%yt", "%yd").replace("%outt", "%fd") for c in calls])]
             + [
                 f"define void @flow({ARGS}) {{",
                 "entry:",
@@ -210,14 +224,134 @@ def ir(g, width: int) -> str:
     )
 
 
+def _vector(value: str) -> str:
+    return "<" + ", ".join([f"double {value}"] * LANES) + ">"
+
+
+def cruise_ir(width: int, size: int, calls: list[str]) -> str:
+    """LLVM IR of ``@cruise``: up to q fixed steps y ← y + h·(c·f(y)) of one tile (Euler: c = 1), each followed by
+    the flow ``calls`` (reading %yd, writing %fd, %wt and %excp), while no lane meets an event — an ε-crossing (its
+    excess loss ≤ eps while ``found`` is 0), an excess loss above its ``bound`` or not finite. The step that meets
+    one is not kept. Each step end is n·step, n the lane's step count, as the generic stepper computes it.
+
+    The state alternates between the block's two pairs of buffers (y, f) and (y_b, f_b) — a step reads one
+    and writes the other — and is copied back into (y, f) when it ends in the other. Returns the steps kept;
+    t, exc, steps and evals of each lane are updated, as accepting them one by one would."""
+    vec, ivec = VEC, f"<{LANES} x i64>"
+    row_loop = f"""
+  %off.{{tag}} = mul i64 %p.{{tag}}, {width}
+  %a.{{tag}} = getelementptr double, ptr {{src}}, i64 %off.{{tag}}
+  %b.{{tag}} = getelementptr double, ptr {{dst}}, i64 %off.{{tag}}"""
+    return f"""define i64 @cruise({CRUISE_ARGS}) {{
+entry:
+  %col = mul i64 %tile, {LANES}
+  %y0 = getelementptr double, ptr %ya, i64 %col
+  %f0 = getelementptr double, ptr %fa, i64 %col
+  %y1 = getelementptr double, ptr %yb, i64 %col
+  %f1 = getelementptr double, ptr %fb, i64 %col
+  %wt = getelementptr double, ptr %work, i64 %col
+  %excp = getelementptr double, ptr %excn, i64 %col
+  %tp = getelementptr double, ptr %tr, i64 %col
+  %ep = getelementptr double, ptr %excr, i64 %col
+  %bp = getelementptr double, ptr %boundr, i64 %col
+  %fp = getelementptr i64, ptr %foundr, i64 %col
+  %sp = getelementptr i64, ptr %stepsr, i64 %col
+  %vp = getelementptr i64, ptr %evalsr, i64 %col
+  %t.0 = load {vec}, ptr %tp, align 8
+  %e.0 = load {vec}, ptr %ep, align 8
+  %bound = load {vec}, ptr %bp, align 8
+  %found = load {ivec}, ptr %fp, align 8
+  %steps = load {ivec}, ptr %sp, align 8
+  %evals = load {ivec}, ptr %vp, align 8
+  %n.0 = sitofp {ivec} %steps to {vec}
+  %is.found = icmp ne {ivec} %found, zeroinitializer
+  %eps.1 = insertelement {vec} poison, double %eps, i32 0
+  %eps.v = shufflevector {vec} %eps.1, {vec} poison, <{LANES} x i32> zeroinitializer
+  %limit = select <{LANES} x i1> %is.found, {vec} {_vector("0xFFF0000000000000")}, {vec} %eps.v
+  %step.1 = insertelement {vec} poison, double %step, i32 0
+  %step.v = shufflevector {vec} %step.1, {vec} poison, <{LANES} x i32> zeroinitializer
+  %c.1 = insertelement {vec} poison, double %c, i32 0
+  %c.v = shufflevector {vec} %c.1, {vec} poison, <{LANES} x i32> zeroinitializer
+  br label %loop
+loop:
+  %k = phi i64 [ 0, %entry ], [ %k.1, %next ]
+  %ys = phi ptr [ %y0, %entry ], [ %yd, %next ]
+  %fs = phi ptr [ %f0, %entry ], [ %fd, %next ]
+  %yd = phi ptr [ %y1, %entry ], [ %ys, %next ]
+  %fd = phi ptr [ %f1, %entry ], [ %fs, %next ]
+  %t = phi {vec} [ %t.0, %entry ], [ %t.1, %next ]
+  %n = phi {vec} [ %n.0, %entry ], [ %n.1, %next ]
+  %e = phi {vec} [ %e.0, %entry ], [ %e.1, %next ]
+  %go = icmp slt i64 %k, %q
+  br i1 %go, label %advance, label %exit
+advance:
+  %n.1 = fadd {vec} %n, {_vector("1.0")}
+  %t.1 = fmul {vec} %n.1, %step.v
+  %h = fsub {vec} %t.1, %t
+  br label %update
+update:
+  %p.u = phi i64 [ 0, %advance ], [ %p.u1, %update ]{row_loop.format(tag="u", src="%ys", dst="%yd")}
+  %fr = getelementptr double, ptr %fs, i64 %off.u
+  %yv = load {vec}, ptr %a.u, align 8
+  %fv = load {vec}, ptr %fr, align 8
+  %cf = fmul {vec} %c.v, %fv
+  %hcf = fmul {vec} %h, %cf
+  %yn = fadd {vec} %yv, %hcf
+  store {vec} %yn, ptr %b.u, align 8
+  %p.u1 = add i64 %p.u, 1
+  %more.u = icmp slt i64 %p.u1, {size}
+  br i1 %more.u, label %update, label %flow
+flow:
+{chr(10).join(calls)}
+  %e.1 = load {vec}, ptr %excp, align 8
+  %above = fcmp ogt {vec} %e.1, %limit
+  %below = fcmp ole {vec} %e.1, %bound
+  %finite = fcmp olt {vec} %e.1, {_vector("0x7FF0000000000000")}
+  %ok.1 = and <{LANES} x i1> %above, %below
+  %ok.v = and <{LANES} x i1> %ok.1, %finite
+  %ok.b = bitcast <{LANES} x i1> %ok.v to i{LANES}
+  %ok = icmp eq i{LANES} %ok.b, -1
+  br i1 %ok, label %next, label %exit
+next:
+  %k.1 = add i64 %k, 1
+  br label %loop
+exit:
+  %moved = icmp ne ptr %ys, %y0
+  br i1 %moved, label %copy, label %done
+copy:
+  %p.c = phi i64 [ 0, %exit ], [ %p.c1, %copy ]{row_loop.format(tag="c", src="%ys", dst="%y0")}
+  %fa.c = getelementptr double, ptr %fs, i64 %off.c
+  %fb.c = getelementptr double, ptr %f0, i64 %off.c
+  %yc = load {vec}, ptr %a.c, align 8
+  %fc = load {vec}, ptr %fa.c, align 8
+  store {vec} %yc, ptr %b.c, align 8
+  store {vec} %fc, ptr %fb.c, align 8
+  %p.c1 = add i64 %p.c, 1
+  %more.c = icmp slt i64 %p.c1, {size}
+  br i1 %more.c, label %copy, label %done
+done:
+  store {vec} %t, ptr %tp, align 8
+  store {vec} %e, ptr %ep, align 8
+  %k.i = insertelement {ivec} poison, i64 %k, i32 0
+  %k.v = shufflevector {ivec} %k.i, {ivec} poison, <{LANES} x i32> zeroinitializer
+  %steps.1 = add {ivec} %steps, %k.v
+  %evals.1 = add {ivec} %evals, %k.v
+  store {ivec} %steps.1, ptr %sp, align 8
+  store {ivec} %evals.1, ptr %vp, align 8
+  ret i64 %k
+}}
+"""
+
+
 _lock = threading.Lock()
-_loaded: dict[str, Pointer] = {}
-_by_layout: dict[tuple, Pointer] = {}  # specialize's: a geometry's layout and width → its compiled flow
+_loaded: dict[str, tuple[Pointer, Pointer]] = {}
+_by_layout: dict[tuple, tuple[Pointer, Pointer]] = {}  # specialize's: a geometry's layout and width → its code
 _engines: list = []  # compiled code lives as long as its engine
 _machine: list = []  # the target machine, made once
 
 
-def _pointer(text: str) -> Pointer:
+def _pointers(text: str) -> tuple[Pointer, Pointer]:
+    """The compiled ``@flow`` and ``@cruise`` of ``text``."""
     with _lock:
         if not _machine:
             llvm.initialize_native_target()
@@ -228,11 +362,15 @@ def _pointer(text: str) -> Pointer:
         tm, host = _machine
         key = hashlib.sha256(text.encode() + host.encode()).hexdigest()[:24]
         if key not in _loaded:
-            _loaded[key] = Pointer(_compile(tm, text, FOLDER / "shaped" / f"flow-{key}.o"))
+            engine = _compile(tm, text, FOLDER / "shaped" / f"flow-{key}.o")
+            _loaded[key] = (
+                Pointer(engine.get_function_address("flow")),
+                Pointer(engine.get_function_address("cruise"), CRUISE_SIGNATURE),
+            )
         return _loaded[key]
 
 
-def _compile(tm, text: str, path) -> int:
+def _compile(tm, text: str, path):
     """Compile ``text`` (or load its object code from ``path``, where a first compilation left it)."""
     module = llvm.parse_assembly(text)
     module.verify()
@@ -244,7 +382,7 @@ def _compile(tm, text: str, path) -> int:
     engine.set_object_cache(lambda _module, obj: _save(path, obj), lambda _module: cached)
     engine.finalize_object()
     _engines.append(engine)
-    return engine.get_function_address("flow")
+    return engine
 
 
 def _save(path, obj: bytes) -> None:

@@ -136,6 +136,7 @@ def integrate(g, meth, opt, y0, tc, out, blk):
             if loaded == total:
                 return
             continue
+        _cruise(g, meth, opt, tc, blk, cur, m)
         _step_ends(meth, opt, blk, m)
         _step(g, meth, blk, cur, m)
         every = _control(g, meth, opt, blk, cur, m) if meth.adaptive else True
@@ -211,6 +212,58 @@ def _finite(y, b, exc):
         if not math.isfinite(y[p, b]):
             return False
     return True
+
+
+@part
+def _cruise(g, meth, opt, tc, blk, cur, m):
+    """Euler's steps that meet no event, many at a time for each whole tile, by the code compiled with the shape's
+    flow (:func:`sweep.kernel.shaped.cruise_ir`): a tile's update, flow and checks, step after step, on a state
+    that stays in the cache. The step that meets an event — it reaches a checkpoint or the horizon, crosses ε or
+    blows up — is left to :func:`_step`, which takes every trajectory's next step as it would have anyway: the
+    numbers are those of one step at a time."""
+    if meth.adaptive or len(meth.b) != 1 or g.shaped_width != blk.i.shape[1]:
+        return
+    y, f0, yb, fb = blk.ys[cur], blk.k[blk.kmap[0]], blk.ys[1 - cur], blk.k[blk.kmap[1]]
+    for tile in range(m // flows.LANES):
+        q = opt.n_steps
+        for b in range(tile * flows.LANES, (tile + 1) * flows.LANES):
+            q = min(q, _quiet(opt, tc, blk, b))
+        if q > 0:
+            f, i = blk.f, blk.i
+            g.cruise(
+                y.ctypes.data,
+                f0.ctypes.data,
+                yb.ctypes.data,
+                fb.ctypes.data,
+                blk.work.ctypes.data,
+                g.target.ctypes.data,
+                f[T].ctypes.data,
+                f[EXC].ctypes.data,
+                f[EXC_NEW].ctypes.data,
+                f[BOUND].ctypes.data,
+                i[FOUND].ctypes.data,
+                i[STEPS].ctypes.data,
+                i[EVALS].ctypes.data,
+                g.tail,
+                opt.step,
+                opt.eps,
+                meth.b[0],
+                tile,
+                q,
+            )
+
+
+@inner
+def _quiet(opt, tc, blk, b):
+    """How many fixed steps trajectory b takes before the one whose end reaches its next checkpoint or the
+    horizon (t_n = n·step ≥ either), or the last."""
+    n0, end = blk.i[STEPS, b], opt.horizon
+    if blk.i[NXT, b] < len(tc):
+        end = min(end, tc[blk.i[NXT, b]])
+    n = min(opt.n_steps - 1, int(min(end / opt.step, 1e18)) + 1)
+    while n > n0 and n * opt.step >= end:
+        n -= 1
+    return max(n - n0, 0)
 
 
 @part
