@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sweep import kernel
+from sweep.schema import Status
 from sweep.kernel import flows, shaped
 
 SHAPES = [  # dims (d_0 = dx … d_N = dy)
@@ -138,3 +139,45 @@ def test_one_compiled_flow_per_layout_and_width_whatever_the_target():
     y = np.random.default_rng(7).standard_normal((b.size, 16))
     (o1, e1), (o2, e2) = both(b, y, 0, 16)
     assert np.array_equal(o1, o2) and np.array_equal(e1, e2)
+
+
+CRUISES = {  # name: (dims, y0 scale, batch, block, integrate keywords)
+    "101 checkpoints, stop at ε": ((5, 4, 4, 1), 0.6, 203, None, dict(checkpoints=101, eps=1e-3, stop_at_eps=True)),
+    "crossings kept running": ((5, 5, 5, 5, 1), 0.5, 77, 24, dict(checkpoints=3, eps=1e-2, stop_at_eps=False)),
+    "blow-ups": ((4, 6, 6, 1), 2.5, 61, 40, dict(checkpoints=11, eps=1e-9, step=0.08)),
+    "horizon off the grid": ((3, 4, 2, 6, 2), 0.8, 50, 16, dict(checkpoints=5, eps=1e-6, horizon=1.234)),
+    "transposed, split": ((2, 9, 9, 9, 9, 5), 0.4, 35, 24, dict(checkpoints=7, eps=1e-4)),
+}
+
+
+@pytest.mark.parametrize("case", CRUISES)
+def test_cruise_gives_the_numbers_of_one_step_at_a_time(case, monkeypatch):
+    """Euler's event-free steps, many at a time per tile (stepper._cruise), against the generic stepper alone:
+    checkpoints, ε-crossings, blow-ups, a clipped last step, tiles whose lanes are at different steps (batches
+    that are not a multiple of the block or the tile) and networks cut into a function per product."""
+    dims, scale, batch, block, kw = CRUISES[case]
+    m = model(dims, seed=len(case))
+    y0 = np.random.default_rng(len(case)).standard_normal((batch, m.size)) * scale
+    kw = dict(dict(horizon=2.0, step=0.01), **kw)
+    kw["checkpoints"] = np.linspace(0, kw["horizon"], kw["checkpoints"])
+    fast = kernel.integrate(m, y0, kernel.METHODS["euler"], block=block, **kw)
+    monkeypatch.setattr(shaped, "MAX_WORK", -1)
+    slow = kernel.integrate(m, y0, kernel.METHODS["euler"], block=block, **kw)
+    for name in ("excess", "time_to_eps", "status", "steps", "rhs_evals", "y_final", "t_final", "w"):
+        assert np.array_equal(getattr(fast, name), getattr(slow, name), equal_nan=True), name
+    crossed, diverged = np.isfinite(fast.time_to_eps).sum(), (fast.status == Status.DIVERGED).sum()
+    assert crossed > 0 if "ε" in case or "crossings" in case else True, "a test with crossings to locate"
+    assert diverged > 0 if "blow" in case else diverged == 0, "a test with blow-ups where it says so"
+    assert np.median(fast.steps) > 20 or "blow" in case, "long enough to cruise"
+
+
+def test_cruise_numbers_do_not_depend_on_the_block_or_the_order():
+    m = model((5, 5, 5, 1), seed=9)
+    y0 = np.random.default_rng(9).standard_normal((45, m.size)) * 0.7
+    kw = dict(horizon=1.5, step=0.01, checkpoints=np.linspace(0, 1.5, 16), eps=1e-3, stop_at_eps=True)
+    base = kernel.integrate(m, y0, kernel.METHODS["euler"], block=16, **kw)
+    order = np.random.default_rng(1).permutation(45)
+    for block, rows in [(24, slice(None)), (40, order), (72, order[::-1])]:
+        other = kernel.integrate(m, y0[rows], kernel.METHODS["euler"], block=block, **kw)
+        for name in ("excess", "time_to_eps", "status", "steps", "y_final", "w"):
+            assert np.array_equal(getattr(base, name)[rows], getattr(other, name), equal_nan=True), (block, name)

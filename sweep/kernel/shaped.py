@@ -40,13 +40,13 @@ SIGNATURE = types.void(
 )
 # pointers where numba passes addresses (the same 64-bit registers); distinct arrays, hence noalias
 ARGS = ", ".join(f"ptr noalias %{a}" for a in ("y", "out", "exc", "work", "target")) + ", double %tl, i64 %t0, i64 %t1"
-# cruise(y, f, y_b, f_b, work, target, t, exc, exc_new, bound, found, steps, evals, tail, step, eps, c, tile, q) → the
-# steps taken: the block's state and flow, the other pair of buffers, the work array and the target; the rows t, exc,
+# cruise(y, f, tiles, work, target, t, exc, exc_new, bound, found, steps, evals, tail, step, eps, tile, q) → the
+# steps taken: the block's state and flow, the cruise's own memory (Block.tiles), the work array and the target; the rows t, exc,
 # exc_new and bound of Block.f and found, steps and evals of Block.i (sweep.kernel.stepper); the tile, at most q steps
-CRUISE_SIGNATURE = types.int64(*[types.uintp] * 13, *[types.float64] * 4, types.int64, types.int64)
-CRUISE_PTRS = ("ya", "fa", "yb", "fb", "work", "target", "tr", "excr", "excn", "boundr", "foundr", "stepsr", "evalsr")
+CRUISE_SIGNATURE = types.int64(*[types.uintp] * 12, *[types.float64] * 3, types.int64, types.int64)
+CRUISE_PTRS = ("ya", "fa", "tiles", "work", "target", "tr", "excr", "excn", "boundr", "foundr", "stepsr", "evalsr")
 CRUISE_ARGS = ", ".join(f"ptr noalias %{a}" for a in CRUISE_PTRS) + (
-    ", double %tl, double %step, double %eps, double %c, i64 %tile, i64 %q"
+    ", double %tl, double %step, double %eps, i64 %tile, i64 %q"
 )
 
 
@@ -90,8 +90,40 @@ def none() -> dict:
 
 
 def ir(g, width: int) -> str:
-    """LLVM IR of the flow of layerwise geometry ``g`` (loss PLAIN) on whole tiles of blocks ``width`` wide.
+    """LLVM IR of the flow of layerwise geometry ``g`` (loss PLAIN) on whole tiles of blocks ``width`` wide
+    (``@flow``), and of the cruise (``@cruise``, :func:`cruise_ir`) built on it."""
+    n, d = int(g.depth), [int(x) for x in g.dims]
+    flow, flow_calls = _parts(g, width, "flow", False)
+    step, step_calls = _parts(g, LANES, "step", True)  # on the cruise's own memory: a tile's rows one after the other
+    tile = [
+        f"define void @flow({ARGS}) {{",
+        "entry:",
+        "  %go = icmp slt i64 %t0, %t1",
+        "  br i1 %go, label %tile, label %done",
+        "tile:",
+        "  %t = phi i64 [ %t0, %entry ], [ %next, %tile ]",
+        f"  %col = mul i64 %t, {LANES}",
+        "  %yt = getelementptr double, ptr %y, i64 %col",
+        "  %outt = getelementptr double, ptr %out, i64 %col",
+        "  %wt = getelementptr double, ptr %work, i64 %col",
+        "  %excp = getelementptr double, ptr %exc, i64 %col",
+        *(c.format(y="%yt", out="%outt", w="%wt", h="zeroinitializer") for c in flow_calls),
+        "  %next = add i64 %t, 1",
+        "  %more = icmp slt i64 %next, %t1",
+        "  br i1 %more, label %tile, label %done",
+        "done:",
+        "  ret void",
+        "}",
+    ]
+    size = sum(d[i] * d[i + 1] for i in range(n))
+    return "\n".join(flow + step + tile + [cruise_ir(width, size, flow_calls, step_calls)]) + "\n"
 
+
+def _parts(g, width: int, name: str, step: bool) -> tuple[list[str], list[str]]:
+    """The functions of the flow, and the calls that run it on a tile (templates of {y}, {out}, {h}).
+
+    The flow reads the state at {y} and writes its flow at {out}; or (``step``) writes the Euler step
+    y + h·f(y) at {out} in its place, each element as soon as its flow is known, h the lanes' step sizes.
     A network of up to SPLIT multiply-adds is one function whose intermediates stay in registers. A larger
     one is cut into a function per product, the intermediates passed through the work array (its rows as
     :func:`sweep.kernel.flows._layerwise` places them): LLVM's time grows faster than the length of a
@@ -123,6 +155,11 @@ def ir(g, width: int) -> str:
 
     def layer(i):  # loaded where used: registers held from one product to the next would spill
         return lambda a, c: load("yt", row(i, a, c))
+
+    def flow(i, a, c, value):  # the flow of layer i's element (a, c): stored, or its Euler step
+        if step:  # y + h·(1·f), as stepper._combine takes it
+            value = add(load("yt", row(i, a, c)), mul("%h", value))
+        store("outt", row(i, a, c), value)
 
     def keep(values, rows):
         """An intermediate: its registers, or (split) stored into the work rows ``rows(a, c)`` and read back."""
@@ -176,79 +213,90 @@ def ir(g, width: int) -> str:
         for (a, c), value in matmul(
             lambda a, k, i=i: s[i + 1](k, a), lambda k, c, v=v: v(c, k), d[i + 1], r, d[i]
         ).items():
-            store("outt", row(i, a, c), value)
+            flow(i, a, c, value)
         cut()
         v = keep(matmul(layer(i), v, d[i + 1], d[i], r), lambda a, c, i=i: int(g.v_off[i + 1]) + a * r + c)
     cut()
     for a in range(d[n]):
         for c in range(d[n - 1]):
-            store("outt", row(n - 1, a, c), v(c, a))
+            flow(n - 1, a, c, v(c, a))
 
-    params = "ptr noalias %yt, ptr noalias %outt, ptr noalias %wt, ptr noalias %excp, ptr noalias %target, double %tail"
+    params = (
+        "ptr noalias %yt, ptr noalias %outt, ptr noalias %wt, ptr noalias %excp, ptr noalias %target, double %tail, "
+        f"{VEC} %h"
+    )
     attributes = "noinline" if split else "alwaysinline"
     text = [
-        f"define internal void @part{k}({params}) {attributes} {{\n" + "\n".join(lines) + "\n  ret void\n}\n"
+        f"define internal void @{name}{k}({params}) {attributes} {{\n" + "\n".join(lines) + "\n  ret void\n}\n"
         for k, lines in enumerate(parts)
     ]
     calls = [
-        f"  call void @part{k}(ptr %yt, ptr %outt, ptr %wt, ptr %excp, ptr %target, double %tl)"
+        f"  call void @{name}{k}(ptr {{y}}, ptr {{out}}, ptr {{w}}, ptr %excp, ptr %target, double %tl, {VEC} {{h}})"
         for k in range(len(parts))
     ]
-    size = sum(d[i] * d[i + 1] for i in range(n))
-    return (
-        "\n".join(
-            text
-            + [cruise_ir(width, size, [c.replace("%yt", "%yd").replace("%outt", "%fd") for c in calls])]
-            + [
-                f"define void @flow({ARGS}) {{",
-                "entry:",
-                "  %go = icmp slt i64 %t0, %t1",
-                "  br i1 %go, label %tile, label %done",
-                "tile:",
-                "  %t = phi i64 [ %t0, %entry ], [ %next, %tile ]",
-                f"  %col = mul i64 %t, {LANES}",
-                "  %yt = getelementptr double, ptr %y, i64 %col",
-                "  %outt = getelementptr double, ptr %out, i64 %col",
-                "  %wt = getelementptr double, ptr %work, i64 %col",
-                "  %excp = getelementptr double, ptr %exc, i64 %col",
-                *calls,
-                "  %next = add i64 %t, 1",
-                "  %more = icmp slt i64 %next, %t1",
-                "  br i1 %more, label %tile, label %done",
-                "done:",
-                "  ret void",
-                "}",
-            ]
-        )
-        + "\n"
-    )
+    return text, calls
 
 
 def _vector(value: str) -> str:
     return "<" + ", ".join([f"double {value}"] * LANES) + ">"
 
 
-def cruise_ir(width: int, size: int, calls: list[str]) -> str:
-    """LLVM IR of ``@cruise``: up to q fixed steps y ← y + h·(c·f(y)) of one tile (Euler: c = 1), each followed by
-    the flow ``calls`` (reading %yd, writing %fd, %wt and %excp), while no lane meets an event — an ε-crossing (its
-    excess loss ≤ eps while ``found`` is 0), an excess loss above its ``bound`` or not finite. The step that meets
-    one is not kept. Each step end is n·step, n the lane's step count, as the generic stepper computes it.
+def cruise_ir(width: int, size: int, flow: list[str], step: list[str]) -> str:
+    """LLVM IR of ``@cruise``: Euler steps y ← y + h·f(y) of one tile, at most q, as long as no lane meets an
+    event — an ε-crossing (its excess loss ≤ eps while ``found`` is 0), an excess loss above its ``bound`` or not
+    finite; the step that meets one is not kept. Each step end is n·step, n the lane's step count, as the
+    generic stepper computes it. Returns the steps kept; the tile's state and flow, and its lanes' t, exc, steps
+    and evals, are those that accepting them one by one would leave.
 
-    The state alternates between the block's two pairs of buffers (y, f) and (y_b, f_b) — a step reads one
-    and writes the other — and is copied back into (y, f) when it ends in the other. Returns the steps kept;
-    t, exc, steps and evals of each lane are updated, as accepting them one by one would."""
+    The tile runs in ``tiles``, its own memory: three states of ``size`` rows of LANES, one after the other, then
+    the work rows — a state of the tile is contiguous there, not spread over the block's rows a block width
+    apart. One pass (``step``: the calls of :func:`_parts` templates) reads state j and writes state j + 1 =
+    y_j + h·f(y_j) as it goes, with no store of f; the excess loss of y_j it finds decides whether y_j is kept.
+    The passes rotate through the three states, so the last one kept is never overwritten; it is copied back
+    into the block at the end, and its flow computed (``flow``). The first step uses the flow already in f."""
     vec, ivec = VEC, f"<{LANES} x i64>"
-    row_loop = f"""
-  %off.{{tag}} = mul i64 %p.{{tag}}, {width}
-  %a.{{tag}} = getelementptr double, ptr {{src}}, i64 %off.{{tag}}
-  %b.{{tag}} = getelementptr double, ptr {{dst}}, i64 %off.{{tag}}"""
+
+    def rows(tag, body):  # a loop over the state's rows: %off.tag in the block, %at.tag in the tile's memory
+        return f"""  br label %rows.{tag}
+rows.{tag}:
+  %p.{tag} = phi i64 [ 0, %{tag} ], [ %p1.{tag}, %rows.{tag} ]
+  %off.{tag} = mul i64 %p.{tag}, {width}
+  %at.{tag} = mul i64 %p.{tag}, {LANES}
+{body}
+  %p1.{tag} = add i64 %p.{tag}, 1
+  %more.{tag} = icmp slt i64 %p1.{tag}, {size}
+  br i1 %more.{tag}, label %rows.{tag}, label %{tag}.end
+{tag}.end:"""
+
+    def splat(name, value, kind=vec, scalar="double"):
+        return (
+            f"  %{name}.1 = insertelement {kind} poison, {scalar} {value}, i32 0\n"
+            f"  %{name} = shufflevector {kind} %{name}.1, {kind} poison, <{LANES} x i32> zeroinitializer"
+        )
+
+    first = f"""  %a.first = getelementptr double, ptr %y0, i64 %off.first
+  %g.first = getelementptr double, ptr %f0, i64 %off.first
+  %b.first = getelementptr double, ptr %s0, i64 %at.first
+  %c.first = getelementptr double, ptr %s1, i64 %at.first
+  %y.first = load {vec}, ptr %a.first, align 8
+  %f.first = load {vec}, ptr %g.first, align 8
+  store {vec} %y.first, ptr %b.first, align 8
+  %hf.first = fmul {vec} %h.1, %f.first
+  %z.first = fadd {vec} %y.first, %hf.first
+  store {vec} %z.first, ptr %c.first, align 8"""  # y into the tile's memory, and its first step from f
+    copy = f"""  %a.copy = getelementptr double, ptr %kept, i64 %at.copy
+  %b.copy = getelementptr double, ptr %y0, i64 %off.copy
+  %y.copy = load {vec}, ptr %a.copy, align 8
+  store {vec} %y.copy, ptr %b.copy, align 8"""
     return f"""define i64 @cruise({CRUISE_ARGS}) {{
-entry:
+first:
   %col = mul i64 %tile, {LANES}
   %y0 = getelementptr double, ptr %ya, i64 %col
   %f0 = getelementptr double, ptr %fa, i64 %col
-  %y1 = getelementptr double, ptr %yb, i64 %col
-  %f1 = getelementptr double, ptr %fb, i64 %col
+  %s0 = getelementptr double, ptr %tiles, i64 0
+  %s1 = getelementptr double, ptr %tiles, i64 {size * LANES}
+  %s2 = getelementptr double, ptr %tiles, i64 {2 * size * LANES}
+  %ws = getelementptr double, ptr %tiles, i64 {3 * size * LANES}
   %wt = getelementptr double, ptr %work, i64 %col
   %excp = getelementptr double, ptr %excn, i64 %col
   %tp = getelementptr double, ptr %tr, i64 %col
@@ -265,80 +313,58 @@ entry:
   %evals = load {ivec}, ptr %vp, align 8
   %n.0 = sitofp {ivec} %steps to {vec}
   %is.found = icmp ne {ivec} %found, zeroinitializer
-  %eps.1 = insertelement {vec} poison, double %eps, i32 0
-  %eps.v = shufflevector {vec} %eps.1, {vec} poison, <{LANES} x i32> zeroinitializer
+{splat("eps.v", "%eps")}
   %limit = select <{LANES} x i1> %is.found, {vec} {_vector("0xFFF0000000000000")}, {vec} %eps.v
-  %step.1 = insertelement {vec} poison, double %step, i32 0
-  %step.v = shufflevector {vec} %step.1, {vec} poison, <{LANES} x i32> zeroinitializer
-  %c.1 = insertelement {vec} poison, double %c, i32 0
-  %c.v = shufflevector {vec} %c.1, {vec} poison, <{LANES} x i32> zeroinitializer
+{splat("step.v", "%step")}
+  %n.1 = fadd {vec} %n.0, {_vector("1.0")}
+  %t.1 = fmul {vec} %n.1, %step.v
+  %h.1 = fsub {vec} %t.1, %t.0
+{rows("first", first)}
   br label %loop
 loop:
-  %k = phi i64 [ 0, %entry ], [ %k.1, %next ]
-  %ys = phi ptr [ %y0, %entry ], [ %yd, %next ]
-  %fs = phi ptr [ %f0, %entry ], [ %fd, %next ]
-  %yd = phi ptr [ %y1, %entry ], [ %ys, %next ]
-  %fd = phi ptr [ %f1, %entry ], [ %fs, %next ]
-  %t = phi {vec} [ %t.0, %entry ], [ %t.1, %next ]
-  %n = phi {vec} [ %n.0, %entry ], [ %n.1, %next ]
-  %e = phi {vec} [ %e.0, %entry ], [ %e.1, %next ]
-  %go = icmp slt i64 %k, %q
-  br i1 %go, label %advance, label %exit
-advance:
-  %n.1 = fadd {vec} %n, {_vector("1.0")}
-  %t.1 = fmul {vec} %n.1, %step.v
-  %h = fsub {vec} %t.1, %t
-  br label %update
-update:
-  %p.u = phi i64 [ 0, %advance ], [ %p.u1, %update ]{row_loop.format(tag="u", src="%ys", dst="%yd")}
-  %fr = getelementptr double, ptr %fs, i64 %off.u
-  %yv = load {vec}, ptr %a.u, align 8
-  %fv = load {vec}, ptr %fr, align 8
-  %cf = fmul {vec} %c.v, %fv
-  %hcf = fmul {vec} %h, %cf
-  %yn = fadd {vec} %yv, %hcf
-  store {vec} %yn, ptr %b.u, align 8
-  %p.u1 = add i64 %p.u, 1
-  %more.u = icmp slt i64 %p.u1, {size}
-  br i1 %more.u, label %update, label %flow
-flow:
-{chr(10).join(calls)}
-  %e.1 = load {vec}, ptr %excp, align 8
-  %above = fcmp ogt {vec} %e.1, %limit
-  %below = fcmp ole {vec} %e.1, %bound
-  %finite = fcmp olt {vec} %e.1, {_vector("0x7FF0000000000000")}
+  %j = phi i64 [ 0, %first.end ], [ %j.1, %next ]
+  %kept = phi ptr [ %s0, %first.end ], [ %new, %next ]
+  %new = phi ptr [ %s1, %first.end ], [ %free, %next ]
+  %free = phi ptr [ %s2, %first.end ], [ %kept, %next ]
+  %t = phi {vec} [ %t.0, %first.end ], [ %tn, %next ]
+  %e = phi {vec} [ %e.0, %first.end ], [ %e.n, %next ]
+  %tn = phi {vec} [ %t.1, %first.end ], [ %tnn, %next ]
+  %nn = phi {vec} [ %n.1, %first.end ], [ %nnn, %next ]
+  %go = icmp slt i64 %j, %q
+  br i1 %go, label %pass, label %exit
+pass:
+  %nnn = fadd {vec} %nn, {_vector("1.0")}
+  %tnn = fmul {vec} %nnn, %step.v
+  %h = fsub {vec} %tnn, %tn
+{chr(10).join(c.format(y="%new", out="%free", w="%ws", h="%h") for c in step)}
+  %e.n = load {vec}, ptr %excp, align 8
+  %above = fcmp ogt {vec} %e.n, %limit
+  %below = fcmp ole {vec} %e.n, %bound
+  %finite = fcmp olt {vec} %e.n, {_vector("0x7FF0000000000000")}
   %ok.1 = and <{LANES} x i1> %above, %below
   %ok.v = and <{LANES} x i1> %ok.1, %finite
   %ok.b = bitcast <{LANES} x i1> %ok.v to i{LANES}
   %ok = icmp eq i{LANES} %ok.b, -1
   br i1 %ok, label %next, label %exit
 next:
-  %k.1 = add i64 %k, 1
+  %j.1 = add i64 %j, 1
   br label %loop
 exit:
-  %moved = icmp ne ptr %ys, %y0
+  %moved = icmp ne i64 %j, 0
   br i1 %moved, label %copy, label %done
 copy:
-  %p.c = phi i64 [ 0, %exit ], [ %p.c1, %copy ]{row_loop.format(tag="c", src="%ys", dst="%y0")}
-  %fa.c = getelementptr double, ptr %fs, i64 %off.c
-  %fb.c = getelementptr double, ptr %f0, i64 %off.c
-  %yc = load {vec}, ptr %a.c, align 8
-  %fc = load {vec}, ptr %fa.c, align 8
-  store {vec} %yc, ptr %b.c, align 8
-  store {vec} %fc, ptr %fb.c, align 8
-  %p.c1 = add i64 %p.c, 1
-  %more.c = icmp slt i64 %p.c1, {size}
-  br i1 %more.c, label %copy, label %done
+{rows("copy", copy)}
+{chr(10).join(c.format(y="%y0", out="%f0", w="%wt", h="zeroinitializer") for c in flow)}
+  br label %done
 done:
   store {vec} %t, ptr %tp, align 8
   store {vec} %e, ptr %ep, align 8
-  %k.i = insertelement {ivec} poison, i64 %k, i32 0
-  %k.v = shufflevector {ivec} %k.i, {ivec} poison, <{LANES} x i32> zeroinitializer
+{splat("k.v", "%j", ivec, "i64")}
   %steps.1 = add {ivec} %steps, %k.v
   %evals.1 = add {ivec} %evals, %k.v
   store {ivec} %steps.1, ptr %sp, align 8
   store {ivec} %evals.1, ptr %vp, align 8
-  ret i64 %k
+  ret i64 %j
 }}
 """
 

@@ -94,6 +94,7 @@ class Block(NamedTuple):
     col_work: np.ndarray
     f: np.ndarray  # (12, W)
     i: np.ndarray  # (8, W)
+    tiles: np.ndarray  # (3P + work rows, LANES): the memory of a tile in the cruise (sweep.kernel.shaped.cruise_ir)
 
 
 def _zeros(shape) -> np.ndarray:
@@ -117,6 +118,7 @@ def block_arrays(size: int, work_rows: int, stages: int, width: int) -> Block:
         col_work=z((work_rows, 1)),
         f=z((12, width)),
         i=np.zeros((8, width), np.int64),
+        tiles=z((3 * size + work_rows, flows.LANES)),
     )
 
 
@@ -221,9 +223,9 @@ def _cruise(g, meth, opt, tc, blk, cur, m):
     that stays in the cache. The step that meets an event — it reaches a checkpoint or the horizon, crosses ε or
     blows up — is left to :func:`_step`, which takes every trajectory's next step as it would have anyway: the
     numbers are those of one step at a time."""
-    if meth.adaptive or len(meth.b) != 1 or g.shaped_width != blk.i.shape[1]:
+    if meth.adaptive or len(meth.b) != 1 or meth.b[0] != 1.0 or g.shaped_width != blk.i.shape[1]:
         return
-    y, f0, yb, fb = blk.ys[cur], blk.k[blk.kmap[0]], blk.ys[1 - cur], blk.k[blk.kmap[1]]
+    y, f0 = blk.ys[cur], blk.k[blk.kmap[0]]
     for tile in range(m // flows.LANES):
         q = opt.n_steps
         for b in range(tile * flows.LANES, (tile + 1) * flows.LANES):
@@ -233,8 +235,7 @@ def _cruise(g, meth, opt, tc, blk, cur, m):
             g.cruise(
                 y.ctypes.data,
                 f0.ctypes.data,
-                yb.ctypes.data,
-                fb.ctypes.data,
+                blk.tiles.ctypes.data,
                 blk.work.ctypes.data,
                 g.target.ctypes.data,
                 f[T].ctypes.data,
@@ -247,7 +248,6 @@ def _cruise(g, meth, opt, tc, blk, cur, m):
                 g.tail,
                 opt.step,
                 opt.eps,
-                meth.b[0],
                 tile,
                 q,
             )
