@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sweep import kernel
-from sweep.schema import Status
 from sweep.kernel import flows, shaped
+from sweep.schema import Status
 
 SHAPES = [  # dims (d_0 = dx … d_N = dy)
     (5, 1),

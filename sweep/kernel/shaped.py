@@ -41,8 +41,9 @@ SIGNATURE = types.void(
 # pointers where numba passes addresses (the same 64-bit registers); distinct arrays, hence noalias
 ARGS = ", ".join(f"ptr noalias %{a}" for a in ("y", "out", "exc", "work", "target")) + ", double %tl, i64 %t0, i64 %t1"
 # cruise(y, f, tiles, work, target, t, exc, exc_new, bound, found, steps, evals, tail, step, eps, tile, q) → the
-# steps taken: the block's state and flow, the cruise's own memory (Block.tiles), the work array and the target; the rows t, exc,
-# exc_new and bound of Block.f and found, steps and evals of Block.i (sweep.kernel.stepper); the tile, at most q steps
+# steps taken: the block's state and flow, the cruise's own memory (Block.tiles), the work array, the target; the
+# rows t, exc, exc_new and bound of Block.f and found, steps and evals of Block.i (sweep.kernel.stepper); the tile,
+# at most q steps
 CRUISE_SIGNATURE = types.int64(*[types.uintp] * 12, *[types.float64] * 3, types.int64, types.int64)
 CRUISE_PTRS = ("ya", "fa", "tiles", "work", "target", "tr", "excr", "excn", "boundr", "foundr", "stepsr", "evalsr")
 CRUISE_ARGS = ", ".join(f"ptr noalias %{a}" for a in CRUISE_PTRS) + (
