@@ -210,12 +210,13 @@ def _parts(g, width: int, name: str, step: bool) -> tuple[list[str], list[str]]:
     e = keep(e, lambda a, c: int(g.e_off) + a * d[0] + c)
     v = lambda a, c: e(c, a)  # noqa: E731 — V_0 = Eᵀ (D_0 × r)
     for i in range(n - 1):  # the flow of layer i, S_{i+1}ᵀ V_iᵀ, stored at once; then V_{i+1} = L_i V_i
-        for a in range(d[i + 1]):  # a function per row (split): the row's operands fit in registers, no spills
+        # split: a function per row, whose operands fit in registers (all rows at once spill); else all at once
+        for rows in [[a] for a in range(d[i + 1])] if split else [range(d[i + 1])]:
             cut()
-            for (_, c), value in matmul(
-                lambda _, k, i=i, a=a: s[i + 1](k, a), lambda k, c, v=v: v(c, k), 1, r, d[i]
+            for (a, c), value in matmul(
+                lambda a, k, i=i, rows=rows: s[i + 1](k, rows[a]), lambda k, c, v=v: v(c, k), len(rows), r, d[i]
             ).items():
-                flow(i, a, c, value)
+                flow(i, rows[a], c, value)
         cut()
         v = keep(matmul(layer(i), v, d[i + 1], d[i], r), lambda a, c, i=i: int(g.v_off[i + 1]) + a * r + c)
     cut()
