@@ -11,6 +11,11 @@ stepper once for every shape. Every sum is taken in the generic code's order —
 inner index in groups of four, then the rest one by one — with no contraction to fused multiply-adds: both
 give the same bits, and the columns outside whole tiles run the generic code.
 
+With the flow comes the cruise (:func:`cruise_ir`, called by :func:`sweep.kernel.stepper._cruise`): Euler steps of
+one tile, many at a time, each a single pass that writes y + h·f(y) as the flow goes, on a copy of the tile
+whose rows are contiguous — until a checkpoint, the horizon, an ε-crossing or a blow-up, which the generic
+stepper takes. Its numbers are those of one step at a time.
+
 Compiled code is kept on disk with the kernel's (``cache.FOLDER/shaped``), named by a hash of the code and of the
 CPU it was compiled for.
 """

@@ -6,8 +6,9 @@ results are written out, the block's last live column takes its place, and the f
 next trajectories of the batch: finished trajectories cost nothing. The driver loop, :func:`integrate`,
 reads:
 
-    load the next trajectories → retire the finished → choose each step's end → take the step →
-    control its error → accept (ε-crossing, checkpoints, status) → commit the accepted steps
+    load the next trajectories → retire the finished → cruise (Euler: the steps before the next event, many
+    at a time) → choose each step's end → take the step → control its error → accept (ε-crossing,
+    checkpoints, status) → commit the accepted steps
 
 with one function per concept below: :func:`_step` (stages), :func:`_control` (error norm and step-size
 control of Hairer–Nørsett–Wanner, as scipy's RK45), :func:`_dense` (the step's interpolant),

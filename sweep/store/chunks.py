@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from numcodecs import zstd
+from numcodecs import Zstd, zstd
+from zarr.storage import _local as zarr_local
 
 from ..batch import regions
 from ..errors import StoreDamaged
@@ -164,6 +165,7 @@ def write_batch(
     the new values; the rest of the chunk is read back and rewritten unchanged. ``check()`` is called
     before each variable is written (the driver's lock: :meth:`sweep.lock.StoreLock.check`)."""
     partial = mask is not None and not np.all(mask)
+    root = _root(group)
     for name in [n for n in results_of(group) if n != "status"] + ["status"]:
         values = results[name]
         arr = group[name].with_config({"write_empty_chunks": True})  # on disk even when all fill (EVERY_CHUNK)
@@ -171,7 +173,30 @@ def write_batch(
             values = arr[region]
             values[mask] = results[name][mask]
         check()
-        arr[region] = values
+        if not (root is not None and _write_direct(arr, root, region, values)):
+            arr[region] = values
+
+
+def _write_direct(arr: zarr.Array, root: str, region: tuple[slice, ...], values: np.ndarray) -> bool:
+    """Write ``values`` as the chunk file of a whole chunk ``region`` of ``arr`` (in the store at ``root``) as Zarr
+    writes it — the chunk's bytes in the codec's byte order, one zstd frame at the codec's level, written aside
+    and renamed into place — in a tenth of Zarr's time (its asynchronous machinery costs ~2 ms of CPU a chunk,
+    which the driver's writes take from the workers). False, with nothing written, unless ``arr`` has the
+    store's own codecs (bytes + zstd) and ``region`` is one whole chunk."""
+    chunks = arr.chunks
+    whole = values.shape == chunks and not any(s.start % c for s, c in zip(region, chunks))
+    if not (whole and _zstd_only(arr) and hasattr(zarr_local, "_atomic_write")):
+        return False
+    bytes_codec, zstd_codec = arr.metadata.codecs
+    order = "<" if str(getattr(bytes_codec.endian, "value", "little")) == "little" else ">"
+    raw = np.ascontiguousarray(values, dtype=np.dtype(arr.dtype).newbyteorder(order)).tobytes()
+    data = Zstd(level=zstd_codec.level, checksum=zstd_codec.checksum).encode(raw)
+    corner = tuple(s.start // c for s, c in zip(region, chunks))
+    path = Path(root) / arr.path / chunk_keys(arr, [corner])[0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zarr_local._atomic_write(path, "wb") as f:  # Zarr's own: a *.partial file beside it, renamed onto it
+        f.write(data)
+    return True
 
 
 def chunk_keys(arr: zarr.Array, corners: list[tuple[int, ...]]) -> list[str]:
