@@ -124,7 +124,7 @@ def run_kernel(mod, dims, layers, steps, model=None):
 
 
 def generic_rate(model, call, steps, repeats):
-    """traj-steps/s with the flow compiled per shape switched off; None for a kernel without it."""
+    """traj-steps/s with the flow compiled per shape (and its cruise) switched off; None for a kernel without it."""
     try:
         from sweep.kernel import shaped
     except ImportError:
