@@ -297,6 +297,9 @@ def test_linflow_writes_whole_chunks_with_zarrs_own_bytes(reference, tmp_path):
         direct += _write_direct(a["loss"], str(ours), region, values["loss"])
         assert edge == (not _write_direct(a["status"], str(ours), region, values["status"]))
     assert direct == 4, "the whole chunks of the 2 × 2 × 2 grid of chunks"
+    whole = next(r for r in regions(shape, chunks) if r[-1].stop - r[-1].start == chunks[-1])
+    read_only = zarr.open_group(ours, mode="r")
+    assert not _write_direct(read_only["loss"], str(ours), whole, a["loss"][whole]), "Zarr's read-only mode holds"
     files = sorted(p.relative_to(ours) for n in results_of(a) for p in (ours / n).rglob("*") if p.is_file())
     files = [f for f in files if f.name != "zarr.json"]
     assert len(files) == 8 * len(results_of(a)) and not list(ours.rglob("*.partial"))

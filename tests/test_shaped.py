@@ -3,6 +3,7 @@ for networks of every orientation and rank, at every position of a block — in 
 before and after them, in blocks that are not a multiple of the tile — and through whole integrations.
 The generic flow itself is checked against independent solutions in tests/test_kernel.py."""
 
+import ctypes
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sweep import kernel
-from sweep.kernel import flows, shaped
+from sweep.kernel import flows, shaped, stepper
 from sweep.schema import Status
 
 SHAPES = [  # dims (d_0 = dx … d_N = dy)
@@ -179,5 +180,61 @@ def test_cruise_numbers_do_not_depend_on_the_block_or_the_order():
     order = np.random.default_rng(1).permutation(45)
     for block, rows in [(24, slice(None)), (40, order), (72, order[::-1])]:
         other = kernel.integrate(m, y0[rows], kernel.METHODS["euler"], block=block, **kw)
-        for name in ("excess", "time_to_eps", "status", "steps", "y_final", "w"):
+        for name in ("excess", "time_to_eps", "status", "steps", "rhs_evals", "y_final", "w"):
             assert np.array_equal(getattr(base, name)[rows], getattr(other, name), equal_nan=True), (block, name)
+
+
+def _cruise(g, blk, tile, q, step, eps):
+    """The compiled cruise of ``g`` called directly: the steps it kept."""
+    f, i = blk.f, blk.i
+    call = ctypes.CFUNCTYPE(
+        ctypes.c_int64, *[ctypes.c_void_p] * 12, *[ctypes.c_double] * 3, ctypes.c_int64, ctypes.c_int64
+    )
+    rows = [f[r] for r in (stepper.T, stepper.EXC, stepper.EXC_NEW, stepper.BOUND)] + [
+        i[r] for r in (stepper.FOUND, stepper.STEPS, stepper.EVALS)
+    ]
+    arrays = [blk.ys[0], blk.k[0], blk.tiles, blk.work, g.target, *rows]
+    return call(g.cruise.address)(*(a.ctypes.data for a in arrays), g.tail, step, eps, tile, q)
+
+
+@pytest.mark.parametrize("dims", [(5, 4, 4, 1), (2, 9, 9, 9, 9, 5)])  # registers; split into functions
+def test_the_cruise_takes_a_tiles_euler_steps_and_stops_before_a_crossing(dims):
+    """stepper._cruise's compiled core against Euler's steps written out here with the generic flow: q steps
+    kept (y, its flow, t, the excess loss and the counters as after q steps), other tiles untouched; and, with ε
+    between two of a lane's excess losses, the steps before the one that crosses it."""
+    m = model(dims, seed=11)
+    width, step, q = 24, 0.01, 7
+    g = shaped.specialize(m.geometry, width, cruise=True)
+    rng = np.random.default_rng(11)
+    y = rng.standard_normal((m.size, width)) * 0.5
+    exc0 = np.zeros(width)
+    flows.rhs(m.geometry, y, f0 := np.zeros_like(y), 0, width, exc0, np.zeros((m.geometry.work_rows, width)))
+    path = [(y, f0, exc0)]  # Euler, one step at a time, t_n = n·step
+    for n in range(q):
+        h = (n + 1) * step - n * step
+        y_next, f_next, e_next = path[-1][0] + h * path[-1][1], np.zeros_like(y), np.zeros(width)
+        flows.rhs(m.geometry, y_next, f_next, 0, width, e_next, np.zeros((m.geometry.work_rows, width)))
+        path.append((y_next, f_next, e_next))
+
+    def block():
+        blk = stepper.block_arrays(m.size, g.work_rows, 1, width)
+        blk.ys[0][:], blk.k[0][:], blk.f[stepper.EXC] = y, f0, exc0
+        blk.f[stepper.BOUND], blk.i[stepper.EVALS] = 1e300, 1
+        return blk
+
+    tile = slice(8, 16)
+    for eps, kept in [(-np.inf, q), (None, 3)]:
+        blk = block()
+        if eps is None:  # lane 10 crosses ε in its fourth step; the others have crossed it already
+            eps = 0.5 * (path[3][2][10] + path[4][2][10])
+            assert path[4][2][10] < path[3][2][10], "a decreasing excess loss to cross"
+            blk.i[stepper.FOUND] = 1
+            blk.i[stepper.FOUND, 10] = 0
+        assert _cruise(g, blk, 1, q, step, eps) == kept
+        y_k, f_k, e_k = path[kept]
+        assert np.array_equal(blk.ys[0][:, tile], y_k[:, tile]) and np.array_equal(blk.k[0][:, tile], f_k[:, tile])
+        assert np.array_equal(blk.f[stepper.EXC, tile], e_k[tile])
+        assert np.all(blk.f[stepper.T, tile] == kept * step)
+        assert np.all(blk.i[stepper.STEPS, tile] == kept) and np.all(blk.i[stepper.EVALS, tile] == 1 + kept)
+        others = np.r_[0:8, 16:24]
+        assert np.array_equal(blk.ys[0][:, others], y[:, others]) and np.all(blk.i[stepper.STEPS, others] == 0)

@@ -295,7 +295,8 @@ def integrate(
         np.full((nb, len(tc), model.dy * model.dx), np.nan),
     )
     width = block or block_width(size)
-    g = shaped.specialize(model.geometry, width)
+    euler = not method.adaptive and len(method.b) == 1 and method.b[0] == 1.0  # stepper._cruise's steps
+    g = shaped.specialize(model.geometry, width, cruise=euler)
     blk = stepper.block_arrays(size, max(1, g.work_rows), method.stages, width)
     stepper.integrate(g, _compiled(method), opt, y0, tc, out, blk)
     status, steps, evals = out.counts

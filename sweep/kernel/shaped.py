@@ -4,9 +4,9 @@ through llvmlite (which numba is built on) in a fraction of a second.
 
 With the shape and the block width known, every product is unrolled, every offset is a number, the
 intermediates S_i, E and V_i stay in registers (up to SPLIT multiply-adds; larger networks are cut into a
-function per product, passing them through the work array), and a tile's flow is one run of vector
-instructions: the loads of the state, the multiply-adds, the stores of the flow. :func:`sweep.kernel.flows.rhs` calls it
-through the pointer ``g.shaped`` of the :class:`~sweep.kernel.flows.Geometry`, so numba compiles the
+function per product or per row of a layer's flow, passing them through the work array), and a tile's flow
+is one run of vector instructions: the loads of the state, the multiply-adds, the stores of the flow.
+:func:`sweep.kernel.flows.rhs` calls it through the pointer ``g.shaped`` of the :class:`~sweep.kernel.flows.Geometry`, so numba compiles the
 stepper once for every shape. Every sum is taken in the generic code's order — the first product, then the
 inner index in groups of four, then the rest one by one — with no contraction to fused multiply-adds: both
 give the same bits, and the columns outside whole tiles run the generic code.
@@ -36,14 +36,15 @@ from .flows import LANES
 
 MAX_WORK = 5000  # multiply-adds per trajectory: larger networks take seconds to compile; they run the generic
 # code (bench/RESULTS.md §1)
-SPLIT = 600  # above this many, a function per product (:func:`ir`)
+SPLIT = 600  # above this many, a function per product or row (:func:`_parts`)
 VEC = f"<{LANES} x double>"
 # flow(y, out, exc, work, target, tail, t0, t1): the addresses of the blocks y and out (P, width), exc (width,),
 # work (rows, width) and of the oriented target (r × D_0, row-major), the tail; whole tiles t0 … t1 − 1
 SIGNATURE = types.void(
     types.uintp, types.uintp, types.uintp, types.uintp, types.uintp, types.float64, types.int64, types.int64
 )
-# pointers where numba passes addresses (the same 64-bit registers); distinct arrays, hence noalias
+# pointers where numba passes addresses (the same 64-bit registers); no two reach the same memory (distinct
+# arrays, or distinct rows of one), hence noalias
 ARGS = ", ".join(f"ptr noalias %{a}" for a in ("y", "out", "exc", "work", "target")) + ", double %tl, i64 %t0, i64 %t1"
 # cruise(y, f, tiles, work, target, t, exc, exc_new, bound, found, steps, evals, tail, step, eps, tile, q) → the
 # steps taken: the block's state and flow, the cruise's own memory (Block.tiles), the work array, the target; the
@@ -75,32 +76,34 @@ def work(g) -> int:
     return 3 * d[n] * sum(d[i] * d[i + 1] for i in range(n - 1)) + d[n] * d[0]
 
 
-def specialize(g, width: int):
-    """``g`` with the flow (and the cruise) compiled for its shape and blocks ``width`` wide when that pays:
-    layerwise, loss PLAIN, at most MAX_WORK multiply-adds, ``width`` a multiple of LANES; else ``g`` itself."""
+def specialize(g, width: int, cruise: bool = False):
+    """``g`` with the flow compiled for its shape and blocks ``width`` wide when that pays: layerwise, loss
+    PLAIN, at most MAX_WORK multiply-adds, ``width`` a multiple of LANES; else ``g`` itself. With ``cruise``
+    (Euler's runs), the cruise too; without, a stub (half the code to compile)."""
     if g.kind != 0 or int(g.loss) != 0 or work(g) > MAX_WORK or width % LANES:
         return g
-    layout = (width, int(g.e_off), *(tuple(int(x) for x in a) for a in (g.dims, g.off, g.rs, g.cs, g.s_off, g.v_off)))
+    arrays = (g.dims, g.off, g.rs, g.cs, g.s_off, g.v_off)
+    layout = (width, cruise, int(g.e_off), *(tuple(int(x) for x in a) for a in arrays))
     if layout not in _by_layout:  # what ir reads of g: its text is generated once per process (20 ms at N = 8)
-        _by_layout[layout] = _pointers(ir(g, width))
+        _by_layout[layout] = _pointers(ir(g, width, cruise))
     flow, cruise = _by_layout[layout]
     return g._replace(shaped=flow, cruise=cruise, shaped_width=width)
 
 
 def none() -> dict:
     """The Geometry fields of geometries without compiled code (never called: ``shaped_width`` is 0)."""
-    flow, cruise = _pointers(
-        f"define void @flow({ARGS}) {{\n  ret void\n}}\ndefine i64 @cruise({CRUISE_ARGS}) {{\n  ret i64 0\n}}\n"
-    )
+    flow, cruise = _pointers(f"define void @flow({ARGS}) {{\n  ret void\n}}\n{NO_CRUISE}")
     return {"shaped": flow, "cruise": cruise, "shaped_width": 0}
 
 
-def ir(g, width: int) -> str:
+NO_CRUISE = f"define i64 @cruise({CRUISE_ARGS}) {{\n  ret i64 0\n}}\n"  # never called (stepper._cruise)
+
+
+def ir(g, width: int, cruise: bool = True) -> str:
     """LLVM IR of the flow of layerwise geometry ``g`` (loss PLAIN) on whole tiles of blocks ``width`` wide
-    (``@flow``), and of the cruise (``@cruise``, :func:`cruise_ir`) built on it."""
+    (``@flow``), and of the cruise (``@cruise``, :func:`cruise_ir`) built on it, or a stub."""
     n, d = int(g.depth), [int(x) for x in g.dims]
     flow, flow_calls = _parts(g, width, "flow", False)
-    step, step_calls = _parts(g, LANES, "step", True)  # on the cruise's own memory: a tile's rows one after the other
     tile = [
         f"define void @flow({ARGS}) {{",
         "entry:",
@@ -121,17 +124,21 @@ def ir(g, width: int) -> str:
         "  ret void",
         "}",
     ]
+    if not cruise:
+        return "\n".join(flow + tile) + "\n" + NO_CRUISE
+    step, step_calls = _parts(g, LANES, "step", True)  # on the cruise's own memory: a tile's rows one after the other
     size = sum(d[i] * d[i + 1] for i in range(n))
     return "\n".join(flow + step + tile + [cruise_ir(width, size, flow_calls, step_calls)]) + "\n"
 
 
 def _parts(g, width: int, name: str, step: bool) -> tuple[list[str], list[str]]:
-    """The functions of the flow, and the calls that run it on a tile (templates of {y}, {out}, {h}).
+    """The functions of the flow, and the calls that run it on a tile (templates of {y}, {out}, {w}, {h}).
 
     The flow reads the state at {y} and writes its flow at {out}; or (``step``) writes the Euler step
     y + h·f(y) at {out} in its place, each element as soon as its flow is known, h the lanes' step sizes.
     A network of up to SPLIT multiply-adds is one function whose intermediates stay in registers. A larger
-    one is cut into a function per product, the intermediates passed through the work array (its rows as
+    one is cut into a function per product (and per row of a layer's flow, whose operands then fit in
+    registers), the intermediates passed through the work array (its rows as
     :func:`sweep.kernel.flows._layerwise` places them): LLVM's time grows faster than the length of a
     function, and a product's worth of code keeps it to a fraction of a second."""
     n, d = int(g.depth), [int(x) for x in g.dims]
@@ -284,14 +291,12 @@ rows.{tag}:
 
     first = f"""  %a.first = getelementptr double, ptr %y0, i64 %off.first
   %g.first = getelementptr double, ptr %f0, i64 %off.first
-  %b.first = getelementptr double, ptr %s0, i64 %at.first
   %c.first = getelementptr double, ptr %s1, i64 %at.first
   %y.first = load {vec}, ptr %a.first, align 8
   %f.first = load {vec}, ptr %g.first, align 8
-  store {vec} %y.first, ptr %b.first, align 8
   %hf.first = fmul {vec} %h.1, %f.first
   %z.first = fadd {vec} %y.first, %hf.first
-  store {vec} %z.first, ptr %c.first, align 8"""  # y into the tile's memory, and its first step from f
+  store {vec} %z.first, ptr %c.first, align 8"""  # the first step, from the flow in f (state 0 is y, in the block)
     copy = f"""  %a.copy = getelementptr double, ptr %kept, i64 %at.copy
   %b.copy = getelementptr double, ptr %y0, i64 %off.copy
   %y.copy = load {vec}, ptr %a.copy, align 8

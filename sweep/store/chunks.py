@@ -13,12 +13,16 @@ from pathlib import Path
 import numpy as np
 import zarr
 from numcodecs import Zstd, zstd
-from zarr.storage import _local as zarr_local
 
 from ..batch import regions
 from ..errors import StoreDamaged
 from ..schema import LEGACY_RESULTS, Status
 from . import remote
+
+try:  # Zarr's own atomic write of a file (sweep.store.chunks._write_direct); without it, writes go through Zarr
+    from zarr.storage import _local as zarr_local
+except ImportError:  # pragma: no cover — another Zarr layout
+    zarr_local = None
 
 
 def results_of(group: zarr.Group) -> tuple[str, ...]:
@@ -83,11 +87,12 @@ def _read_direct(arr: zarr.Array, root: str, shape, chunks) -> tuple[np.ndarray,
 
 
 def _root(group: zarr.Group) -> str | None:
-    """The folder of a group of a store on the local disk (None for other stores)."""
+    """The folder of the root group of a store on the local disk (None for other stores and groups: the paths
+    of a group's arrays, ``arr.path``, are taken from the store's root)."""
     root = getattr(group.store, "root", None)
-    if not isinstance(group.store, zarr.storage.LocalStore) or root is None:
+    if not isinstance(group.store, zarr.storage.LocalStore) or root is None or group.path:
         return None
-    return os.path.join(str(root), group.path) if group.path else str(root)
+    return str(root)
 
 
 def _read_chunk(root: str, name: str, nbytes: int) -> bytes:
@@ -163,7 +168,8 @@ def write_batch(
 ) -> None:
     """Write one batch as whole chunks, ``status`` last. With ``mask``, only the masked cells take
     the new values; the rest of the chunk is read back and rewritten unchanged. ``check()`` is called
-    before each variable is written (the driver's lock: :meth:`sweep.lock.StoreLock.check`)."""
+    before each variable is written (the driver's lock: :meth:`sweep.lock.StoreLock.check`). A whole chunk of
+    a store on disk is written directly (:func:`_write_direct`), anything else through Zarr."""
     partial = mask is not None and not np.all(mask)
     root = _root(group)
     for name in [n for n in results_of(group) if n != "status"] + ["status"]:
@@ -185,7 +191,7 @@ def _write_direct(arr: zarr.Array, root: str, region: tuple[slice, ...], values:
     store's own codecs (bytes + zstd) and ``region`` is one whole chunk."""
     chunks = arr.chunks
     whole = values.shape == chunks and not any(s.start % c for s, c in zip(region, chunks))
-    if not (whole and _zstd_only(arr) and hasattr(zarr_local, "_atomic_write")):
+    if not (whole and not arr.read_only and _zstd_only(arr) and hasattr(zarr_local, "_atomic_write")):
         return False
     bytes_codec, zstd_codec = arr.metadata.codecs
     order = "<" if str(getattr(bytes_codec.endian, "value", "little")) == "little" else ">"
