@@ -184,7 +184,8 @@ def compile_sweep():
             for depth in range(1, 11):
                 model = kernel.Layerwise(layer_dims(DX, DY, depth, width), synthetic(50, DX, DY, 0).target)
                 t = time.perf_counter()
-                g = shaped.specialize(model.geometry, kernel.block_width(model.size), cruise=True)  # the most code: Euler
+                # cruise: Euler's code, the most there is to compile
+                g = shaped.specialize(model.geometry, kernel.block_width(model.size), cruise=True)
                 times.append(time.perf_counter() - t)
                 skipped += g.shaped_width == 0
     shaped.FOLDER, shaped._loaded, shaped._by_layout = saved

@@ -2,14 +2,14 @@
 for tiles of LANES trajectories as straight-line vector code in LLVM's own language, and compiled by LLVM
 through llvmlite (which numba is built on) in a fraction of a second.
 
-With the shape and the block width known, every product is unrolled, every offset is a number, the
-intermediates S_i, E and V_i stay in registers (up to SPLIT multiply-adds; larger networks are cut into a
-function per product or per row of a layer's flow, passing them through the work array), and a tile's flow
-is one run of vector instructions: the loads of the state, the multiply-adds, the stores of the flow.
-:func:`sweep.kernel.flows.rhs` calls it through the pointer ``g.shaped`` of the :class:`~sweep.kernel.flows.Geometry`, so numba compiles the
-stepper once for every shape. Every sum is taken in the generic code's order — the first product, then the
-inner index in groups of four, then the rest one by one — with no contraction to fused multiply-adds: both
-give the same bits, and the columns outside whole tiles run the generic code.
+With the shape and the block width known, every product is unrolled, every offset is a number, the intermediates
+S_i, E and V_i stay in registers (up to SPLIT multiply-adds; larger networks are cut into a function per product or
+per row of a layer's flow, passing them through the work array), and a tile's flow is one run of vector
+instructions: the loads of the state, the multiply-adds, the stores of the flow. :func:`sweep.kernel.flows.rhs`
+calls it through the pointer ``g.shaped`` of the :class:`~sweep.kernel.flows.Geometry`, so numba compiles the
+stepper once for every shape. Every sum is taken in the generic code's order — the first product, then the inner
+index in groups of four, then the rest one by one — with no contraction to fused multiply-adds: both give the same
+bits, and the columns outside whole tiles run the generic code.
 
 With the flow comes the cruise (:func:`cruise_ir`, called by :func:`sweep.kernel.stepper._cruise`): Euler steps of
 one tile, many at a time, each a single pass that writes y + h·f(y) as the flow goes, on a copy of the tile
