@@ -188,18 +188,24 @@ def _parts(g, width: int, name: str, step: bool) -> tuple[list[str], list[str]]:
     def add(x, z):
         return emit(f"fadd {VEC} {x}, {z}")
 
-    def matmul(x, z, rows, inner, cols):
-        """{(i, j): Σ_k x(i, k)·z(k, j)}, in flows._matmul's order."""
+    def matmul(x, z, rows, inner, cols, across=False):
+        """{(i, j): Σ_k x(i, k)·z(k, j)}, in flows._matmul's order. ``across``: all outputs side by side, one
+        step of their sums after another (each sum in the same order), so that z is read row after row — a
+        stream through the state, not a jump of a row of z for every multiply-add."""
+        outs = [(i, j) for i in range(rows) for j in range(cols)]
         out = {}
-        for i in range(rows):
-            for j in range(cols):
-                acc, k = mul(x(i, 0), z(0, j)), 1
-                while k + 4 <= inner:
+        for group in [outs] if across else [[o] for o in outs]:
+            acc, k = {(i, j): mul(x(i, 0), z(0, j)) for i, j in group}, 1
+            while k + 4 <= inner:
+                for i, j in group:
                     p = [mul(x(i, k + q), z(k + q, j)) for q in range(4)]
-                    acc, k = add(acc, add(add(p[0], p[1]), add(p[2], p[3]))), k + 4
-                while k < inner:
-                    acc, k = add(acc, mul(x(i, k), z(k, j))), k + 1
-                out[i, j] = acc
+                    acc[i, j] = add(acc[i, j], add(add(p[0], p[1]), add(p[2], p[3])))
+                k += 4
+            while k < inner:
+                for i, j in group:
+                    acc[i, j] = add(acc[i, j], mul(x(i, k), z(k, j)))
+                k += 1
+            out.update(acc)
         return out
 
     def splat(value):
@@ -209,7 +215,8 @@ def _parts(g, width: int, name: str, step: bool) -> tuple[list[str], list[str]]:
     s = {n - 1: layer(n - 1)}  # S_i (r × D_i); S_{N−1} is the last layer
     for i in range(n - 2, -1, -1):
         cut()
-        s[i] = keep(matmul(s[i + 1], layer(i), r, d[i + 1], d[i]), lambda a, c, i=i: int(g.s_off[i]) + a * d[i] + c)
+        product = matmul(s[i + 1], layer(i), r, d[i + 1], d[i], across=split)
+        s[i] = keep(product, lambda a, c, i=i: int(g.s_off[i]) + a * d[i] + c)
     cut()
     e, acc = {}, "zeroinitializer"  # E = Z − W, and Σ E² from 0 as flows._layerwise sums it
     for a in range(r):
