@@ -86,8 +86,8 @@ def specialize(g, width: int, cruise: bool = False):
     layout = (width, cruise, int(g.e_off), *(tuple(int(x) for x in a) for a in arrays))
     if layout not in _by_layout:  # what ir reads of g: its text is generated once per process (20 ms at N = 8)
         _by_layout[layout] = _pointers(ir(g, width, cruise))
-    flow, cruise = _by_layout[layout]
-    return g._replace(shaped=flow, cruise=cruise, shaped_width=width)
+    flow, steps = _by_layout[layout]
+    return g._replace(shaped=flow, cruise=steps, shaped_width=width)
 
 
 def none() -> dict:
