@@ -61,14 +61,16 @@ def warm_up(spec) -> None:
     """Before a worker's first batch: compile the kernel it runs — or load it, once another process of the
     node has (sweep.kernel.cache.compile_once: one compiles, the others wait) — with a tiny call of the same
     argument types. If the warm-up fails, the batch compiles on its own and reports the error per cell."""
-    name = kernel_of(spec)
+    _load(kernel_of(spec))
+
+
+def _load(name: str) -> None:
+    """Compile or load the kernel ``name`` by its tiny call (KERNELS); a failure is left to the first batch,
+    which compiles on its own and reports the error per cell."""
     try:
-        cache.compile_once(name, globals()[KERNELS[name]])
+        cache.compile_once(name, KERNELS[name])
     except Exception:  # noqa: BLE001 — the batch compiles on its own
         pass
-
-
-KERNELS = {"integrate": "_tiny_integration", "exact": "_tiny_exact"}  # a kernel: the warm-up call that loads it
 
 
 def kernel_of(spec) -> str:
@@ -86,10 +88,7 @@ def _preload() -> None:
         return
     for name in names:
         if name in KERNELS:
-            try:
-                cache.compile_once(name, globals()[KERNELS[name]])
-            except Exception:  # noqa: BLE001 — the first batch compiles on its own
-                pass
+            _load(name)
 
 
 def _tiny_integration():
@@ -104,6 +103,9 @@ def _tiny_exact():
 
     exact_time_to_eps(2, np.ones(1), 2.0, np.ones(1), 0.1)
     exact_path(np.full(1, 2), np.ones(1), 2.0, np.ones(1), np.ones((1, 2)))
+
+
+KERNELS = {"integrate": _tiny_integration, "exact": _tiny_exact}  # a kernel: the warm-up call that loads it
 
 
 def _cell_by_cell(spec, problem, region, mask):

@@ -492,6 +492,11 @@ def _flat(*arrays):
     return b[0].shape, [v.ravel() for v in b]
 
 
+def _deep(n, r0, zeta, theta0):
+    """The valid cells with N ≥ 2: those the march serves (N = 1 is explicit)."""
+    return (n >= 2) & np.isfinite(r0) & np.isfinite(theta0) & np.isfinite(zeta) & (r0 > 0) & (zeta > 0)
+
+
 def _kernel(n, r0, zeta, theta0, log_eps, times, horizon=np.inf, stop=False):
     """_cells_kernel on valid cells with N ≥ 2 (1-d arrays; times: cells × T): (T_ε, r, cos θ, sin θ, excess).
     Every call passes the same argument types: one compiled version serves all the public functions."""
@@ -537,7 +542,7 @@ def _curves(n, r0, zeta, theta0, t):
         with np.errstate(invalid="ignore", divide="ignore"):
             cos[one], sin[one] = np.where(r[one] > 0, a / r[one], 1.0), np.where(r[one] > 0, b / r[one], 0.0)
         excess[one] = initial_excess(r0, zeta, theta0)[one, None] * e**2
-    deep = (n >= 2) & np.isfinite(r0) & np.isfinite(theta0) & np.isfinite(zeta) & (r0 > 0) & (zeta > 0)
+    deep = _deep(n, r0, zeta, theta0)
     if deep.any():
         r[deep], cos[deep], sin[deep], excess[deep] = _kernel(
             n[deep], r0[deep], zeta[deep], theta0[deep], np.full(deep.sum(), np.nan), t[deep]
@@ -569,7 +574,7 @@ def exact_run(depth, r0, zeta, theta0, eps, times, horizon, stop_at_eps):
     cols = np.append(np.asarray(times, dtype=float), horizon)
     t_eps = np.full(len(n), np.nan)
     r, cos, sin, excess = (np.full((len(n), len(cols)), np.nan) for _ in range(4))
-    deep = (n >= 2) & np.isfinite(r0) & np.isfinite(theta0) & np.isfinite(zeta) & (r0 > 0) & (zeta > 0)
+    deep = _deep(n, r0, zeta, theta0)
     if (~deep).any():  # N = 1 (explicit) and invalid cells
         some = ~deep
         t_eps[some] = exact_time_to_eps(n[some], r0[some], zeta[some], theta0[some], eps)
