@@ -102,11 +102,11 @@ PRELOAD_MODULE = "sweep.task"
 
 def preload(kernels) -> str:
     """The value of PRELOAD_VAR: this process's own ``sweep`` package (a worker whose preloaded copy is another
-    one sets it aside: :func:`sweep.task._preload`) and the kernels to load ('integrate', 'exact')."""
+    one sets it aside: :func:`sweep.task._preload`) and the kernels to load (models: :data:`sweep.task.KERNELS`)."""
     return json.dumps({"package": str(Path(__file__).resolve().parent), "kernels": sorted(set(kernels))})
 
 
-def connect(address: str | None = None, workers: int | None = None, kernels=("integrate",)) -> bool:
+def connect(address: str | None = None, workers: int | None = None, kernels=("layerwise",)) -> bool:
     """Attach to the Ray cluster at ``address`` (or RAY_ADDRESS), else start a local instance with
     ``workers`` CPUs (default: all), whose workers — Ray starts one per CPU ahead of time — import the
     task and load ``kernels`` as soon as they start (:data:`PRELOAD_VAR`). Returns True when this call

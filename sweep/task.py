@@ -34,7 +34,6 @@ import numpy as np  # noqa: E402
 from . import batch as batches  # noqa: E402
 from . import kernel  # noqa: E402
 from .kernel import cache  # noqa: E402
-from .models import MODELS  # noqa: E402
 from .schema import Status, plain  # noqa: E402
 
 
@@ -74,8 +73,9 @@ def _load(name: str) -> None:
 
 
 def kernel_of(spec) -> str:
-    """The kernel the cells of ``spec`` run ('integrate' or 'exact'; :func:`warm_up`)."""
-    return "integrate" if MODELS[spec.model].integrated else "exact"
+    """The kernel the cells of ``spec`` run — its model's name: each model's code is compiled apart
+    (:func:`warm_up`)."""
+    return spec.model
 
 
 def _preload() -> None:
@@ -91,11 +91,15 @@ def _preload() -> None:
             _load(name)
 
 
-def _tiny_integration():
-    model = kernel.Layerwise((1, 1), np.ones((1, 1)))
+def _tiny_integration(model=None):
+    model = model or kernel.Layerwise((1, 1), np.ones((1, 1)))
     kernel.integrate(
-        model, np.zeros((1, 1)), kernel.DOPRI5, horizon=1.0, checkpoints=[1.0], eps=0.1, rtol=1e-3, atol=1e-6
+        model, np.zeros((1, model.size)), kernel.DOPRI5, horizon=1.0, checkpoints=[1.0], eps=0.1, rtol=1e-3, atol=1e-6
     )
+
+
+def _tiny_induced():
+    _tiny_integration(kernel.Induced(2, np.ones((1, 1))))
 
 
 def _tiny_exact():
@@ -105,7 +109,8 @@ def _tiny_exact():
     exact_path(np.full(1, 2), np.ones(1), 2.0, np.ones(1), np.ones((1, 2)))
 
 
-KERNELS = {"integrate": _tiny_integration, "exact": _tiny_exact}  # a kernel: the warm-up call that loads it
+# a kernel (a model's compiled code): the warm-up call that loads it
+KERNELS = {"layerwise": _tiny_integration, "induced": _tiny_induced, "exact": _tiny_exact}
 
 
 def _cell_by_cell(spec, problem, region, mask):

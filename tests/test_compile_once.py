@@ -47,6 +47,8 @@ print(json.dumps({
     "folder": str(cache.FOLDER),
     "misses": sum(sum(d.stats.cache_misses.values()) for d in compiled),
     "hits": sum(sum(d.stats.cache_hits.values()) for d in compiled),
+    "compiled": sorted(n for m in (flows, stepper) for n, d in vars(m).items() if getattr(d, "stats", None)
+                       and sum(d.stats.cache_misses.values())),
     "digest": digest,
     "seconds": time.perf_counter() - started,
 }))
@@ -114,6 +116,20 @@ def test_the_closed_form_is_warmed_up_too(node):
     assert first["misses"] > 0  # `model: exact` compiles its own functions, once
     assert second["misses"] == 0 and second["hits"] > 0, second  # the warm-up covered what the batch runs
     assert second["digest"] == first["digest"]
+
+
+@pytest.mark.slow
+def test_a_layerwise_run_compiles_none_of_the_induced_flows_code(node):
+    reports, cache_dir, cwd = node
+    layerwise = next(r for r in reports if r["misses"])
+    assert "_layerwise" in layerwise["compiled"], layerwise["compiled"]
+    for name in ("_induced_column", "_induced_general", "_matrix_flow", "_truncate"):  # the SVDs among them
+        assert name not in layerwise["compiled"], layerwise["compiled"]
+    induced = _report(_start(["-c", CHILD, "induced"], cache_dir, cwd))
+    again = _report(_start(["-c", CHILD, "induced"], cache_dir, cwd))
+    assert "_induced_column" in induced["compiled"]  # compiled for its first run: it was in no earlier one
+    assert again["misses"] == 0 and again["hits"] > 0, again  # its warm-up covered what its batch runs
+    assert again["digest"] == induced["digest"]
 
 
 HOLDER = r"""

@@ -30,7 +30,7 @@ SMALL = {
 def test_workers_have_the_task_and_the_kernel_loaded_before_their_first_task():
     import ray
 
-    assert cluster.connect(workers=2, kernels=["integrate"])
+    assert cluster.connect(workers=2, kernels=["layerwise"])
     try:
 
         @ray.remote(num_cpus=1)
@@ -43,7 +43,7 @@ def test_workers_have_the_task_and_the_kernel_loaded_before_their_first_task():
 
         ours = str(Path(runner.__file__).with_name("task.py"))
         for path, done, left in ray.get([state.remote() for _ in range(2)]):
-            assert path == ours and done == ["integrate"] and left is None  # (not passed on to what tasks start)
+            assert path == ours and done == ["layerwise"] and left is None  # (not passed on to what tasks start)
     finally:
         cluster.stop_ray()
     assert cluster.PRELOAD_VAR not in os.environ  # set for Ray's processes only, while they start
@@ -68,12 +68,12 @@ def _import_task(env_value) -> dict:
 
 
 def test_a_preload_of_the_drivers_own_sweep_loads_the_kernels():
-    got = _import_task(cluster.preload(["integrate"]))
-    assert got["error"] is None and got["done"] == ["integrate"]
+    got = _import_task(cluster.preload(["layerwise"]))
+    assert got["error"] is None and got["done"] == ["layerwise"]
 
 
 def test_a_preloaded_copy_of_sweep_other_than_the_drivers_is_set_aside(tmp_path):
-    value = json.dumps({"package": str(tmp_path / "sweep"), "kernels": ["integrate"]})
+    value = json.dumps({"package": str(tmp_path / "sweep"), "kernels": ["layerwise"]})
     got = _import_task(value)
     assert got["error"] and "not preloaded" in got["error"]
     assert got["left"] == []  # no module of that copy stays: the tasks import the driver's

@@ -2,9 +2,10 @@
 
 A block is an array ``(P, BW)``: parameter index first, trajectory last, so that every loop's innermost
 level runs over trajectories and the compiler vectorizes it; each function treats the columns lo … hi − 1.
-A model reaches compiled code as a :class:`Geometry` — shapes, offsets and the target are data, so one
-compilation serves every depth and width. The Python classes that build geometries are in
-:mod:`sweep.kernel`.
+A model reaches compiled code as a :class:`Geometry` (layerwise) or an :data:`InducedGeometry` — shapes,
+offsets and the target are data, so one compilation serves every depth and width; the model is in the
+type, so that code compiled for one holds none of the other's. The Python classes that build geometries
+are in :mod:`sweep.kernel`.
 
 Each function treats a trajectory alone: sums run over the parameters in a fixed order, never across
 trajectories, and nothing is contracted to fused multiply-adds (no ``fastmath``), so a trajectory's
@@ -21,7 +22,6 @@ import numpy as np
 
 from .cache import CACHE_DIR  # noqa: F401 — first: the cache's place and locator, before any @jit below
 
-LAYERWISE, INDUCED = 0, 1
 LANES = 8  # trajectories per tile of the shaped flows (sweep.kernel.shaped)
 # the loss (docs/theory.md §2, §12): ½‖W − Z‖² (whitened inputs); ½ tr((W − A)Σ(W − A)ᵀ) with the input
 # covariance Σ acting on the right of the oriented W (or on its left, the network transposed); ½‖P_Ω(W − M)‖²
@@ -33,7 +33,7 @@ inner = numba.njit(cache=True, error_model="numpy", no_cpython_wrapper=True, no_
 
 
 class Geometry(NamedTuple):
-    """What compiled code knows of a model.
+    """What compiled code knows of a model (the layerwise flow's; :data:`InducedGeometry`: the induced flow's).
 
     Layerwise: ``dims`` are the oriented widths D_0 … D_N (the network transposed when dx < dy, so that
     r = D_N ≤ D_0); oriented layer i (D_{i+1} × D_i) has element (a, c) in row
@@ -46,9 +46,7 @@ class Geometry(NamedTuple):
     mask ∘ D (MASK), D = target − W; the excess loss is ½⟨D, E⟩ − tail. ``d_off`` places D in the work
     array (general losses); ``flip``: the layerwise network is transposed (oriented W = Wᵀ)."""
 
-    kind: int
     depth: int
-    rank: int  # induced: the rank of the network it stands for (narrow when < min(dx, dy))
     dims: np.ndarray
     off: np.ndarray
     rs: np.ndarray
@@ -69,27 +67,36 @@ class Geometry(NamedTuple):
     shaped_width: int  # the block width they serve; 0: none
 
 
+# The induced flow's geometry: the same fields, and the rank of the network it stands for (narrow when
+# < min(dx, dy)), which only it has. Compiled code asks ``hasattr(g, "rank")``, which numba answers as
+# it compiles, and drops the other model's branch: a run compiles its own model's code only (the
+# induced flow's SVDs are not in a layerwise run's code, nor the layerwise products in an induced one's).
+# The induced functions take ``g.rank`` as an argument: for a layerwise geometry numba cannot even type
+# their calls as it looks for the branches to drop, so it compiles none of them.
+InducedGeometry = NamedTuple("InducedGeometry", [*Geometry.__annotations__.items(), ("rank", int)])
+
+
 @jit
 def rhs(g, y, out, lo, hi, exc, work):
     """The flow of trajectories lo … hi − 1 of ``y`` into ``out``; their excess loss into ``exc``."""
-    if g.kind == LAYERWISE and g.shaped_width == y.shape[1]:
-        _layerwise_shaped(g, y, out, lo, hi, exc, work)
-    elif g.kind == LAYERWISE:
-        _layerwise(g, y, out, lo, hi, exc, work, True)
-    else:
+    if hasattr(g, "rank"):  # decided as numba compiles (InducedGeometry)
         for b in range(lo, hi):
-            exc[b] = _induced_column(g, y, out, b, True, work)
+            exc[b] = _induced_column(g, y, out, b, True, work, g.rank)
+    elif g.shaped_width == y.shape[1]:
+        _layerwise_shaped(g, y, out, lo, hi, exc, work)
+    else:
+        _layerwise(g, y, out, lo, hi, exc, work, True)
 
 
 @jit
 def excess(g, y, lo, hi, exc, work):
     """The excess loss ½⟨D, E⟩ − tail (½‖W − Z‖² − tail for whitened data) of trajectories lo … hi − 1 (no
     flow)."""
-    if g.kind == LAYERWISE:
-        _layerwise(g, y, y, lo, hi, exc, work, False)
-    else:
+    if hasattr(g, "rank"):
         for b in range(lo, hi):
-            exc[b] = _induced_column(g, y, y, b, False, work)
+            exc[b] = _induced_column(g, y, y, b, False, work, g.rank)
+    else:
+        _layerwise(g, y, y, lo, hi, exc, work, False)
 
 
 @jit
@@ -97,8 +104,15 @@ def project(g, y, lo, hi):
     """Induced flow of a network narrower than min(dx, dy): replace each W by its best rank-r
     approximation (Eckart–Young), so that round-off cannot grow a rank the network cannot have.
     Nothing to do for other models; non-finite states are left alone."""
+    if hasattr(g, "rank"):  # (a plain `if`: numba drops the branch only then)
+        _truncate(g, y, lo, hi, g.rank)
+
+
+@inner
+def _truncate(g, y, lo, hi, rank):
+    """Each W of columns lo … hi − 1 (finite) by its rank-``rank`` truncated SVD, when that is narrow."""
     dx, dy = g.dims[0], g.dims[1]
-    if g.kind != INDUCED or g.rank >= min(dx, dy):
+    if rank >= min(dx, dy):
         return
     w = np.empty((dy, dx))
     for b in range(lo, hi):
@@ -113,7 +127,7 @@ def project(g, y, lo, hi):
         for i in range(dy):
             for j in range(dx):
                 acc = 0.0
-                for k in range(g.rank):
+                for k in range(rank):
                     acc += u[i, k] * s[k] * vt[k, j]
                 y[i * dx + j, b] = acc
 
@@ -126,17 +140,18 @@ def weight_floor(g, y, y_new, atol, lo, hi, floor):
     size of the N balanced layers W stands for — a layer error δ moves W by about N·λ^{N−1}·δ, so atol
     bounds the layers' error as it does for the layerwise flow, also on the plateau near W = 0."""
     n = g.depth
-    if g.kind != INDUCED or n == 1:
-        for b in range(lo, hi):
-            floor[b] = atol
-        return
-    for b in range(lo, hi):  # W is small (dy·dx): one trajectory at a time, no work arrays
-        sy = sn = 0.0
-        for p in range(y.shape[0]):
-            sy += y[p, b] * y[p, b]
-            sn += y_new[p, b] * y_new[p, b]
-        layer = max(math.sqrt(max(sy, sn)) ** (1.0 / n), atol)
-        floor[b] = atol * n * layer ** (n - 1)
+    if hasattr(g, "rank"):
+        if n > 1:
+            for b in range(lo, hi):  # W is small (dy·dx): one trajectory at a time, no work arrays
+                sy = sn = 0.0
+                for p in range(y.shape[0]):
+                    sy += y[p, b] * y[p, b]
+                    sn += y_new[p, b] * y_new[p, b]
+                layer = max(math.sqrt(max(sy, sn)) ** (1.0 / n), atol)
+                floor[b] = atol * n * layer ** (n - 1)
+            return
+    for b in range(lo, hi):
+        floor[b] = atol
 
 
 # --------------------------------------------------------------------------------------------------
@@ -294,7 +309,7 @@ def _residual(g, wa, w0, wrs, wcs, work, lo, hi, exc):
 def end_to_end(g, y, work, dst):
     """W = W_N⋯W_1 of the one trajectory in ``y`` (P, 1) into ``dst`` (dy·dx, row-major), ``work`` (rows, 1)
     its scratch: the state itself for the induced flow, else the product S_0 of :func:`_layerwise`."""
-    if g.kind == INDUCED:
+    if hasattr(g, "rank"):
         for p in range(dst.shape[0]):
             dst[p] = y[p, 0]
         return
@@ -317,14 +332,14 @@ def end_to_end(g, y, work, dst):
 
 
 @inner
-def _induced_column(g, y, out, b, flow, work):
+def _induced_column(g, y, out, b, flow, work, rank):
     """Excess loss of trajectory b; with ``flow`` its flow into out[:, b]. Numerically zero singular
     values are set to exactly 0 (0⁰ = 1), and those beyond the rank to 0. When dy = 1 or dx = 1 the
     SVD is explicit: the flow is −s^{2−2/N}[D + (N−1)(D·v)v] with s = ‖W‖, v = W/s, D = W − Z."""
     dx, dy, n = g.dims[0], g.dims[1], g.depth
     size = dx * dy
     if g.loss != PLAIN:
-        return _induced_general(g, y, out, b, flow, work)
+        return _induced_general(g, y, out, b, flow, work, rank)
     z = g.target.ravel()  # D = W − Z is formed where it is used: no array per call
     half = 0.0
     for i in range(size):
@@ -355,19 +370,19 @@ def _induced_column(g, y, out, b, flow, work):
         for i in range(dy):
             for j in range(dx):
                 w[i, j] = y[i * dx + j, b]
-        _matrix_flow(g, w, w - g.target, out, b)
+        _matrix_flow(g, w, w - g.target, out, b, rank)
     return exc
 
 
 @inner
-def _matrix_flow(g, w, grad, out, b):
+def _matrix_flow(g, w, grad, out, b, rank):
     """−U[(Uᵀ G V) ∘ K]Vᵀ into out[:, b], from the full SVD of W (dy × dx) and the gradient G."""
     dy, dx, n = w.shape[0], w.shape[1], g.depth
     u, s, vt = np.linalg.svd(w)
     cutoff = max(dy, dx) * 2.0**-52 * s[0]
     sa = np.zeros(dy)
     sb = np.zeros(dx)
-    for k in range(min(len(s), g.rank)):
+    for k in range(min(len(s), rank)):
         if s[k] > cutoff:
             sa[k] = s[k]
             sb[k] = s[k]
@@ -385,7 +400,7 @@ def _matrix_flow(g, w, grad, out, b):
 
 
 @inner
-def _induced_general(g, y, out, b, flow, work):
+def _induced_general(g, y, out, b, flow, work, rank):
     """:func:`_induced_column` for the general losses: the gradient G = (W − A)·Σ or mask ∘ (W − A) into
     work[:, b], the excess ½⟨W − A, G⟩ − tail, and the flow −Σ_j (WWᵀ)^{(N−j)/N} G (WᵀW)^{(j−1)/N}
     (docs/theory.md §12: the end-to-end dynamics hold for any loss from balanced starts)."""
@@ -432,5 +447,5 @@ def _induced_general(g, y, out, b, flow, work):
             for j in range(dx):
                 w[i, j] = y[i * dx + j, b]
                 grad[i, j] = work[i * dx + j, b]
-        _matrix_flow(g, w, grad, out, b)
+        _matrix_flow(g, w, grad, out, b, rank)
     return exc

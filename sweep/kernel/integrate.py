@@ -103,9 +103,7 @@ class Layerwise(_Model):
         loss, metric = self._metric(self.flip)
         d_off = int(v_off[-1])  # D = A − W of the general losses, after everything else
         return flows.Geometry(
-            kind=flows.LAYERWISE,
             depth=n,
-            rank=int(r),
             dims=d.astype(np.int64),
             off=off.astype(np.int64),
             rs=rs.astype(np.int64),
@@ -174,14 +172,12 @@ class Induced(_Model):
         self.tail = float(tail)
 
     @cached_property
-    def geometry(self) -> flows.Geometry:
+    def geometry(self) -> flows.InducedGeometry:
         rank = min(self.dx, self.dy) if self.rank is None else int(self.rank)
         none = np.zeros(1, np.int64)
         loss, metric = self._metric(False)
-        return flows.Geometry(
-            kind=flows.INDUCED,
+        return flows.InducedGeometry(
             depth=self.depth,
-            rank=rank,
             dims=np.array([self.dx, self.dy], np.int64),
             off=none,
             rs=none,
@@ -198,6 +194,7 @@ class Induced(_Model):
             d_off=0,
             flip=False,
             **shaped.none(),
+            rank=rank,
         )
 
     def product(self, y: np.ndarray) -> np.ndarray:

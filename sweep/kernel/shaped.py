@@ -80,7 +80,7 @@ def specialize(g, width: int, cruise: bool = False):
     """``g`` with the flow compiled for its shape and blocks ``width`` wide when that pays: layerwise, loss
     PLAIN, at most MAX_WORK multiply-adds, ``width`` a multiple of LANES; else ``g`` itself. With ``cruise``
     (Euler's runs), the cruise too; without, a stub (half the code to compile)."""
-    if g.kind != 0 or int(g.loss) != 0 or work(g) > MAX_WORK or width % LANES:
+    if hasattr(g, "rank") or int(g.loss) != 0 or work(g) > MAX_WORK or width % LANES:
         return g
     arrays = (g.dims, g.off, g.rs, g.cs, g.s_off, g.v_off)
     layout = (width, cruise, int(g.e_off), *(tuple(int(x) for x in a) for a in arrays))

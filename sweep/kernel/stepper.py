@@ -128,7 +128,7 @@ def integrate(g, meth, opt, y0, tc, out, blk):
     """Every trajectory of ``y0`` (B, P): the block's free columns take the next trajectories as soon as
     others finish, so the block stays full until the batch runs out."""
     width, total = blk.i.shape[1], y0.shape[0]
-    cur, m, loaded = 0, 0, 0
+    cur, m, loaded = np.int64(0), 0, 0  # cur not the literal 0: numba would compile its callees twice
     while True:
         if m < width and loaded < total:
             count = min(width - m, total - loaded)
