@@ -9,12 +9,13 @@ NUMBA_CACHE_DIR, timing inside the process ``import sweep.task`` and the first d
   (target: their sum ≤ 1 s).
 * cold induced: an empty cache; the first integrate is the induced model's.
 
-``before`` is today's code, ``git archive HEAD sweep``; ``after`` the working tree's ``sweep``. Each process
+``before`` is a commit's code, ``git archive REV sweep`` (``--before REV``, default HEAD); ``after`` the
+working tree's ``sweep``. Each process
 reports ``sweep.__file__`` (checked to lie in the variant's folder) and numba's cache misses of the kernel's
 compiled functions (``dispatcher.stats``, per call). The variants alternate; medians over repeats. The cold
 target is read on import + first integrate.
 
-    python bench/cold_start.py [--repeats 3] [--variants before,after]
+    python bench/cold_start.py [--repeats 3] [--variants before,after] [--before REV]
 """
 
 from __future__ import annotations
@@ -101,13 +102,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--variants", default="before,after")
+    ap.add_argument("--before", default="HEAD", help="the commit whose sweep is the 'before' variant")
     args = ap.parse_args()
     variants = args.variants.split(",")
     rows = {(v, phase): [] for v in variants for phase in PHASES}
-    print(f"{os.cpu_count()} cores; load average {os.getloadavg()}; python {sys.executable}", flush=True)
+    print(f"{os.cpu_count()} cores; load average {os.getloadavg()}; before: {args.before}", flush=True)
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        tar = subprocess.run(["git", "archive", "HEAD", "sweep"], cwd=ROOT, capture_output=True, check=True).stdout
+        tar = subprocess.run(["git", "archive", args.before, "sweep"], cwd=ROOT, capture_output=True, check=True).stdout
         with tarfile.open(fileobj=io.BytesIO(tar)) as t:
             t.extractall(tmp / "before", filter="data")
         folders = {"before": tmp / "before", "after": ROOT}
