@@ -39,7 +39,7 @@ class Geometry(NamedTuple):
     r = D_N ≤ D_0); oriented layer i (D_{i+1} × D_i) has element (a, c) in row
     ``off[i] + a·rs[i] + c·cs[i]`` of the state; ``target`` is the oriented Z (r × D_0); ``s_off``,
     ``e_off`` and ``v_off`` place the products S_i, the residual E and V_i in the work array.
-    Induced: the state is W (dy × dx) row-major, ``dims = (dx, dy)``, ``target`` is Z.
+    Induced (:data:`InducedGeometry`): the state is W (dy × dx) row-major, ``dims = (dx, dy)``, ``target`` is Z.
 
     ``loss`` (PLAIN, RIGHT, LEFT, MASK) and ``metric`` (Σ or the 0/1 mask of observed entries, oriented as
     the target; unused for PLAIN) say what the gradient is: −E with E = D (PLAIN), D·Σ (RIGHT), Σ·D (LEFT) or
@@ -67,13 +67,16 @@ class Geometry(NamedTuple):
     shaped_width: int  # the block width they serve; 0: none
 
 
-# The induced flow's geometry: the same fields, and the rank of the network it stands for (narrow when
-# < min(dx, dy)), which only it has. Compiled code asks ``hasattr(g, "rank")``, which numba answers as
-# it compiles, and drops the other model's branch: a run compiles its own model's code only (the
-# induced flow's SVDs are not in a layerwise run's code, nor the layerwise products in an induced one's).
-# The induced functions take ``g.rank`` as an argument: for a layerwise geometry numba cannot even type
-# their calls as it looks for the branches to drop, so it compiles none of them.
-InducedGeometry = NamedTuple("InducedGeometry", [*Geometry.__annotations__.items(), ("rank", int)])
+# The induced flow's geometry: the fields both flows read, and the rank of the network it stands for
+# (narrow when < min(dx, dy)). Compiled code asks ``hasattr(g, "rank")``, which numba answers as it
+# compiles, and drops the other model's branch: a run compiles its own model's code only (the induced
+# flow's SVDs are not in a layerwise run's code, nor the layerwise products in an induced one's). Numba
+# types both branches first, as it looks for the one to drop; each model lacks fields the other's code
+# reads (the induced functions take ``g.rank`` as an argument), so it cannot type, and compiles nothing
+# of, the other model's calls.
+LAYERWISE_ONLY = ("off", "rs", "cs", "s_off", "e_off", "v_off", "d_off", "flip")
+_SHARED = [(name, kind) for name, kind in Geometry.__annotations__.items() if name not in LAYERWISE_ONLY]
+InducedGeometry = NamedTuple("InducedGeometry", [*_SHARED, ("rank", int)])
 
 
 @jit

@@ -174,25 +174,16 @@ class Induced(_Model):
     @cached_property
     def geometry(self) -> flows.InducedGeometry:
         rank = min(self.dx, self.dy) if self.rank is None else int(self.rank)
-        none = np.zeros(1, np.int64)
         loss, metric = self._metric(False)
         return flows.InducedGeometry(
             depth=self.depth,
             dims=np.array([self.dx, self.dy], np.int64),
-            off=none,
-            rs=none,
-            cs=none,
             target=np.ascontiguousarray(self.target),
             tail=self.tail,
             half_z2=0.5 * float(np.sum(self.target**2)),
-            s_off=none,
-            e_off=0,
-            v_off=none,
             work_rows=0 if loss == flows.PLAIN else self.size,  # the gradient of the general losses
             loss=loss,
             metric=metric,
-            d_off=0,
-            flip=False,
             **shaped.none(),
             rank=rank,
         )
