@@ -92,7 +92,8 @@ def _preload() -> None:
 
 
 def _tiny_integration(model=None):
-    model = model or kernel.Layerwise((1, 1), np.ones((1, 1)))
+    if model is None:
+        model = kernel.Layerwise((1, 1), np.ones((1, 1)))
     kernel.integrate(
         model, np.zeros((1, model.size)), kernel.DOPRI5, horizon=1.0, checkpoints=[1.0], eps=0.1, rtol=1e-3, atol=1e-6
     )

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweep import cluster, runner
+from sweep import cluster, runner, task
 from sweep import spec as specs
 from sweep.errors import RayGone
+from sweep.models import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {
@@ -70,6 +71,12 @@ def _import_task(env_value) -> dict:
 def test_a_preload_of_the_drivers_own_sweep_loads_the_kernels():
     got = _import_task(cluster.preload(["layerwise"]))
     assert got["error"] is None and got["done"] == ["layerwise"]
+
+
+def test_every_model_has_its_kernel_and_its_warm_up_loads_it():
+    assert set(task.KERNELS) == set(MODELS)  # a run's workers load its model's code (task.kernel_of)
+    got = _import_task(cluster.preload(list(MODELS)))
+    assert got["error"] is None and got["done"] == sorted(MODELS)
 
 
 def test_a_preloaded_copy_of_sweep_other_than_the_drivers_is_set_aside(tmp_path):
