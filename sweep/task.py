@@ -67,7 +67,7 @@ def _load(name: str) -> None:
     """Compile or load the kernel ``name`` by its tiny call (KERNELS); a failure is left to the first batch,
     which compiles on its own and reports the error per cell."""
     try:
-        cache.compile_once(name, KERNELS[name])
+        cache.compile_once(name, KERNELS[name], lock=LOCKS.get(name))
     except Exception:  # noqa: BLE001 — the batch compiles on its own
         pass
 
@@ -112,6 +112,8 @@ def _tiny_exact():
 
 # a kernel (a model's compiled code): the warm-up call that loads it
 KERNELS = {"layerwise": _tiny_integration, "induced": _tiny_induced, "exact": _tiny_exact}
+# the integrated models' code shares numba's index files (the stepper's, the flows'): one compiles at a time
+LOCKS = {"layerwise": "integrate", "induced": "integrate"}
 
 
 def _cell_by_cell(spec, problem, region, mask):

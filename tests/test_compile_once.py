@@ -124,7 +124,7 @@ def test_a_run_compiles_its_own_models_code_only(node):
     induced = _report(_start(["-c", CHILD, "induced"], cache_dir, cwd))
     again = _report(_start(["-c", CHILD, "induced"], cache_dir, cwd))
     assert induced["misses"] > 0  # its code was in no layerwise run's
-    assert again["misses"] == 0 and again["hits"] > 0, again  # its warm-up covered what its batch runs
+    assert again["misses"] == 0 and again["hits"] > 0, again  # loaded, nothing compiled again
     assert again["digest"] == induced["digest"]
     own = {
         "layerwise": ("_layerwise", "_layerwise_shaped", "_matmul", "_residual"),
@@ -146,8 +146,12 @@ def warm():
     if sys.argv[2] == "dies":
         time.sleep(2)
         os._exit(3)  # killed while compiling: the kernel releases its flock
+    if sys.argv[2].startswith("part"):
+        time.sleep(1)
+        with open(sys.argv[1], "a") as f:
+            f.write(sys.argv[2] + "-end\n")
 
-cache.compile_once("probe", warm)
+cache.compile_once(sys.argv[2] if sys.argv[2].startswith("part") else "probe", warm, lock="probe")
 """
 
 
@@ -164,3 +168,15 @@ def test_a_holder_that_dies_hands_the_lock_to_a_waiter(tmp_path):
     assert waiter.returncode == 0, err
     assert log.read_text().split() == ["dies", "waits"]  # the waiter found no mark and compiled itself
     assert list((tmp_path / "cache").glob("kernel-*/probe-*.done"))
+
+
+def test_parts_that_share_a_lock_compile_one_at_a_time_and_each_leaves_its_mark(tmp_path):
+    log = tmp_path / "log"
+    procs = [_start(["-c", HOLDER, str(log), part], tmp_path / "cache", tmp_path) for part in ("part-a", "part-b")]
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    lines = log.read_text().split()
+    assert sorted(lines) == ["part-a", "part-a-end", "part-b", "part-b-end"]
+    assert lines[1] == lines[0] + "-end", lines  # the second began after the first had ended
+    assert len(list((tmp_path / "cache").glob("kernel-*/part-*.done"))) == 2

@@ -96,21 +96,23 @@ _done: set[str] = set()
 _mutex = threading.Lock()
 
 
-def compile_once(name: str, warm: Callable[[], object]) -> None:
+def compile_once(name: str, warm: Callable[[], object], lock: str | None = None) -> None:
     """Run ``warm`` — calls that compile, or load from the cache, a part of the kernel — once in this process,
     so that of the processes sharing FOLDER (a node) one compiles while the others wait, then load.
 
-    The first takes ``FOLDER/<name>.lock`` exclusively (flock), runs ``warm`` and leaves a mark; the others
-    wait on a shared lock (so that they load together), and a process that finds the mark takes no lock. A
-    holder that dies releases its lock with it, and a waiter that then finds no mark tries again itself;
-    one that has waited WAIT_SECONDS runs ``warm`` without the lock. ``warm``'s errors are raised."""
+    The first takes ``FOLDER/<lock>.lock`` (``lock``: default ``name``) exclusively (flock), runs ``warm`` and
+    leaves a mark ``name``; the others wait on a shared lock (so that they load together), and a process that
+    finds the mark takes no lock. A holder that dies releases its lock with it, and a waiter that then finds no
+    mark tries again itself; one that has waited WAIT_SECONDS runs ``warm`` without the lock. Parts whose code
+    shares numba's index files (numba rewrites them unlocked) share a ``lock``: one compiles at a time, each
+    leaves its own mark. ``warm``'s errors are raised."""
     with _mutex:
         if name not in _done:
-            _compile_once(name, warm)
+            _compile_once(name, warm, lock or name)
             _done.add(name)
 
 
-def _compile_once(name: str, warm: Callable[[], object]) -> None:
+def _compile_once(name: str, warm: Callable[[], object], lock_name: str) -> None:
     mark = FOLDER / f"{name}-{_machine()}.done"  # the machine: what numba's index keys the code by
     if fcntl is None or mark.exists():
         warm()
@@ -118,7 +120,7 @@ def _compile_once(name: str, warm: Callable[[], object]) -> None:
     deadline = time.monotonic() + WAIT_SECONDS
     try:
         FOLDER.mkdir(parents=True, exist_ok=True)
-        lock = open(FOLDER / f"{name}.lock", "a")  # noqa: SIM115 — closed below
+        lock = open(FOLDER / f"{lock_name}.lock", "a")  # noqa: SIM115 — closed below
     except OSError:
         warm()
         return

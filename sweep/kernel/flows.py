@@ -107,7 +107,7 @@ def project(g, y, lo, hi):
     """Induced flow of a network narrower than min(dx, dy): replace each W by its best rank-r
     approximation (Eckart–Young), so that round-off cannot grow a rank the network cannot have.
     Nothing to do for other models; non-finite states are left alone."""
-    if hasattr(g, "rank"):  # (a plain `if`: numba drops the branch only then)
+    if hasattr(g, "rank"):
         _truncate(g, y, lo, hi, g.rank)
 
 

@@ -1,9 +1,9 @@
 """The flow kernel: models, and :func:`integrate` — NumPy arrays in and out, compiled inside.
 
 A batch is an array ``(B, P)``, one trajectory per row; a model says how its parameters pack into a row
-and gives compiled code its :class:`sweep.kernel.flows.Geometry`. The right-hand sides are in
-:mod:`sweep.kernel.flows`, the methods in :mod:`sweep.kernel.tableau`, the stepper in :mod:`sweep.kernel.stepper`; the
-mathematics in ``docs/theory.md`` (§2 for the flows). No Ray, no I/O.
+and gives compiled code its geometry (:class:`sweep.kernel.flows.Geometry`, ``InducedGeometry``). The right-hand
+sides are in :mod:`sweep.kernel.flows`, the methods in :mod:`sweep.kernel.tableau`, the stepper in
+:mod:`sweep.kernel.stepper`; the mathematics in ``docs/theory.md`` (§2 for the flows). No Ray, no I/O.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class _Model:
     (docs/theory.md §12): ½‖W − Z‖² by default, ½ tr((W − A)Σ(W − A)ᵀ) with ``sigma`` Σ (inputs not
     whitened, ``target`` A = C Σ⁻¹), or ½‖P_Ω(W − M)‖² with ``mask`` the 0/1 observed entries (target M)."""
 
-    geometry: flows.Geometry
+    geometry: flows.Geometry | flows.InducedGeometry
 
     def _loss(self, sigma, mask):
         if sigma is not None and mask is not None:
