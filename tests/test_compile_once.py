@@ -126,14 +126,10 @@ def test_a_run_compiles_its_own_models_code_only(node):
     assert induced["misses"] > 0  # its code was in no layerwise run's
     assert again["misses"] == 0 and again["hits"] > 0, again  # loaded, nothing compiled again
     assert again["digest"] == induced["digest"]
-    own = {
-        "layerwise": ("_layerwise", "_layerwise_shaped", "_matmul", "_residual"),
-        "induced": ("_induced_column", "_induced_general", "_matrix_flow", "_truncate"),
-    }  # (the SVDs)
-    for run, other in ((layerwise, "induced"), (induced, "layerwise")):
-        model = "induced" if run is induced else "layerwise"
-        assert set(own[model]) <= set(run["compiled"]), (model, run["compiled"])
-        assert not set(own[other]) & set(run["compiled"]), (model, run["compiled"])
+    layerwise_code = {"_layerwise", "_layerwise_shaped", "_matmul", "_residual"}
+    induced_code = {"_induced_column", "_induced_general", "_matrix_flow", "_truncate"}  # (the SVDs)
+    for run, own, other in ((layerwise, layerwise_code, induced_code), (induced, induced_code, layerwise_code)):
+        assert own <= set(run["compiled"]) and not other & set(run["compiled"]), run["compiled"]
 
 
 HOLDER = r"""

@@ -75,7 +75,7 @@ class Geometry(NamedTuple):
 # reads (the induced functions take ``g.rank`` as an argument), so it cannot type, and compiles nothing
 # of, the other model's calls.
 LAYERWISE_ONLY = ("off", "rs", "cs", "s_off", "e_off", "v_off", "d_off", "flip")
-_SHARED = [(name, kind) for name, kind in Geometry.__annotations__.items() if name not in LAYERWISE_ONLY]
+_SHARED = [(name, hint) for name, hint in Geometry.__annotations__.items() if name not in LAYERWISE_ONLY]
 InducedGeometry = NamedTuple("InducedGeometry", [*_SHARED, ("rank", int)])
 
 
