@@ -312,17 +312,25 @@ def _residual(g, wa, w0, wrs, wcs, work, lo, hi, exc):
 def end_to_end(g, y, work, dst):
     """W = W_N⋯W_1 of the one trajectory in ``y`` (P, 1) into ``dst`` (dy·dx, row-major), ``work`` (rows, 1)
     its scratch: the state itself for the induced flow, else the product S_0 of :func:`_layerwise`."""
+    if not hasattr(g, "rank"):
+        scratch = np.empty(1)
+        _layerwise(g, y, y, np.int64(0), np.int64(1), scratch, work, False)  # as excess's: one compile
+    end_to_end_of(g, y, work, np.int64(0), dst)
+
+
+@jit
+def end_to_end_of(g, y, work, b, dst):
+    """W of trajectory b of ``y`` into ``dst`` once :func:`excess` has run on columns including b with this
+    ``work``: the state itself for the induced flow, else the product S_0 it left in ``work``."""
     if hasattr(g, "rank"):
         for p in range(dst.shape[0]):
-            dst[p] = y[p, 0]
+            dst[p] = y[p, b]
         return
-    scratch = np.empty(1)
-    _layerwise(g, y, y, 0, 1, scratch, work, False)
     sa, s0, srs, scs = _s(g, y, work, 0)
     r, d0 = g.dims[g.depth], g.dims[0]
     for a in range(r):
         for c in range(d0):
-            v = sa[s0 + a * srs + c * scs, 0]
+            v = sa[s0 + a * srs + c * scs, b]
             if g.flip:
                 dst[c * r + a] = v
             else:

@@ -71,7 +71,7 @@ class Output(NamedTuple):
 
 
 # the per-trajectory fields of a block: rows of Block.f (float) and Block.i (integer)
-T, T_NEW, H, HH, EXC, EXC_NEW, EXC_STAGE, BOUND, FLOOR, ENORM, ROW, COL_EXC = range(12)
+T, T_NEW, H, HH, EXC, EXC_NEW, EXC_STAGE, BOUND, FLOOR, ENORM, ROW, COL_EXC, UNTIL, THETA = range(14)
 INDEX, NXT, STEPS, EVALS, STATUS, FOUND, ACCEPT, REJECTED = range(8)
 
 
@@ -82,18 +82,20 @@ class Block(NamedTuple):
 
     Per trajectory (column b): f[T] time, f[T_NEW] its step's end, f[H] the next step size (adaptive),
     f[HH] this step's size, f[EXC] / f[EXC_NEW] excess loss at t / t_new, f[BOUND] the divergence bound,
-    f[FLOOR] / f[ENORM] the error weights' floor and the error norm; f[EXC_STAGE], f[ROW], f[COL_EXC]
+    f[FLOOR] / f[ENORM] the error weights' floor and the error norm; f[UNTIL] the last time of this step whose
+    checkpoints are recorded, f[THETA] the place of the one recorded now; f[EXC_STAGE], f[ROW], f[COL_EXC]
     scratch. i[INDEX] the trajectory in the column, i[NXT] its next checkpoint, i[STEPS] / i[EVALS]
     counters, i[STATUS], and the flags i[FOUND] (crossed ε), i[ACCEPT] (this step), i[REJECTED] (the last)."""
 
     ys: np.ndarray  # (2, P, W)
     k: np.ndarray  # (s + 1, P, W)
     kmap: np.ndarray  # (s + 1,)
-    tmp: np.ndarray  # (P, W): stage arguments
+    coef: np.ndarray  # (s + 1, W): each trajectory's dense-output weights at its checkpoint
+    tmp: np.ndarray  # (P, W): stage arguments, then the states at checkpoints
     work: np.ndarray  # the model's work rows
     col: np.ndarray  # (P, 1): one interpolated state
     col_work: np.ndarray
-    f: np.ndarray  # (12, W)
+    f: np.ndarray  # (14, W)
     i: np.ndarray  # (8, W)
     tiles: np.ndarray  # (3P + work rows, LANES): the memory of a tile in the cruise (sweep.kernel.shaped.cruise_ir)
 
@@ -113,11 +115,12 @@ def block_arrays(size: int, work_rows: int, stages: int, width: int) -> Block:
         ys=z((2, size, width)),
         k=z((stages + 1, size, width)),
         kmap=np.arange(stages + 1),
+        coef=z((stages + 1, width)),
         tmp=z((size, width)),
         work=z((work_rows, width)),
         col=z((size, 1)),
         col_work=z((work_rows, 1)),
-        f=z((12, width)),
+        f=z((14, width)),
         i=np.zeros((8, width), np.int64),
         tiles=z((3 * size + work_rows, flows.LANES)),
     )
@@ -378,19 +381,22 @@ def _accept(g, meth, opt, tc, out, blk, cur, m):
     """The accepted steps: the first ε-crossing inside each, the checkpoints it passes (up to the
     crossing when the run stops there), the trajectory's status."""
     for b in range(m):
+        blk.f[UNTIL, b] = -math.inf
         if not blk.i[ACCEPT, b]:
             continue
-        t0, t1, e = blk.f[T, b], blk.f[T_NEW, b], blk.f[EXC_NEW, b]
-        stop = False
-        if not blk.i[FOUND, b] and e <= opt.eps:
+        blk.f[UNTIL, b] = blk.f[T_NEW, b]
+        if not blk.i[FOUND, b] and blk.f[EXC_NEW, b] <= opt.eps:
             blk.i[FOUND, b] = True
             hit = _crossing(g, meth, opt, out, blk, cur, b)
             if opt.stop_at_eps:
-                t1, stop = hit, True
-                blk.i[STATUS, b] = CONVERGED
-        if blk.i[NXT, b] < len(tc) and tc[blk.i[NXT, b]] <= t1:
-            _checkpoints(g, meth, tc, out, blk, cur, b, t1)
-        if stop:  # the trajectory ends exactly at the crossing
+                blk.f[UNTIL, b] = hit
+                blk.i[STATUS, b] = CONVERGED  # (it was pending: the trajectory stops at the crossing)
+    _checkpoints(g, meth, tc, out, blk, cur, m)
+    for b in range(m):
+        if not blk.i[ACCEPT, b]:
+            continue
+        t0, t1, e = blk.f[T, b], blk.f[UNTIL, b], blk.f[EXC_NEW, b]
+        if opt.stop_at_eps and blk.i[STATUS, b] == CONVERGED:  # the trajectory ends exactly at the crossing
             _dense(g, meth, blk, cur, b, (t1 - t0) / (blk.f[T_NEW, b] - t0))
             _copy_column(blk.ys[1 - cur], b, blk.col, 0)
             blk.f[T_NEW, b] = t1
@@ -411,19 +417,66 @@ def _crossing(g, meth, opt, out, blk, cur, b):
 
 
 @part
-def _checkpoints(g, meth, tc, out, blk, cur, b, t_stop):
-    """The excess loss at the checkpoints in (t, t_stop] of trajectory b's step."""
-    t0, h = blk.f[T, b], blk.f[T_NEW, b] - blk.f[T, b]
-    while blk.i[NXT, b] < len(tc) and tc[blk.i[NXT, b]] <= t_stop:
-        theta = (tc[blk.i[NXT, b]] - t0) / h
-        if theta >= 1.0:
-            _copy_column(blk.col, 0, blk.ys[1 - cur], b)
-            exc = blk.f[EXC_NEW, b]
-        else:
-            exc = _excess_at(g, meth, blk, cur, b, theta)  # the state at the checkpoint is in blk.col
-        out.excess[blk.i[INDEX, b], blk.i[NXT, b]] = exc
-        flows.end_to_end(g, blk.col, blk.col_work, out.w[blk.i[INDEX, b], blk.i[NXT, b]])
-        blk.i[NXT, b] += 1
+def _checkpoints(g, meth, tc, out, blk, cur, m):
+    """The excess loss and end-to-end matrix at the checkpoints in (t, f[UNTIL]] of each accepted step: one
+    checkpoint of every trajectory at a time, all at once, row by row (a trajectory's state is a column, P
+    values a row apart: read alone, each is a cache line). The numbers are those of :func:`_dense` and
+    :func:`sweep.kernel.flows.excess` on one column."""
+    col, theta = blk.tmp, blk.f[THETA]
+    while True:
+        n = 0
+        for b in range(m):
+            theta[b] = -1.0
+            if blk.i[NXT, b] < len(tc) and tc[blk.i[NXT, b]] <= blk.f[UNTIL, b]:
+                theta[b] = (tc[blk.i[NXT, b]] - blk.f[T, b]) / (blk.f[T_NEW, b] - blk.f[T, b])
+                n += 1
+        if n == 0:
+            return
+        _dense_columns(g, meth, blk, cur, m)
+        flows.excess(g, col, np.int64(0), m, blk.f[EXC_STAGE], blk.work)  # (int64: as _excess_at's, one compile)
+        for b in range(m):
+            if theta[b] >= 0.0:
+                i, c = blk.i[INDEX, b], blk.i[NXT, b]
+                out.excess[i, c] = blk.f[EXC_NEW, b] if theta[b] >= 1.0 else blk.f[EXC_STAGE, b]
+                flows.end_to_end_of(g, col, blk.work, b, out.w[i, c])
+                blk.i[NXT, b] += 1
+
+
+@inner
+def _dense_columns(g, meth, blk, cur, m):
+    """:func:`_dense` at θ = f[THETA, b] into column b of ``blk.tmp``, for each trajectory with θ ≥ 0 (θ ≥ 1: the
+    step's end, y_new itself, not projected again); the other columns are left as they were."""
+    y, y_new, col, theta, acc = blk.ys[cur], blk.ys[1 - cur], blk.tmp, blk.f[THETA], blk.f[ROW]
+    s = len(meth.b)
+    if meth.p.shape[1]:
+        for b in range(m):
+            if 0.0 <= theta[b] < 1.0:
+                for j in range(s + 1):
+                    blk.coef[j, b] = 0.0
+                    power = 1.0
+                    for q in range(meth.p.shape[1]):
+                        power *= theta[b]
+                        blk.coef[j, b] += meth.p[j, q] * power
+    f0, f1 = blk.k[blk.kmap[0]], blk.k[blk.kmap[s]]
+    for p in range(y.shape[0]):
+        for b in range(m):
+            th = theta[b]
+            if th >= 1.0:
+                col[p, b] = y_new[p, b]
+            elif th >= 0.0:
+                h = blk.f[T_NEW, b] - blk.f[T, b]
+                if meth.p.shape[1]:
+                    acc[b] = 0.0
+                    for j in range(s + 1):
+                        acc[b] += blk.coef[j, b] * blk.k[blk.kmap[j], p, b]
+                    col[p, b] = y[p, b] + h * acc[b]
+                else:
+                    t2, t3 = th * th, th * th * th
+                    h00, h10, h01, h11 = 2 * t3 - 3 * t2 + 1, t3 - 2 * t2 + th, -2 * t3 + 3 * t2, t3 - t2
+                    col[p, b] = h00 * y[p, b] + h10 * h * f0[p, b] + h01 * y_new[p, b] + h11 * h * f1[p, b]
+    for b in range(m):
+        if 0.0 <= theta[b] < 1.0:
+            flows.project(g, col, b, b + 1)
 
 
 @part
@@ -479,7 +532,7 @@ def _dense(g, meth, blk, cur, b, theta):
 @inner
 def _excess_at(g, meth, blk, cur, b, theta):
     _dense(g, meth, blk, cur, b, theta)
-    flows.excess(g, blk.col, 0, 1, blk.f[COL_EXC], blk.col_work)
+    flows.excess(g, blk.col, np.int64(0), np.int64(1), blk.f[COL_EXC], blk.col_work)  # (not literals: one compile)
     return blk.f[COL_EXC, 0]
 
 
