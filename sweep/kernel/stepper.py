@@ -451,12 +451,7 @@ def _dense_columns(g, meth, blk, cur, m):
     if meth.p.shape[1]:
         for b in range(m):
             if 0.0 <= theta[b] < 1.0:
-                for j in range(s + 1):
-                    blk.coef[j, b] = 0.0
-                    power = 1.0
-                    for q in range(meth.p.shape[1]):
-                        power *= theta[b]
-                        blk.coef[j, b] += meth.p[j, q] * power
+                _weights(meth, theta[b], blk.coef, b)
     f0, f1 = blk.k[blk.kmap[0]], blk.k[blk.kmap[s]]
     for p in range(y.shape[0]):
         for b in range(m):
@@ -471,8 +466,7 @@ def _dense_columns(g, meth, blk, cur, m):
                         acc[b] += blk.coef[j, b] * blk.k[blk.kmap[j], p, b]
                     col[p, b] = y[p, b] + h * acc[b]
                 else:
-                    t2, t3 = th * th, th * th * th
-                    h00, h10, h01, h11 = 2 * t3 - 3 * t2 + 1, t3 - 2 * t2 + th, -2 * t3 + 3 * t2, t3 - t2
+                    h00, h10, h01, h11 = _hermite(th)
                     col[p, b] = h00 * y[p, b] + h10 * h * f0[p, b] + h01 * y_new[p, b] + h11 * h * f1[p, b]
     for b in range(m):
         if 0.0 <= theta[b] < 1.0:
@@ -509,24 +503,36 @@ def _dense(g, meth, blk, cur, b, theta):
     h = blk.f[T_NEW, b] - blk.f[T, b]
     s = len(meth.b)
     if meth.p.shape[1]:
-        coef = np.zeros(s + 1)
-        for j in range(s + 1):
-            power = 1.0
-            for q in range(meth.p.shape[1]):
-                power *= theta
-                coef[j] += meth.p[j, q] * power
+        _weights(meth, theta, blk.coef, b)
         for p in range(y.shape[0]):
             acc = 0.0
             for j in range(s + 1):
-                acc += coef[j] * blk.k[blk.kmap[j]][p, b]
+                acc += blk.coef[j, b] * blk.k[blk.kmap[j]][p, b]
             col[p, 0] = y[p, b] + h * acc
     else:
         f0, f1 = blk.k[blk.kmap[0]], blk.k[blk.kmap[s]]
-        t2, t3 = theta * theta, theta * theta * theta
-        h00, h10, h01, h11 = 2 * t3 - 3 * t2 + 1, t3 - 2 * t2 + theta, -2 * t3 + 3 * t2, t3 - t2
+        h00, h10, h01, h11 = _hermite(theta)
         for p in range(y.shape[0]):
             col[p, 0] = h00 * y[p, b] + h10 * h * f0[p, b] + h01 * y_new[p, b] + h11 * h * f1[p, b]
     flows.project(g, col, 0, 1)
+
+
+@inner
+def _weights(meth, theta, coef, b):
+    """The method's dense-output weights at θ into coef[:, b]: Σ_q p[j, q] θ^q for each stage j."""
+    for j in range(coef.shape[0]):
+        coef[j, b] = 0.0
+        power = 1.0
+        for q in range(meth.p.shape[1]):
+            power *= theta
+            coef[j, b] += meth.p[j, q] * power
+
+
+@inner
+def _hermite(theta):
+    """The cubic Hermite weights at θ of y, h·f(y), y_new and h·f(y_new)."""
+    t2, t3 = theta * theta, theta * theta * theta
+    return 2 * t3 - 3 * t2 + 1, t3 - 2 * t2 + theta, -2 * t3 + 3 * t2, t3 - t2
 
 
 @inner
