@@ -72,20 +72,21 @@ class Output(NamedTuple):
 
 # the per-trajectory fields of a block: rows of Block.f (float) and Block.i (integer)
 T, T_NEW, H, HH, EXC, EXC_NEW, EXC_STAGE, BOUND, FLOOR, ENORM, ROW, COL_EXC, UNTIL, THETA = range(14)
-INDEX, NXT, STEPS, EVALS, STATUS, FOUND, ACCEPT, REJECTED = range(8)
+INDEX, NXT, STEPS, EVALS, STATUS, FOUND, ACCEPT, REJECTED, AT = range(9)
 
 
 class Block(NamedTuple):
     """The work arrays of one block, reused from block to block. The state and its derivative swap
     buffers by index: y = ys[cur], y_new = ys[1 − cur]; stage j lives in k[kmap[j]], where kmap[0] (f(y))
-    and kmap[s] (f(y_new)) trade places when a step is accepted.
+    and kmap[s] (f(y_new)) trade places after each step (a rejected step's columns copied back).
 
     Per trajectory (column b): f[T] time, f[T_NEW] its step's end, f[H] the next step size (adaptive),
     f[HH] this step's size, f[EXC] / f[EXC_NEW] excess loss at t / t_new, f[BOUND] the divergence bound,
     f[FLOOR] / f[ENORM] the error weights' floor and the error norm; f[UNTIL] the last time of this step whose
-    checkpoints are recorded, f[THETA] the place of the one recorded now; f[EXC_STAGE], f[ROW], f[COL_EXC]
-    scratch. i[INDEX] the trajectory in the column, i[NXT] its next checkpoint, i[STEPS] / i[EVALS]
-    counters, i[STATUS], and the flags i[FOUND] (crossed ε), i[ACCEPT] (this step), i[REJECTED] (the last)."""
+    checkpoints are recorded; f[EXC_STAGE], f[ROW], f[COL_EXC] scratch. i[INDEX] the trajectory in the column,
+    i[NXT] its next checkpoint, i[STEPS] / i[EVALS] counters, i[STATUS], and the flags i[FOUND] (crossed ε),
+    i[ACCEPT] (this step), i[REJECTED] (the last). The checkpoints recorded at once (:func:`_checkpoints`), the
+    j-th in column j: i[AT, j] its trajectory's column, f[THETA, j] its place in that trajectory's step."""
 
     ys: np.ndarray  # (2, P, W)
     k: np.ndarray  # (s + 1, P, W)
@@ -96,7 +97,7 @@ class Block(NamedTuple):
     col: np.ndarray  # (P, 1): one interpolated state
     col_work: np.ndarray
     f: np.ndarray  # (14, W)
-    i: np.ndarray  # (8, W)
+    i: np.ndarray  # (9, W)
     tiles: np.ndarray  # (3P + work rows, LANES): the memory of a tile in the cruise (sweep.kernel.shaped.cruise_ir)
 
 
@@ -121,7 +122,7 @@ def block_arrays(size: int, work_rows: int, stages: int, width: int) -> Block:
         col=z((size, 1)),
         col_work=z((work_rows, 1)),
         f=z((14, width)),
-        i=np.zeros((8, width), np.int64),
+        i=np.zeros((9, width), np.int64),
         tiles=z((3 * size + work_rows, flows.LANES)),
     )
 
@@ -145,9 +146,10 @@ def integrate(g, meth, opt, y0, tc, out, blk):
         _cruise(g, meth, opt, tc, blk, cur, m)
         _step_ends(meth, opt, blk, m)
         _step(g, meth, blk, cur, m)
-        every = _control(g, meth, opt, blk, cur, m) if meth.adaptive else True
+        if meth.adaptive:
+            _control(g, meth, opt, blk, cur, m)
         _accept(g, meth, opt, tc, out, blk, cur, m)
-        cur = _commit(meth, opt, blk, cur, m, every)
+        cur = _commit(meth, opt, blk, cur, m)
 
 
 @part
@@ -286,35 +288,49 @@ def _step_ends(meth, opt, blk, m):
 
 @inner
 def _combine(dst, base, blk, coef, count, m):
-    """dst = base + h·Σ_{j<count} coef_j k_j for each trajectory (its own h), skipping zero coefficients."""
-    acc, hh = blk.f[ROW], blk.f[HH]
-    nonzero = 0
-    for j in range(count):
-        nonzero += coef[j] != 0.0
-    if nonzero == 1:  # one pass (Euler; the same numbers as the general case)
-        for j in range(count):
-            if coef[j] != 0.0:
-                c, kj = coef[j], blk.k[blk.kmap[j]]
-                for p in range(dst.shape[0]):
-                    for b in range(m):
-                        dst[p, b] = base[p, b] + hh[b] * (c * kj[p, b])
-        return
+    """dst = base + h·Σ_{j<count} coef_j k_j for each trajectory (its own h), skipping zero coefficients; the
+    last pass over the trajectories writes dst."""
+    acc, hh, k, kmap = blk.f[ROW], blk.f[HH], blk.k, blk.kmap
     for p in range(dst.shape[0]):
-        first = True
-        for j in range(count):
-            c = coef[j]
-            if c == 0.0:
-                continue
-            kj = blk.k[blk.kmap[j]]
-            if first:
-                for b in range(m):
-                    acc[b] = c * kj[p, b]
-                first = False
-            else:
-                for b in range(m):
-                    acc[b] += c * kj[p, b]
-        for b in range(m):
-            dst[p, b] = base[p, b] + hh[b] * acc[b]
+        summed, last = _pairs(acc, k, kmap, coef, count, p, m, False)
+        c, kl = coef[max(last, 0)], kmap[max(last, 0)]
+        if last < 0:
+            for b in range(m):
+                dst[p, b] = base[p, b] + hh[b] * acc[b]
+        elif summed:
+            for b in range(m):
+                dst[p, b] = base[p, b] + hh[b] * (acc[b] + c * k[kl, p, b])
+        else:  # one term (Euler)
+            for b in range(m):
+                dst[p, b] = base[p, b] + hh[b] * (c * k[kl, p, b])
+
+
+@inner
+def _pairs(acc, k, kmap, coef, count, p, m, zero):
+    """Row p of Σ_{j<count} coef_j k[kmap[j]] into ``acc`` (zero coefficients skipped), the terms added in order,
+    two per pass over the trajectories; ``zero``: the sum starts from 0.0 (0.0 + t_0 + t_1 …), else from its first
+    term.
+    Returns whether acc holds a sum, and the index of the last term when it is left over (an odd count) — for the
+    caller's last pass to add — else −1. The numbers are those of one term per pass."""
+    summed, held = False, -1
+    for j in range(count):
+        if coef[j] == 0.0:
+            continue
+        if held < 0:
+            held = j
+            continue
+        c0, k0, c1, k1 = coef[held], kmap[held], coef[j], kmap[j]
+        if summed:
+            for b in range(m):
+                acc[b] = (acc[b] + c0 * k[k0, p, b]) + c1 * k[k1, p, b]
+        elif zero:
+            for b in range(m):
+                acc[b] = (0.0 + c0 * k[k0, p, b]) + c1 * k[k1, p, b]
+        else:
+            for b in range(m):
+                acc[b] = c0 * k[k0, p, b] + c1 * k[k1, p, b]
+        summed, held = True, -1
+    return summed, held
 
 
 @part
@@ -338,24 +354,23 @@ def _control(g, meth, opt, blk, cur, m):
     """Accept or reject each step by the RMS norm of its error estimate h·Σ e_j k_j in the weights
     rtol·max(|y|, |y_new|) + floor (:func:`sweep.kernel.flows.weight_floor`); choose the next step size.
     A step rejected at a size below 10 ulp of t fails the trajectory (diverged if the error was not
-    finite). Returns whether every step was accepted."""
+    finite)."""
     y, y_new = blk.ys[cur], blk.ys[1 - cur]
     size = y.shape[0]
     flows.weight_floor(g, y, y_new, opt.atol, 0, m, blk.f[FLOOR])
     blk.f[ENORM, :m] = 0.0
+    err, k, kmap, e = blk.f[ROW], blk.k, blk.kmap, meth.e
     for p in range(size):
-        blk.f[ROW, :m] = 0.0
-        for j in range(len(meth.e)):
-            c = meth.e[j]
-            if c != 0.0:
-                kj = blk.k[blk.kmap[j]]
-                for b in range(m):
-                    blk.f[ROW, b] += c * kj[p, b]
+        summed, last = _pairs(err, k, kmap, e, len(e), p, m, True)
+        c, kl = e[max(last, 0)], kmap[max(last, 0)]
         for b in range(m):
+            if last >= 0:
+                err[b] = (err[b] if summed else 0.0) + c * k[kl, p, b]
+            elif not summed:
+                err[b] = 0.0
             scale = opt.rtol * max(abs(y[p, b]), abs(y_new[p, b])) + blk.f[FLOOR, b]
-            q = blk.f[HH, b] * blk.f[ROW, b] / scale
+            q = blk.f[HH, b] * err[b] / scale
             blk.f[ENORM, b] += q * q
-    every = True
     for b in range(m):
         enorm = math.sqrt(blk.f[ENORM, b] / size)
         used = blk.f[HH, b]
@@ -369,11 +384,9 @@ def _control(g, meth, opt, blk, cur, m):
             blk.f[H, b] = used * max(MIN_FACTOR, MIN_FACTOR if bad else factor)
             blk.i[REJECTED, b] = True
             blk.i[ACCEPT, b] = False
-            every = False
             t = max(blk.f[T, b], 1.0)
             if blk.f[H, b] < 10 * EPS * t:  # about 10 ulp
                 blk.i[STATUS, b] = DIVERGED if bad else FAILED  # overflow vs. step collapse
-    return every
 
 
 @part
@@ -419,75 +432,73 @@ def _crossing(g, meth, opt, out, blk, cur, b):
 @part
 def _checkpoints(g, meth, tc, out, blk, cur, m):
     """The excess loss and end-to-end matrix at the checkpoints in (t, f[UNTIL]] of each accepted step: one
-    checkpoint of every trajectory at a time, all at once, row by row (a trajectory's state is a column, P
-    values a row apart: read alone, each is a cache line). The numbers are those of :func:`_dense` and
-    :func:`sweep.kernel.flows.excess` on one column."""
-    col, theta = blk.tmp, blk.f[THETA]
+    checkpoint of each trajectory that has one at a time, all at once — their states interpolated into the first
+    columns of ``blk.tmp``, the j-th that of trajectory i[AT, j], and evaluated together, row by row. The numbers
+    are those of :func:`_dense` and :func:`sweep.kernel.flows.excess` on one column."""
+    col, theta, at = blk.tmp, blk.f[THETA], blk.i[AT]
     while True:
         n = 0
         for b in range(m):
-            theta[b] = -1.0
             if blk.i[NXT, b] < len(tc) and tc[blk.i[NXT, b]] <= blk.f[UNTIL, b]:
-                theta[b] = (tc[blk.i[NXT, b]] - blk.f[T, b]) / (blk.f[T_NEW, b] - blk.f[T, b])
+                theta[n] = (tc[blk.i[NXT, b]] - blk.f[T, b]) / (blk.f[T_NEW, b] - blk.f[T, b])
+                at[n] = b
                 n += 1
         if n == 0:
             return
-        _dense_columns(g, meth, blk, cur, m)
-        flows.excess(g, col, np.int64(0), m, blk.f[EXC_STAGE], blk.work)  # (int64: as _excess_at's, one compile)
-        for b in range(m):
-            if theta[b] >= 0.0:
-                i, c = blk.i[INDEX, b], blk.i[NXT, b]
-                out.excess[i, c] = blk.f[EXC_NEW, b] if theta[b] >= 1.0 else blk.f[EXC_STAGE, b]
-                flows.end_to_end_of(g, col, blk.work, b, out.w[i, c])
-                blk.i[NXT, b] += 1
+        _dense_columns(g, meth, blk, cur, n)
+        flows.excess(g, col, np.int64(0), n, blk.f[EXC_STAGE], blk.work)  # (int64: as _excess_at's, one compile)
+        for j in range(n):
+            b = at[j]
+            i, c = blk.i[INDEX, b], blk.i[NXT, b]
+            out.excess[i, c] = blk.f[EXC_NEW, b] if theta[j] >= 1.0 else blk.f[EXC_STAGE, j]
+            flows.end_to_end_of(g, col, blk.work, j, out.w[i, c])
+            blk.i[NXT, b] += 1
 
 
 @inner
-def _dense_columns(g, meth, blk, cur, m):
-    """:func:`_dense` at θ = f[THETA, b] into column b of ``blk.tmp``, for each trajectory with θ ≥ 0 (θ ≥ 1: the
-    step's end, y_new itself, not projected again); the other columns are left as they were."""
-    y, y_new, col, theta, acc = blk.ys[cur], blk.ys[1 - cur], blk.tmp, blk.f[THETA], blk.f[ROW]
+def _dense_columns(g, meth, blk, cur, n):
+    """:func:`_dense` at θ = f[THETA, j] of trajectory b = i[AT, j] into column j of ``blk.tmp``, j < n (θ ≥ 1: the
+    step's end, y_new itself, not projected again)."""
+    y, y_new, col, theta, at = blk.ys[cur], blk.ys[1 - cur], blk.tmp, blk.f[THETA], blk.i[AT]
     s = len(meth.b)
     if meth.p.shape[1]:
-        for b in range(m):
-            if 0.0 <= theta[b] < 1.0:
-                _weights(meth, theta[b], blk.coef, b)
-    f0, f1 = blk.k[blk.kmap[0]], blk.k[blk.kmap[s]]
+        for j in range(n):
+            if theta[j] < 1.0:
+                _weights(meth, theta[j], blk.coef, j)
+    f0, f1, k = blk.k[blk.kmap[0]], blk.k[blk.kmap[s]], blk.k
     for p in range(y.shape[0]):
-        for b in range(m):
-            th = theta[b]
+        for j in range(n):
+            b, th = at[j], theta[j]
             if th >= 1.0:
-                col[p, b] = y_new[p, b]
-            elif th >= 0.0:
+                col[p, j] = y_new[p, b]
+            else:
                 h = blk.f[T_NEW, b] - blk.f[T, b]
                 if meth.p.shape[1]:
-                    acc[b] = 0.0
-                    for j in range(s + 1):
-                        acc[b] += blk.coef[j, b] * blk.k[blk.kmap[j], p, b]
-                    col[p, b] = y[p, b] + h * acc[b]
+                    acc = 0.0
+                    for q in range(s + 1):
+                        acc += blk.coef[q, j] * k[blk.kmap[q], p, b]
+                    col[p, j] = y[p, b] + h * acc
                 else:
                     h00, h10, h01, h11 = _hermite(th)
-                    col[p, b] = h00 * y[p, b] + h10 * h * f0[p, b] + h01 * y_new[p, b] + h11 * h * f1[p, b]
-    for b in range(m):
-        if 0.0 <= theta[b] < 1.0:
-            flows.project(g, col, b, b + 1)
+                    col[p, j] = h00 * y[p, b] + h10 * h * f0[p, b] + h01 * y_new[p, b] + h11 * h * f1[p, b]
+    for j in range(n):
+        if theta[j] < 1.0:
+            flows.project(g, col, j, j + 1)
 
 
 @part
-def _commit(meth, opt, blk, cur, m, every):
-    """The accepted steps become the state: by swapping buffers when all were accepted, else by copying
-    their columns. Returns the new ``cur``."""
+def _commit(meth, opt, blk, cur, m):
+    """The accepted steps become the state: the buffers swap, and the rejected steps' columns (if any) are
+    copied back from the old ones. Returns the new ``cur``."""
     s = len(meth.b)
-    if every:
-        blk.kmap[0], blk.kmap[s] = blk.kmap[s], blk.kmap[0]
-        cur = 1 - cur
+    blk.kmap[0], blk.kmap[s] = blk.kmap[s], blk.kmap[0]
+    cur = 1 - cur
     y, f0 = blk.ys[cur], blk.k[blk.kmap[0]]
     for b in range(m):
         if not blk.i[ACCEPT, b]:
-            continue
-        if not every:
             _copy_column(y, b, blk.ys[1 - cur], b)
             _copy_column(f0, b, blk.k[blk.kmap[s]], b)
+            continue
         blk.f[T, b], blk.f[EXC, b] = blk.f[T_NEW, b], blk.f[EXC_NEW, b]
         blk.i[STEPS, b] += 1
         if meth.adaptive and blk.i[STATUS, b] == PENDING and blk.i[STEPS, b] >= opt.max_steps:
