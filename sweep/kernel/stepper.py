@@ -291,18 +291,26 @@ def _combine(dst, base, blk, coef, count, m):
     """dst = base + h·Σ_{j<count} coef_j k_j for each trajectory (its own h), skipping zero coefficients; the
     last pass over the trajectories writes dst."""
     acc, hh, k, kmap = blk.f[ROW], blk.f[HH], blk.k, blk.kmap
+    nonzero = 0
+    for j in range(count):
+        nonzero += coef[j] != 0.0
+    if nonzero == 1:  # one pass (Euler; the same numbers as the general case)
+        for j in range(count):
+            if coef[j] != 0.0:
+                c, kj = coef[j], k[kmap[j]]
+                for p in range(dst.shape[0]):
+                    for b in range(m):
+                        dst[p, b] = base[p, b] + hh[b] * (c * kj[p, b])
+        return
     for p in range(dst.shape[0]):
-        summed, last = _pairs(acc, k, kmap, coef, count, p, m, False)
-        c, kl = coef[max(last, 0)], kmap[max(last, 0)]
+        _, last = _pairs(acc, k, kmap, coef, count, p, m, False)
         if last < 0:
             for b in range(m):
                 dst[p, b] = base[p, b] + hh[b] * acc[b]
-        elif summed:
+        else:
+            c, kl = coef[last], kmap[last]
             for b in range(m):
                 dst[p, b] = base[p, b] + hh[b] * (acc[b] + c * k[kl, p, b])
-        else:  # one term (Euler)
-            for b in range(m):
-                dst[p, b] = base[p, b] + hh[b] * (c * k[kl, p, b])
 
 
 @inner
