@@ -303,7 +303,7 @@ def _combine(dst, base, blk, coef, count, m):
                         dst[p, b] = base[p, b] + hh[b] * (c * kj[p, b])
         return
     for p in range(dst.shape[0]):
-        _, last = _pairs(acc, k, kmap, coef, count, p, m, False)
+        _, last = _pairs(acc, k, kmap, coef, count, p, m)
         if last < 0:
             for b in range(m):
                 dst[p, b] = base[p, b] + hh[b] * acc[b]
@@ -314,12 +314,11 @@ def _combine(dst, base, blk, coef, count, m):
 
 
 @inner
-def _pairs(acc, k, kmap, coef, count, p, m, zero):
+def _pairs(acc, k, kmap, coef, count, p, m):
     """Row p of Σ_{j<count} coef_j k[kmap[j]] into ``acc`` (zero coefficients skipped), the terms added in order,
-    two per pass over the trajectories; ``zero``: the sum starts from 0.0 (0.0 + t_0 + t_1 …), else from its first
-    term.
-    Returns whether acc holds a sum, and the index of the last term when it is left over (an odd count) — for the
-    caller's last pass to add — else −1. The numbers are those of one term per pass."""
+    two per pass over the trajectories. Returns whether acc holds a sum, and the index of the last term when it is
+    left over (an odd count) — for the caller's last pass to add — else −1. The numbers are those of one term per
+    pass."""
     summed, held = False, -1
     for j in range(count):
         if coef[j] == 0.0:
@@ -331,9 +330,6 @@ def _pairs(acc, k, kmap, coef, count, p, m, zero):
         if summed:
             for b in range(m):
                 acc[b] = (acc[b] + c0 * k[k0, p, b]) + c1 * k[k1, p, b]
-        elif zero:
-            for b in range(m):
-                acc[b] = (0.0 + c0 * k[k0, p, b]) + c1 * k[k1, p, b]
         else:
             for b in range(m):
                 acc[b] = c0 * k[k0, p, b] + c1 * k[k1, p, b]
@@ -369,11 +365,12 @@ def _control(g, meth, opt, blk, cur, m):
     blk.f[ENORM, :m] = 0.0
     err, k, kmap, e = blk.f[ROW], blk.k, blk.kmap, meth.e
     for p in range(size):
-        summed, last = _pairs(err, k, kmap, e, len(e), p, m, True)
+        # the estimate starts from its first term, not 0.0 + …: that changes only the sign of a zero, which q² ignores
+        summed, last = _pairs(err, k, kmap, e, len(e), p, m)
         c, kl = e[max(last, 0)], kmap[max(last, 0)]
         for b in range(m):
             if last >= 0:
-                err[b] = (err[b] if summed else 0.0) + c * k[kl, p, b]
+                err[b] = err[b] + c * k[kl, p, b] if summed else c * k[kl, p, b]
             elif not summed:
                 err[b] = 0.0
             scale = opt.rtol * max(abs(y[p, b]), abs(y_new[p, b])) + blk.f[FLOOR, b]
@@ -445,12 +442,7 @@ def _checkpoints(g, meth, tc, out, blk, cur, m):
     are those of :func:`_dense` and :func:`sweep.kernel.flows.excess` on one column."""
     col, theta, at = blk.tmp, blk.f[THETA], blk.i[AT]
     while True:
-        n = 0
-        for b in range(m):
-            if blk.i[NXT, b] < len(tc) and tc[blk.i[NXT, b]] <= blk.f[UNTIL, b]:
-                theta[n] = (tc[blk.i[NXT, b]] - blk.f[T, b]) / (blk.f[T_NEW, b] - blk.f[T, b])
-                at[n] = b
-                n += 1
+        n = _due(tc, blk, m)
         if n == 0:
             return
         _dense_columns(g, meth, blk, cur, n)
@@ -461,6 +453,20 @@ def _checkpoints(g, meth, tc, out, blk, cur, m):
             out.excess[i, c] = blk.f[EXC_NEW, b] if theta[j] >= 1.0 else blk.f[EXC_STAGE, j]
             flows.end_to_end_of(g, col, blk.work, j, out.w[i, c])
             blk.i[NXT, b] += 1
+
+
+@inner
+def _due(tc, blk, m):
+    """The next checkpoint of each trajectory that has one in (t, f[UNTIL]]: the j-th into i[AT, j] (its column)
+    and f[THETA, j] (its place in the step). Returns how many (a function's result, never a literal 0: one
+    compiled version of its callers)."""
+    n = 0
+    for b in range(m):
+        if blk.i[NXT, b] < len(tc) and tc[blk.i[NXT, b]] <= blk.f[UNTIL, b]:
+            blk.f[THETA, n] = (tc[blk.i[NXT, b]] - blk.f[T, b]) / (blk.f[T_NEW, b] - blk.f[T, b])
+            blk.i[AT, n] = b
+            n += 1
+    return n
 
 
 @inner
