@@ -302,7 +302,7 @@ def _combine(dst, base, blk, coef, count, m):
                     for b in range(m):
                         dst[p, b] = base[p, b] + hh[b] * (c * kj[p, b])
         return
-    for p in range(dst.shape[0]):
+    for p in range(dst.shape[0]):  # two terms or more: acc holds a sum, and at most the last term is left over
         _, last = _pairs(acc, k, kmap, coef, count, p, m)
         if last < 0:
             for b in range(m):
