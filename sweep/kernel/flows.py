@@ -26,6 +26,11 @@ LANES = 8  # trajectories per tile of the shaped flows (sweep.kernel.shaped)
 # the loss (docs/theory.md §2, §12): ½‖W − Z‖² (whitened inputs); ½ tr((W − A)Σ(W − A)ᵀ) with the input
 # covariance Σ acting on the right of the oriented W (or on its left, the network transposed); ½‖P_Ω(W − M)‖²
 PLAIN, RIGHT, LEFT, MASK = 0, 1, 2, 3
+# indices and flags passed to compiled callees as NumPy scalars, never as the literals 0, 1, True and False: numba
+# compiles a callee once more for each literal argument (each flow function once, not two to four times: seconds
+# of every cold start)
+ZERO, ONE = np.int64(0), np.int64(1)
+FLOW, LOSS = np.bool_(True), np.bool_(False)  # the flow and the excess loss, or the excess loss alone
 
 jit = numba.njit(cache=True, error_model="numpy")  # IEEE arithmetic: 1/0 = inf, never an exception
 # called from compiled code only: no Python wrapper to build
@@ -84,11 +89,11 @@ def rhs(g, y, out, lo, hi, exc, work):
     """The flow of trajectories lo … hi − 1 of ``y`` into ``out``; their excess loss into ``exc``."""
     if hasattr(g, "rank"):  # decided as numba compiles (InducedGeometry)
         for b in range(lo, hi):
-            exc[b] = _induced_column(g, y, out, b, True, work, g.rank)
+            exc[b] = _induced_column(g, y, out, b, FLOW, work, g.rank)
     elif g.shaped_width == y.shape[1]:
         _layerwise_shaped(g, y, out, lo, hi, exc, work)
     else:
-        _layerwise(g, y, out, lo, hi, exc, work, True)
+        _layerwise(g, y, out, lo, hi, exc, work, FLOW)
 
 
 @jit
@@ -97,9 +102,9 @@ def excess(g, y, lo, hi, exc, work):
     flow)."""
     if hasattr(g, "rank"):
         for b in range(lo, hi):
-            exc[b] = _induced_column(g, y, y, b, False, work, g.rank)
+            exc[b] = _induced_column(g, y, y, b, LOSS, work, g.rank)
     else:
-        _layerwise(g, y, y, lo, hi, exc, work, False)
+        _layerwise(g, y, y, lo, hi, exc, work, LOSS)
 
 
 @jit
@@ -200,13 +205,13 @@ def _layerwise_shaped(g, y, out, lo, hi, exc, work):
     order, so a trajectory's numbers do not depend on where it sits."""
     t0, t1 = -(-lo // LANES), hi // LANES
     if t1 <= t0:
-        _layerwise(g, y, out, lo, hi, exc, work, True)
+        _layerwise(g, y, out, lo, hi, exc, work, FLOW)
         return
     if lo < t0 * LANES:
-        _layerwise(g, y, out, lo, t0 * LANES, exc, work, True)
+        _layerwise(g, y, out, lo, t0 * LANES, exc, work, FLOW)
     g.shaped(y.ctypes.data, out.ctypes.data, exc.ctypes.data, work.ctypes.data, g.target.ctypes.data, g.tail, t0, t1)
     if t1 * LANES < hi:
-        _layerwise(g, y, out, t1 * LANES, hi, exc, work, True)
+        _layerwise(g, y, out, t1 * LANES, hi, exc, work, FLOW)
 
 
 @inner
@@ -242,11 +247,12 @@ def _transposed(view):
 def _layerwise(g, y, out, lo, hi, exc, work, flow):
     """With S_i as in :func:`_s`, the residual E = Z − W (S_0 = W) and V_i as in :func:`_v`, the flow of
     layer i is S_{i+1}ᵀ V_iᵀ (V_{N−1}ᵀ for the last layer): three products of r·D_{i+1}·D_i per layer."""
+    lo, hi = np.uint64(lo), np.uint64(hi)  # unsigned: LLVM vectorizes the loops over b (signed bounds: it does not)
     n, d = g.depth, g.dims
     r = d[n]
     for i in range(n - 2, -1, -1):
         _matmul(_s(g, y, work, i), _s(g, y, work, i + 1), _layer(g, y, i), r, d[i + 1], d[i], lo, hi)
-    wa, w0, wrs, wcs = _s(g, y, work, 0)
+    wa, w0, wrs, wcs = _s(g, y, work, ZERO)
     for b in range(lo, hi):
         exc[b] = 0.0
     if g.loss != PLAIN:
@@ -314,8 +320,8 @@ def end_to_end(g, y, work, dst):
     its scratch: the state itself for the induced flow, else the product S_0 of :func:`_layerwise`."""
     if not hasattr(g, "rank"):
         scratch = np.empty(1)
-        _layerwise(g, y, y, np.int64(0), np.int64(1), scratch, work, False)  # as excess's: one compile
-    end_to_end_of(g, y, work, np.int64(0), dst)
+        _layerwise(g, y, y, ZERO, ONE, scratch, work, LOSS)
+    end_to_end_of(g, y, work, ZERO, dst)
 
 
 @jit
@@ -326,7 +332,7 @@ def end_to_end_of(g, y, work, b, dst):
         for p in range(dst.shape[0]):
             dst[p] = y[p, b]
         return
-    sa, s0, srs, scs = _s(g, y, work, 0)
+    sa, s0, srs, scs = _s(g, y, work, ZERO)
     r, d0 = g.dims[g.depth], g.dims[0]
     for a in range(r):
         for c in range(d0):

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..schema import Status
 from . import flows
-from .flows import inner, jit
+from .flows import ONE, ZERO, inner, jit
 
 part = numba.njit(inline="always", error_model="numpy")  # inlined into integrate: one compiled unit
 
@@ -132,7 +132,7 @@ def integrate(g, meth, opt, y0, tc, out, blk):
     """Every trajectory of ``y0`` (B, P): the block's free columns take the next trajectories as soon as
     others finish, so the block stays full until the batch runs out."""
     width, total = blk.i.shape[1], y0.shape[0]
-    cur, m, loaded = np.int64(0), 0, 0  # cur not the literal 0: numba would compile its callees twice
+    cur, m, loaded = ZERO, ZERO, 0  # not the literal 0 (cur, m): numba would compile their callees twice
     while True:
         if m < width and loaded < total:
             count = min(width - m, total - loaded)
@@ -171,7 +171,7 @@ def _load(g, meth, opt, y0, tc, out, blk, cur, lo, hi, first):
             out.time_to_eps[i] = 0.0
         if len(tc) and tc[0] <= 0.0:
             out.excess[i, 0] = exc
-            _copy_column(blk.col, 0, y, b)
+            _copy_column(blk.col, ZERO, y, b)
             flows.end_to_end(g, blk.col, blk.col_work, out.w[i, 0])
             blk.i[NXT, b] = 1
         blk.i[STATUS, b] = PENDING
@@ -344,10 +344,10 @@ def _step(g, meth, blk, cur, m):
     y, y_new = blk.ys[cur], blk.ys[1 - cur]
     for i in range(1, s):
         _combine(blk.tmp, y, blk, meth.a[i], i, m)
-        flows.rhs(g, blk.tmp, blk.k[blk.kmap[i]], 0, m, blk.f[EXC_STAGE], blk.work)
+        flows.rhs(g, blk.tmp, blk.k[blk.kmap[i]], ZERO, m, blk.f[EXC_STAGE], blk.work)
     _combine(y_new, y, blk, meth.b, s, m)
-    flows.project(g, y_new, 0, m)
-    flows.rhs(g, y_new, blk.k[blk.kmap[s]], 0, m, blk.f[EXC_NEW], blk.work)
+    flows.project(g, y_new, ZERO, m)
+    flows.rhs(g, y_new, blk.k[blk.kmap[s]], ZERO, m, blk.f[EXC_NEW], blk.work)
     for b in range(m):
         blk.i[EVALS, b] += s
         blk.i[ACCEPT, b] = True
@@ -361,7 +361,7 @@ def _control(g, meth, opt, blk, cur, m):
     finite)."""
     y, y_new = blk.ys[cur], blk.ys[1 - cur]
     size = y.shape[0]
-    flows.weight_floor(g, y, y_new, opt.atol, 0, m, blk.f[FLOOR])
+    flows.weight_floor(g, y, y_new, opt.atol, ZERO, m, blk.f[FLOOR])
     blk.f[ENORM, :m] = 0.0
     err, k, kmap, e = blk.f[ROW], blk.k, blk.kmap, meth.e
     for p in range(size):
@@ -416,7 +416,7 @@ def _accept(g, meth, opt, tc, out, blk, cur, m):
         t0, t1, e = blk.f[T, b], blk.f[UNTIL, b], blk.f[EXC_NEW, b]
         if opt.stop_at_eps and blk.i[STATUS, b] == CONVERGED:  # the trajectory ends exactly at the crossing
             _dense(g, meth, blk, cur, b, (t1 - t0) / (blk.f[T_NEW, b] - t0))
-            _copy_column(blk.ys[1 - cur], b, blk.col, 0)
+            _copy_column(blk.ys[1 - cur], b, blk.col, ZERO)
             blk.f[T_NEW, b] = t1
         if blk.i[STATUS, b] == PENDING:
             if not np.isfinite(e) or e > blk.f[BOUND, b]:  # a non-finite state has a non-finite excess loss
@@ -446,7 +446,7 @@ def _checkpoints(g, meth, tc, out, blk, cur, m):
         if n == 0:
             return
         _dense_columns(g, meth, blk, cur, n)
-        flows.excess(g, col, np.int64(0), n, blk.f[EXC_STAGE], blk.work)  # (int64: as _excess_at's, one compile)
+        flows.excess(g, col, ZERO, n, blk.f[EXC_STAGE], blk.work)
         for j in range(n):
             b = at[j]
             i, c = blk.i[INDEX, b], blk.i[NXT, b]
@@ -539,7 +539,7 @@ def _dense(g, meth, blk, cur, b, theta):
         h00, h10, h01, h11 = _hermite(theta)
         for p in range(y.shape[0]):
             col[p, 0] = h00 * y[p, b] + h10 * h * f0[p, b] + h01 * y_new[p, b] + h11 * h * f1[p, b]
-    flows.project(g, col, 0, 1)
+    flows.project(g, col, ZERO, ONE)
 
 
 @inner
@@ -563,7 +563,7 @@ def _hermite(theta):
 @inner
 def _excess_at(g, meth, blk, cur, b, theta):
     _dense(g, meth, blk, cur, b, theta)
-    flows.excess(g, blk.col, np.int64(0), np.int64(1), blk.f[COL_EXC], blk.col_work)  # (not literals: one compile)
+    flows.excess(g, blk.col, ZERO, ONE, blk.f[COL_EXC], blk.col_work)
     return blk.f[COL_EXC, 0]
 
 
