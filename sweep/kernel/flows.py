@@ -35,6 +35,8 @@ FLOW, LOSS = np.bool_(True), np.bool_(False)  # the flow and the excess loss, or
 jit = numba.njit(cache=True, error_model="numpy")  # IEEE arithmetic: 1/0 = inf, never an exception
 # called from compiled code only: no Python wrapper to build
 inner = numba.njit(cache=True, error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
+# inlined into its callers by numba: no compiled function of its own (whose code LLVM would optimize once more)
+part = numba.njit(inline="always", error_model="numpy")
 
 
 class Geometry(NamedTuple):
@@ -85,26 +87,31 @@ InducedGeometry = NamedTuple("InducedGeometry", [*_SHARED, ("rank", int)])
 
 
 @jit
-def rhs(g, y, out, lo, hi, exc, work):
-    """The flow of trajectories lo … hi − 1 of ``y`` into ``out``; their excess loss into ``exc``."""
+def evaluate(g, y, out, lo, hi, exc, work, flow):
+    """The excess loss of trajectories lo … hi − 1 of ``y`` into ``exc``, and with ``flow`` their flow into
+    ``out``. The stepper calls this function alone of the flows (with :func:`project`, :func:`weight_floor` and
+    :func:`end_to_end_of`): numba links a callee's code into every compiled function that calls it, and
+    optimizes it there once more, so one entry compiles the flows once for each caller, not once per entry."""
     if hasattr(g, "rank"):  # decided as numba compiles (InducedGeometry)
         for b in range(lo, hi):
-            exc[b] = _induced_column(g, y, out, b, FLOW, work, g.rank)
-    elif g.shaped_width == y.shape[1]:
+            exc[b] = _induced_column(g, y, out, b, flow, work, g.rank)
+    elif flow and g.shaped_width == y.shape[1]:
         _layerwise_shaped(g, y, out, lo, hi, exc, work)
     else:
-        _layerwise(g, y, out, lo, hi, exc, work, FLOW)
+        _layerwise(g, y, out, lo, hi, exc, work, flow)
+
+
+@jit
+def rhs(g, y, out, lo, hi, exc, work):
+    """The flow of trajectories lo … hi − 1 of ``y`` into ``out``; their excess loss into ``exc``."""
+    evaluate(g, y, out, lo, hi, exc, work, FLOW)
 
 
 @jit
 def excess(g, y, lo, hi, exc, work):
     """The excess loss ½⟨D, E⟩ − tail (½‖W − Z‖² − tail for whitened data) of trajectories lo … hi − 1 (no
     flow)."""
-    if hasattr(g, "rank"):
-        for b in range(lo, hi):
-            exc[b] = _induced_column(g, y, y, b, LOSS, work, g.rank)
-    else:
-        _layerwise(g, y, y, lo, hi, exc, work, LOSS)
+    evaluate(g, y, y, lo, hi, exc, work, LOSS)
 
 
 @jit
@@ -198,7 +205,7 @@ def _matmul(out, x, z, rows, inner, cols, lo, hi):
                 k += 1
 
 
-@inner
+@part
 def _layerwise_shaped(g, y, out, lo, hi, exc, work):
     """The layerwise flow of columns lo … hi − 1 by the code compiled for this shape (``g.shaped``) on whole
     tiles of LANES columns, and by :func:`_layerwise` on the columns on either side: the same sums in the same
@@ -315,18 +322,8 @@ def _residual(g, wa, w0, wrs, wcs, work, lo, hi, exc):
 
 
 @jit
-def end_to_end(g, y, work, dst):
-    """W = W_N⋯W_1 of the one trajectory in ``y`` (P, 1) into ``dst`` (dy·dx, row-major), ``work`` (rows, 1)
-    its scratch: the state itself for the induced flow, else the product S_0 of :func:`_layerwise`."""
-    if not hasattr(g, "rank"):
-        scratch = np.empty(1)
-        _layerwise(g, y, y, ZERO, ONE, scratch, work, LOSS)
-    end_to_end_of(g, y, work, ZERO, dst)
-
-
-@jit
 def end_to_end_of(g, y, work, b, dst):
-    """W of trajectory b of ``y`` into ``dst`` once :func:`excess` has run on columns including b with this
+    """W of trajectory b of ``y`` into ``dst`` once :func:`evaluate` has run on columns including b with this
     ``work``: the state itself for the induced flow, else the product S_0 it left in ``work``."""
     if hasattr(g, "rank"):
         for p in range(dst.shape[0]):

@@ -21,14 +21,11 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import numba
 import numpy as np
 
 from ..schema import Status
 from . import flows
-from .flows import ONE, ZERO, inner, jit
-
-part = numba.njit(inline="always", error_model="numpy")  # inlined into integrate: one compiled unit
+from .flows import FLOW, LOSS, ONE, ZERO, inner, jit, part  # part: inlined into integrate (one compiled unit)
 
 PENDING, CONVERGED, UNCONVERGED, DIVERGED, FAILED = (int(s) for s in Status)  # plain ints for compiled code
 EPS = 2.0**-52
@@ -161,7 +158,7 @@ def _load(g, meth, opt, y0, tc, out, blk, cur, lo, hi, first):
         for p in range(y.shape[0]):
             y[p, b] = y0[first + b - lo, p]
     flows.project(g, y, lo, hi)
-    flows.rhs(g, y, f0, lo, hi, blk.f[EXC], blk.work)
+    flows.evaluate(g, y, f0, lo, hi, blk.f[EXC], blk.work, FLOW)
     for b in range(lo, hi):
         i, exc = blk.i[INDEX, b], blk.f[EXC, b]
         blk.f[T, b], blk.i[STEPS, b], blk.i[EVALS, b], blk.i[NXT, b], blk.i[REJECTED, b] = 0.0, 0, 1, 0, False
@@ -172,7 +169,8 @@ def _load(g, meth, opt, y0, tc, out, blk, cur, lo, hi, first):
         if len(tc) and tc[0] <= 0.0:
             out.excess[i, 0] = exc
             _copy_column(blk.col, ZERO, y, b)
-            flows.end_to_end(g, blk.col, blk.col_work, out.w[i, 0])
+            flows.evaluate(g, blk.col, blk.col, ZERO, ONE, blk.f[COL_EXC], blk.col_work, LOSS)
+            flows.end_to_end_of(g, blk.col, blk.col_work, ZERO, out.w[i, 0])
             blk.i[NXT, b] = 1
         blk.i[STATUS, b] = PENDING
         if not _finite(y, b, exc):
@@ -344,10 +342,10 @@ def _step(g, meth, blk, cur, m):
     y, y_new = blk.ys[cur], blk.ys[1 - cur]
     for i in range(1, s):
         _combine(blk.tmp, y, blk, meth.a[i], i, m)
-        flows.rhs(g, blk.tmp, blk.k[blk.kmap[i]], ZERO, m, blk.f[EXC_STAGE], blk.work)
+        flows.evaluate(g, blk.tmp, blk.k[blk.kmap[i]], ZERO, m, blk.f[EXC_STAGE], blk.work, FLOW)
     _combine(y_new, y, blk, meth.b, s, m)
     flows.project(g, y_new, ZERO, m)
-    flows.rhs(g, y_new, blk.k[blk.kmap[s]], ZERO, m, blk.f[EXC_NEW], blk.work)
+    flows.evaluate(g, y_new, blk.k[blk.kmap[s]], ZERO, m, blk.f[EXC_NEW], blk.work, FLOW)
     for b in range(m):
         blk.i[EVALS, b] += s
         blk.i[ACCEPT, b] = True
@@ -439,14 +437,14 @@ def _checkpoints(g, meth, tc, out, blk, cur, m):
     """The excess loss and end-to-end matrix at the checkpoints in (t, f[UNTIL]] of each accepted step: one
     checkpoint of each trajectory that has one at a time, all at once — their states interpolated into the first
     columns of ``blk.tmp``, the j-th that of trajectory i[AT, j], and evaluated together, row by row. The numbers
-    are those of :func:`_dense` and :func:`sweep.kernel.flows.excess` on one column."""
+    are those of :func:`_dense` and :func:`sweep.kernel.flows.evaluate` on one column."""
     col, theta, at = blk.tmp, blk.f[THETA], blk.i[AT]
     while True:
         n = _due(tc, blk, m)
         if n == 0:
             return
         _dense_columns(g, meth, blk, cur, n)
-        flows.excess(g, col, ZERO, n, blk.f[EXC_STAGE], blk.work)
+        flows.evaluate(g, col, col, ZERO, n, blk.f[EXC_STAGE], blk.work, LOSS)
         for j in range(n):
             b = at[j]
             i, c = blk.i[INDEX, b], blk.i[NXT, b]
@@ -560,14 +558,14 @@ def _hermite(theta):
     return 2 * t3 - 3 * t2 + 1, t3 - 2 * t2 + theta, -2 * t3 + 3 * t2, t3 - t2
 
 
-@inner
+@part
 def _excess_at(g, meth, blk, cur, b, theta):
     _dense(g, meth, blk, cur, b, theta)
-    flows.excess(g, blk.col, ZERO, ONE, blk.f[COL_EXC], blk.col_work)
+    flows.evaluate(g, blk.col, blk.col, ZERO, ONE, blk.f[COL_EXC], blk.col_work, LOSS)
     return blk.f[COL_EXC, 0]
 
 
-@inner
+@part
 def _locate(g, meth, opt, blk, cur, b):
     """θ ∈ (0, 1] where the interpolated excess loss first equals ε: bisection, to ~machine precision."""
     lo, hi = 0.0, 1.0
@@ -601,7 +599,7 @@ def _initial_step(g, meth, opt, blk, cur, lo, hi):
     for p in range(size):
         for b in range(lo, hi):
             y1[p, b] = y[p, b] + h0[b] * f0[p, b]
-    flows.rhs(g, y1, f1, lo, hi, blk.f[EXC_STAGE], blk.work)
+    flows.evaluate(g, y1, f1, lo, hi, blk.f[EXC_STAGE], blk.work, FLOW)
     for p in range(size):
         for b in range(lo, hi):
             scale = opt.rtol * abs(y[p, b]) + blk.f[FLOOR, b]
