@@ -5,7 +5,7 @@ through llvmlite (which numba is built on) in a fraction of a second.
 With the shape and the block width known, every product is unrolled, every offset is a number, the intermediates
 S_i, E and V_i stay in registers (up to SPLIT multiply-adds; larger networks are cut into a function per product or
 per row of a layer's flow, passing them through the work array), and a tile's flow is one run of vector
-instructions: the loads of the state, the multiply-adds, the stores of the flow. :func:`sweep.kernel.flows.rhs`
+instructions: the loads of the state, the multiply-adds, the stores of the flow. :func:`sweep.kernel.flows.evaluate`
 calls it through the pointer ``g.shaped`` of the :class:`~sweep.kernel.flows.Geometry`, so numba compiles the
 stepper once for every shape. Every sum is taken in the generic code's order — the first product, then the inner
 index in groups of four, then the rest one by one — with no contraction to fused multiply-adds: both give the same
